@@ -1,0 +1,246 @@
+"""Checkpoints: the only place a checkpoint is written, found or pruned.
+
+Layout (lerobot-train's, so lerobot tools load it)::
+
+    <run>/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors, policy_{pre,post}processor*,
+                                                     train_config.yaml (this project's resolved run config)
+    <run>/checkpoints/<step:06d>/training_state/     training_step.json (step, epoch, batch position, world size,
+                                                     batch size, wandb run id), optimizer_state.safetensors,
+                                                     optimizer_param_groups.json, scheduler_state.json,
+                                                     rng_state.safetensors
+    <run>/checkpoints/last -> <step:06d>             newest complete checkpoint (relative symlink)
+    <run>/checkpoints/best -> <step:06d>             best by validation error (when validation runs)
+
+A checkpoint is written into ``checkpoints/.tmp-<step>-<pid>``, flushed to disk, renamed into place, and only then
+is ``last`` re-pointed (a symlink swapped with an atomic rename). A crash or a full disk at any moment leaves the
+previous ``last`` complete and loadable; leftovers of an interrupted write are removed by the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from behavior_smolvla.errors import CheckpointError
+
+CHECKPOINTS_DIR = "checkpoints"
+PRETRAINED_DIR = "pretrained_model"
+TRAINING_STATE_DIR = "training_state"
+TRAIN_CONFIG_FILE = "train_config.yaml"
+TRAINING_STEP_FILE = "training_step.json"
+LAST = "last"
+BEST = "best"
+_TMP_PREFIX = ".tmp-"
+
+
+def step_dir_name(step: int) -> str:
+    """``000123`` for step 123 (six digits, lerobot's convention; longer when needed)."""
+    return f"{step:06d}"
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` so that the rename that publishes it cannot precede the data."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _point_link(link: Path, target_name: str) -> None:
+    """Atomically make ``link`` a relative symlink to ``target_name`` (a sibling folder)."""
+    tmp = link.with_name(f"{_TMP_PREFIX}{link.name}-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target_name)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+@dataclass
+class TrainingState:
+    """Everything besides weights that an exact resume needs (stored in ``training_step.json``).
+
+    ``epoch`` and ``batch`` are the position in the data order of the NEXT batch to train on.
+    """
+
+    step: int
+    epoch: int
+    batch: int
+    world_size: int
+    batch_size: int
+    grad_accum_steps: int
+    wandb_run_id: str | None = None
+    best_metric: float | None = None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainingState,
+    write_pretrained: Callable[[Path], None],
+    train_config: dict[str, Any],
+    optimizer: Any,
+    scheduler: Any,
+    keep_last: int | None = None,
+) -> Path:
+    """Write ``checkpoints/<step>`` atomically and point ``checkpoints/last`` at it.
+
+    Args:
+        run_dir: the run folder.
+        state: step and data-order position (``TrainingState``).
+        write_pretrained: writes lerobot's policy files into the folder it is given (``policy.save_policy``).
+        train_config: the resolved run config plus the data facts (state map, cameras, tasks); saved as YAML.
+        optimizer, scheduler: torch optimizer and LR scheduler (saved with lerobot's safetensors/json helpers).
+        keep_last: keep only the newest K step folders (never the ones ``last`` or ``best`` point to).
+
+    Returns:
+        The published checkpoint folder.
+    """
+    from lerobot.optim.optimizers import save_optimizer_state
+    from lerobot.optim.schedulers import save_scheduler_state
+    from lerobot.utils.random_utils import save_rng_state
+
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_root.glob(f"{_TMP_PREFIX}*"):
+        # Leftover of a write that was killed: never published, safe to drop.
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+    final = ckpt_root / step_dir_name(state.step)
+    tmp = ckpt_root / f"{_TMP_PREFIX}{step_dir_name(state.step)}-{os.getpid()}"
+    pretrained = tmp / PRETRAINED_DIR
+    training = tmp / TRAINING_STATE_DIR
+    pretrained.mkdir(parents=True)
+    training.mkdir(parents=True)
+
+    write_pretrained(pretrained)
+    (pretrained / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(train_config, sort_keys=False))
+    (training / TRAINING_STEP_FILE).write_text(json.dumps(state.__dict__, indent=2))
+    save_optimizer_state(optimizer, training)
+    if scheduler is not None:
+        save_scheduler_state(scheduler, training)
+    save_rng_state(training)
+    _fsync_tree(tmp)
+
+    if final.exists():
+        # Re-saving a step (a resumed run that reaches it again): move the old one aside first so that a crash
+        # between the two renames still leaves a complete folder under one of the names.
+        old = ckpt_root / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    _point_link(ckpt_root / LAST, final.name)
+    if keep_last is not None:
+        prune_checkpoints(ckpt_root, keep_last)
+    return final
+
+
+def mark_best(run_dir: Path, step: int) -> None:
+    """Point ``checkpoints/best`` at the (already written) checkpoint of ``step``."""
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    _point_link(ckpt_root / BEST, step_dir_name(step))
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete step folders under ``checkpoints/``, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    steps = [p for p in ckpt_root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()]
+    return sorted(steps, key=lambda p: int(p.name))
+
+
+def prune_checkpoints(ckpt_root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step folders, sparing those ``last`` and ``best`` point to."""
+    protected = {(ckpt_root / name).resolve() for name in (LAST, BEST) if (ckpt_root / name).is_symlink()}
+    steps = list_checkpoints(ckpt_root)
+    removed = []
+    for path in steps[: max(0, len(steps) - max(keep_last, 1))]:
+        if path.resolve() not in protected:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Find a checkpoint folder (the one holding ``pretrained_model/``) from what a user typed.
+
+    Accepts a run folder (-> ``checkpoints/last``), a ``checkpoints/`` folder (-> ``last``), a step folder, or a
+    ``pretrained_model`` folder (-> its parent).
+
+    Raises:
+        CheckpointError: nothing there, or no complete checkpoint inside.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint or run folder; pass a run folder or checkpoints/<step>")
+    candidates = [p, p / LAST, p / CHECKPOINTS_DIR / LAST]
+    if p.name == PRETRAINED_DIR:
+        candidates.insert(0, p.parent)
+    for c in candidates:
+        if (c / PRETRAINED_DIR / "model.safetensors").is_file():
+            return c.resolve()
+    raise CheckpointError(
+        f"{p}: no complete checkpoint found (expected {PRETRAINED_DIR}/model.safetensors in it, or in "
+        f"checkpoints/last); train first or pass checkpoints/<step>"
+    )
+
+
+def load_train_config(checkpoint: Path) -> dict[str, Any]:
+    """The run config stored with a checkpoint (``pretrained_model/train_config.yaml``).
+
+    Raises:
+        CheckpointError: the file is missing (not a checkpoint of this project) or unreadable.
+    """
+    path = Path(checkpoint) / PRETRAINED_DIR / TRAIN_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: missing; this checkpoint was not written by smolvla-train (it needs {TRAIN_CONFIG_FILE} "
+            "with the state map, cameras and image size)"
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> TrainingState:
+    """Restore optimizer, scheduler and RNG states in place; return the step and data-order position.
+
+    Raises:
+        CheckpointError: ``training_state/`` is missing or incomplete.
+    """
+    from lerobot.optim.optimizers import load_optimizer_state
+    from lerobot.optim.schedulers import load_scheduler_state
+    from lerobot.utils.random_utils import load_rng_state
+
+    training = Path(checkpoint) / TRAINING_STATE_DIR
+    step_file = training / TRAINING_STEP_FILE
+    if not step_file.is_file():
+        raise CheckpointError(f"{step_file}: missing; cannot resume from {checkpoint} (pick an older checkpoint)")
+    state = TrainingState(**json.loads(step_file.read_text()))
+    load_optimizer_state(optimizer, training)
+    if scheduler is not None:
+        load_scheduler_state(scheduler, training)
+    load_rng_state(training)
+    return state

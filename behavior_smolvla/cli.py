@@ -1,0 +1,392 @@
+"""Command-line entry points. Each function here only parses flags and calls a library function.
+
+Console scripts (pyproject.toml): ``smolvla-inspect``, ``smolvla-filter-state``, ``smolvla-train``, ``smolvla-eval``,
+``smolvla-serve``; the top-level ``cli.py`` in a checkout groups them as sub-commands (``python cli.py train ...``).
+A :class:`~behavior_smolvla.errors.BehaviorSmolVLAError` is printed as one red line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from behavior_smolvla.errors import BehaviorSmolVLAError
+
+err_console = Console(stderr=True)
+
+# Sub-command name -> Typer app, for ``python cli.py <name>``; each section below registers its own.
+_SUBCOMMANDS: dict[str, typer.Typer] = {}
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a project error into a one-line message and exit code 2 (no traceback: the message says the fix)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BehaviorSmolVLAError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _single_command_app(command: Callable[..., Any], help_text: str) -> typer.Typer:
+    app = typer.Typer(add_completion=False, help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
+    app.command()(_friendly_errors(command))
+    return app
+
+
+# --- smolvla-inspect -------------------------------------------------------------------------------------------
+
+
+def inspect_command(
+    dataset: str = typer.Argument(..., help="LeRobot dataset folder (v3.0, v2.1, BEHAVIOR 2025/2026 layouts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of tables."),
+    probe_files: int = typer.Option(
+        8, "--probe-files", min=0,
+        help="Video files measured per camera (and data files whose rows are counted), spread over the dataset; "
+             "0 = every file. Existence is checked for every file."),
+) -> None:
+    """Report a dataset: format, fps, episodes, frames, tasks, state/action features, each camera as measured in
+    its mp4 files (size, codec, keyframe interval, frames), and missing or unreadable files (exit code 1)."""
+    import json
+
+    from behavior_smolvla.inspect import inspect_dataset, print_report
+
+    report = inspect_dataset(dataset, probe_files=probe_files or None)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report, Console())
+    if report["problems"]:
+        raise typer.Exit(code=1)
+
+
+inspect_app = _single_command_app(inspect_command, "Report what a LeRobot dataset holds (smolvla-inspect).")
+_SUBCOMMANDS["inspect"] = inspect_app
+
+# --- smolvla-filter-state --------------------------------------------------------------------------------------
+
+
+def _legal_label(state_map: Any) -> str:
+    if state_map.layout == "any":
+        return "n/a (layout any)"
+    return "yes" if state_map.is_standard_track_legal() else "no"
+
+
+def _dim_label(dim: int | None) -> str:
+    return "= input" if dim is None else str(dim)  # None: a layout-any map, resolved per dataset
+
+
+def _dim_runs(dims: list[Any]) -> str:
+    """``joint_qpos.0..5 (0:6), robot_pos.0..2 (140:143)``: output dims grouped into runs of one block."""
+    runs: list[list[Any]] = []
+    for d in dims:
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and not d.reduce and not prev.reduce and d.sources[0] == prev.sources[0] + 1
+                and d.name.rpartition(".")[0] == prev.name.rpartition(".")[0]):
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    parts = []
+    for run in runs:
+        if len(run) == 1:
+            parts.append(f"{run[0].name} ({run[0].source_label})")
+        else:
+            parts.append(f"{run[0].name}..{run[-1].name.rpartition('.')[2]} "
+                         f"({run[0].sources[0]}:{run[-1].sources[0] + 1})")
+    return ", ".join(parts)
+
+
+def _print_state_map_list(as_json: bool) -> None:
+    import json
+    import textwrap
+
+    from rich.table import Table
+
+    from behavior_smolvla.state_maps import list_state_maps
+
+    maps = list_state_maps()
+    if as_json:
+        rows = [{"name": m.name, "layout": m.layout, "input_dim": m.input_dim, "output_dim": m.output_dim,
+                 "standard_track_legal": m.is_standard_track_legal(), "description": m.description, "path": m.path}
+                for m in maps]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="shipped state maps (use --map NAME, or --map FILE.yaml for your own)")
+    for col in ("name", "layout", "in", "out", "std-track legal", "description"):
+        table.add_column(col, overflow="fold")
+    for m in maps:
+        summary = textwrap.shorten(m.description, 110, placeholder=" ...")
+        table.add_row(m.name, m.layout, _dim_label(m.input_dim), _dim_label(m.output_dim), _legal_label(m), summary)
+    Console(width=max(Console().width, 140)).print(table)
+
+
+def _print_state_map_report(report: Any) -> None:
+    from rich.table import Table
+
+    m = report.state_map
+    out = Console(width=max(Console().width, 120))
+    out.print(f"[bold]{m.name}[/]  layout {m.layout}, {m.input_dim or 'any'} -> {m.output_dim or '= input'} dims, "
+              f"standard-track legal: {_legal_label(m)}\n{m.description}\n[dim]{m.path}[/]", highlight=False)
+    if not m.is_bound:
+        out.print("layout any: the dims are resolved against a dataset's state; pass --dataset PATH to list them")
+        return
+    title = None
+    if report.stats is not None:
+        title = (f"{report.dataset}: {len(report.episodes)} episodes, {report.frames} frames "
+                 f"(stats: {report.stats_source})")
+    table = Table(title=title)
+    columns = ["out", "name", "source", "group", "std track", "flags"]
+    if report.stats is not None:
+        columns[5:5] = ["mean", "std", "min", "max"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("out", "mean", "std", "min", "max") else "left")
+    constant = set(report.constant)
+    for d in m.dims:
+        flags = []
+        if d.index in constant:
+            flags.append("[yellow]constant[/]")
+        if d.unreliable:
+            flags.append("[red]unreliable[/]")
+        source = d.source_label + (f" ({d.reduce})" if d.reduce else "")
+        legal = {True: "allowed", False: "[red]FORBIDDEN[/]", None: "?"}[d.standard_track]
+        row = [str(d.index), d.name, source, d.group, legal]
+        if report.stats is not None:
+            row += [f"{report.stats[k][d.index]:.4g}" for k in ("mean", "std", "min", "max")]
+        table.add_row(*row, " ".join(flags))
+    out.print(table)
+    unreliable = [d for d in m.dims if d.unreliable]
+    if unreliable:
+        out.print(f"[red]unreliable[/] ({len(unreliable)} dims): {unreliable[0].unreliable}", highlight=False)
+    if report.stats is not None and report.constant:
+        out.print(f"[yellow]constant[/] ({len(report.constant)} dims with std < 1e-6 over these episodes): they carry "
+                  "no information; consider a map without them", highlight=False)
+
+
+def filter_state_command(
+    state_map: str = typer.Option(
+        None, "--map", "-m", help="A shipped state map name (see --list) or a YAML map file."),
+    list_maps: bool = typer.Option(
+        False, "--list", help="List every shipped map: layout, input/output dims, legality."),
+    dataset: str = typer.Option(
+        None, "--dataset", "--dataset-path",
+        help="LeRobot dataset folder: add per-dim mean/std/min/max of the mapped state (default map: by state dim)."),
+    episodes: str = typer.Option(
+        None, "--episodes", help="Episodes for the stats, e.g. '0-39,45' (default: all)."),
+    check_standard_track: bool = typer.Option(
+        False, "--check-standard-track",
+        help="Exit 1 and list the offending dims if the map reads a dim the BEHAVIOR standard track forbids."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON (name, layout, input_dim, output_dim, source_indices, names, "
+                              "standard_track_legal, ...) instead of tables."),
+) -> None:
+    """Choose, inspect and check the R1Pro proprioception a policy sees (state maps)."""
+    import json
+
+    from behavior_smolvla.state_maps import state_map_report
+
+    if list_maps:
+        _print_state_map_list(as_json)
+        return
+    report = state_map_report(state_map, dataset=dataset, episodes=episodes)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_state_map_report(report)
+    if check_standard_track:
+        m = report.state_map
+        verdict = err_console if as_json else Console()  # keep stdout pure JSON with --json
+        if m.is_standard_track_legal():
+            verdict.print(f"[green]standard track: {m.name} is legal[/] (reads only allowed dims)", highlight=False)
+            return
+        if m.layout == "any":
+            verdict.print(f"[red]standard track: {m.name} has layout any[/]: legality is only defined against an "
+                          "R1Pro layout; use an r1pro-* map", highlight=False)
+        else:
+            bad = m.standard_track_violations()
+            listed = _dim_runs(bad)
+            verdict.print(f"[red]standard track: {m.name} reads {len(bad)} forbidden dims[/]: {listed}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+filter_state_app = _single_command_app(
+    filter_state_command, "List, inspect and check R1Pro state maps (smolvla-filter-state)."
+)
+_SUBCOMMANDS["filter-state"] = filter_state_app
+
+# --- smolvla-train ---------------------------------------------------------------------------------------------
+
+
+def _opt(default: Any, *names: str, help: str, **kw: Any) -> Any:
+    """A Typer option that also accepts the seed project's snake_case spelling (``--max-steps``/``--max_steps``)."""
+    decls = []
+    for name in names:
+        decls.append(name)
+        if name.startswith("--") and "-" in name[2:] and "/" not in name:
+            decls.append("--" + name[2:].replace("-", "_"))
+    return typer.Option(default, *decls, help=help, **kw)
+
+
+def train_command(
+    dataset_path: str = _opt(None, "--dataset-path", help="LeRobot dataset folder (v3.0 or v2.1, BEHAVIOR 2025/2026)."),
+    episodes: str = _opt(None, "--episodes", help="Training episodes, e.g. '0-39,45' (default: all but --val-episodes)."),
+    val_episodes: str = _opt(None, "--val-episodes", help="Held-out episodes, never trained on."),
+    cameras: str = _opt(None, "--cameras", help="Comma-separated camera keys in policy order (default by layout)."),
+    image_size: int = _opt(None, "--image-size", help="Square image side SmolVLA resizes-with-padding to (512)."),
+    frame_stride: int = _opt(None, "--frame-stride", help="Use every n-th frame (3: 30 Hz -> 10 Hz)."),
+    num_workers: int = _opt(None, "--num-workers", help="DataLoader workers per process (2)."),
+    state_map: str = _opt(None, "--state-map", help="State map name or YAML file (default by state dim)."),
+    filter_state: bool = _opt(None, "--filter-state", help="Use the standard-track state map (r1pro-2025-standard, 217 dims)."),
+    state_dim: int = _opt(None, "--state-dim", help="SmolVLA max_state_dim (state zero-padded to it)."),
+    policy_path: str = _opt(None, "--policy-path", help="Hub id or local pretrained_model folder (lerobot/smolvla_base)."),
+    from_scratch: bool = _opt(None, "--from-scratch", help="Build a fresh SmolVLA around --vlm-model."),
+    vlm_model: str = _opt(None, "--vlm-model", help="VLM backbone hub id or local folder (with --from-scratch)."),
+    chunk_size: int = _opt(None, "--chunk-size", "--action-horizon", help="Actions per predicted chunk (50)."),
+    n_action_steps: int = _opt(None, "--n-action-steps", help="Actions executed per chunk (default: chunk size)."),
+    train_expert_only: bool = _opt(None, "--train-expert-only/--no-train-expert-only", help="Freeze the VLM (default: on)."),
+    freeze_vision_encoder: bool = _opt(None, "--freeze-vision-encoder/--no-freeze-vision-encoder", help="Freeze the vision encoder (default: on)."),
+    batch_size: int = _opt(None, "--batch-size", help="Samples per step per process (8)."),
+    max_steps: int = _opt(None, "--max-steps", help="Optimizer steps (this or --num-epochs is required)."),
+    num_epochs: int = _opt(None, "--num-epochs", help="Passes over the training episodes."),
+    lr: float = _opt(None, "--lr", "--learning-rate", help="Peak learning rate (1e-4)."),
+    warmup_steps: int = _opt(None, "--warmup-steps", help="Warm-up steps of the cosine schedule (1000)."),
+    grad_accum_steps: int = _opt(None, "--grad-accum-steps", help="Micro-batches per optimizer step (1)."),
+    grad_clip_norm: float = _opt(None, "--grad-clip-norm", help="Gradient-norm clip (10; 0 disables)."),
+    precision: str = _opt(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32."),
+    seed: int = _opt(None, "--seed", help="Seed for data order, augmentation, init and noise (1000)."),
+    device: str = _opt(None, "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    image_aug: bool = _opt(None, "--image-aug", help="Colour-jitter augmentation (at most two transforms per sample)."),
+    output_dir: str = _opt(None, "--output-dir", help="Run folder (default outputs/<date>/<time>_<run-name>)."),
+    run_name: str = _opt(None, "--run-name", help="Run name for the default folder and wandb."),
+    save_steps: int = _opt(None, "--save-steps", help="Checkpoint every n steps (1000) and at the end."),
+    keep_last: int = _opt(None, "--keep-last", help="Keep only the newest K checkpoints."),
+    resume: str = _opt(None, "--resume", help="Run folder or checkpoint to resume ('--resume' alone: --output-dir)."),
+    log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
+    eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
+    wandb_project: str = _opt(None, "--wandb-project", help="Weights & Biases project (behavior-smolvla)."),
+    wandb_entity: str = _opt(None, "--wandb-entity", help="Weights & Biases entity."),
+    wandb_run_name: str = _opt(None, "--wandb-run-name", help="Weights & Biases run name."),
+    wandb_tags: str = _opt(None, "--wandb-tags", help="Comma-separated tags."),
+    wandb_mode: str = _opt(None, "--wandb-mode", help="online (offline without credentials), offline, disabled."),
+    wandb_disable: bool = _opt(None, "--wandb-disable", help="Do not use Weights & Biases."),
+    config: str = _opt(None, "--config", help="YAML file of options; command-line flags override it."),
+    demo: bool = _opt(None, "--demo", help="Built-in demo: synthetic BEHAVIOR data + tiny backbone, CPU, minutes."),
+) -> None:
+    """Train lerobot's SmolVLA on a LeRobot / BEHAVIOR dataset, with checkpoints, exact resume and wandb."""
+    values = {k: v for k, v in locals().items() if k != "config"}
+    from behavior_smolvla.config import load_config_file
+    from behavior_smolvla.train import config_for_run, train
+
+    cfg = config_for_run(config, values)
+    given = {k for k, v in values.items() if v is not None}
+    if config:
+        given |= {str(k).replace("-", "_") for k in load_config_file(config)}
+    result = train(cfg, given=given)
+    out = Console()
+    last = result.last_checkpoint
+    out.print(f"\n[bold green]checkpoints:[/] {last.parent}  (last -> {last.resolve().name})", highlight=False, soft_wrap=True)
+    out.print("[bold]next:[/]", highlight=False)
+    out.print(f"  smolvla-train --resume {result.run_dir} --max-steps {result.steps * 2}   # train further", highlight=False, soft_wrap=True)
+    out.print(f"  smolvla-eval --checkpoint {last} --dataset-path {cfg.data.dataset_path} --episodes {cfg.data.val_episodes or '0'}", highlight=False, soft_wrap=True)
+    out.print(f"  smolvla-serve --checkpoint {last}   # websocket server for the BEHAVIOR evaluator", highlight=False, soft_wrap=True)
+
+
+def _normalise_resume_flag(argv: list[str]) -> list[str]:
+    """``--resume`` with no value means "resume the run in --output-dir": give it the value ``auto``."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("auto")
+    return out
+
+
+_train_typer = _single_command_app(train_command, "Train SmolVLA on BEHAVIOR / LeRobot data (smolvla-train).")
+_SUBCOMMANDS["train"] = _train_typer
+
+
+def train_app() -> None:
+    """Console script ``smolvla-train``."""
+    _train_typer(args=_normalise_resume_flag(sys.argv[1:]), prog_name="smolvla-train")
+
+
+# --- smolvla-eval ----------------------------------------------------------------------------------------------
+
+
+def eval_command(
+    checkpoint: list[str] = typer.Option(..., "--checkpoint", help="Run folder or checkpoints/<step>; repeat for an ensemble."),
+    dataset_path: str = typer.Option(..., "--dataset-path", help="LeRobot dataset folder with the training data's layout."),
+    episodes: str = typer.Option(..., "--episodes", help="Held-out episodes, e.g. '0-3,7'."),
+    output_dir: str = typer.Option(None, "--output-dir", help="Output folder (default <run>/eval/<date_time>_<step>)."),
+    frame_stride: int = typer.Option(None, "--frame-stride", help="Evaluate every n-th frame (default: the training stride)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="At most this many frames, spread evenly (default: all)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="'Percent close' threshold, a fraction of each dim's range."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the flow-matching noise."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
+    from behavior_smolvla.evaluate import evaluate_checkpoints, summary_table
+
+    report = evaluate_checkpoints(
+        checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
+        tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
+    )
+    out = Console(width=max(Console().width, 140))
+    out.print(summary_table(report))
+    if "ensemble" in report:
+        e = report["ensemble"]
+        r = e["disagreement_error_correlation"]
+        out.print(f"ensemble of {e['size']}: mean disagreement {e['disagreement']['mean']:.4g}, correlation with "
+                  f"error r = {'n/a' if r is None else f'{r:.3f}'}", highlight=False)
+    out.print(f"[bold green]report:[/] {report['output_dir']}/report.json  (summary.md, "
+              f"{len(report['files']['plots'])} plots, predictions.npz in the same folder)", highlight=False, soft_wrap=True)
+
+
+eval_app = _single_command_app(eval_command, "Offline evaluation of SmolVLA checkpoints on held-out episodes (smolvla-eval).")
+_SUBCOMMANDS["eval"] = eval_app
+
+# --- smolvla-serve ---------------------------------------------------------------------------------------------
+
+
+def serve_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Run folder (uses checkpoints/last), checkpoints/<step> or its pretrained_model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port (the evaluator's default is 8000; 0 picks a free one)."),
+    n_action_steps: int = typer.Option(None, "--n-action-steps", help="Actions served per model call (default: the checkpoint's)."),
+    task: str = typer.Option(None, "--task", help="Instruction to use instead of the one saved for the observation's task_id."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    noise_seed: int = typer.Option(None, "--noise-seed", help="Fixed flow-matching noise seed per model call (default: fresh noise)."),
+) -> None:
+    """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
+    from behavior_smolvla.serve import load_policy, serve
+
+    out = Console(soft_wrap=True, highlight=False)
+    policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed)
+    serve(policy, host=host, port=port, log=out.print)
+
+
+serve_app = _single_command_app(serve_command, "Serve a checkpoint to the BEHAVIOR evaluator (smolvla-serve).")
+_SUBCOMMANDS["serve"] = serve_app
+
+
+def main() -> None:
+    """``python cli.py <command> ...``: every console script as a sub-command of one Typer app."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help="behavior-smolvla: SmolVLA on BEHAVIOR data.")
+    for name, sub in _SUBCOMMANDS.items():
+        # Each console script is a one-command Typer app; re-register its command so it is not nested a level deeper.
+        info = sub.registered_commands[0]
+        app.command(name=name, help=sub.info.help)(info.callback)
+    app(args=_normalise_resume_flag(sys.argv[1:]), prog_name="cli.py")
+
+
+if __name__ == "__main__":
+    main()

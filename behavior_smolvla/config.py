@@ -1,0 +1,262 @@
+"""The one configuration tree of a training run.
+
+A run is described by :class:`TrainConfig` (sections: data, policy, optim, output, logging, eval). The CLI fills it
+from, in increasing priority: the dataclass defaults, a ``--config FILE.yaml``, the command-line flags. The resolved
+tree is printed at start and saved as ``train_config.yaml`` in every checkpoint, so a checkpoint alone says how it
+was trained (state map, cameras, image size, tasks are added there by the trainer).
+
+A config file may be flat (keys are flag names, ``max_steps`` or ``max-steps``) or nested by section
+(``optim: {max_steps: 100}``); an unknown key raises :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from behavior_smolvla.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """What the policy reads: dataset, episodes, cameras, state map, loader."""
+
+    dataset_path: str | None = None
+    """LeRobot dataset folder (v3.0 or v2.1, BEHAVIOR 2025/2026 layouts). Required unless ``--demo``."""
+    episodes: str | None = None
+    """Training episodes, a spec such as ``0-39,45``; default: every episode not in ``val_episodes``."""
+    val_episodes: str | None = None
+    """Held-out episodes (never trained on), used for validation loss and metrics."""
+    cameras: list[str] | None = None
+    """Camera keys in policy order (camera1, camera2, ...); default: the three RGB cameras for BEHAVIOR
+    (head, left wrist, right wrist), every video feature otherwise."""
+    image_size: int = 512
+    """Square side, in pixels, SmolVLA resizes-with-padding to (512 is SmolVLA's); frames are decoded at this size."""
+    frame_stride: int = 1
+    """Use every n-th frame (3 turns BEHAVIOR's 30 Hz into the baselines' 10 Hz); action chunks follow the stride."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (decoders are opened inside each worker)."""
+    state_map: str | None = None
+    """State map name or YAML file; default by state dim (256 -> r1pro-2025-top32, 61 -> r1pro-2026-b1k25,
+    <= 32 -> identity)."""
+    filter_state: bool = False
+    """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
+    image_aug: bool = False
+    """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+
+
+@dataclass
+class PolicyConfig:
+    """Which SmolVLA to train and how (lerobot.policies.smolvla; never re-implemented here)."""
+
+    policy_path: str = "lerobot/smolvla_base"
+    """Hub id or a local ``pretrained_model`` folder to fine-tune from."""
+    from_scratch: bool = False
+    """Build a fresh SmolVLA around ``vlm_model`` instead of loading ``policy_path``."""
+    vlm_model: str | None = None
+    """VLM backbone (hub id or local folder) for ``from_scratch``."""
+    chunk_size: int = 50
+    """Actions predicted per model call (SmolVLA's default 50 = 1.67 s at 30 Hz)."""
+    n_action_steps: int | None = None
+    """Actions executed from each chunk before the next model call; default: chunk_size."""
+    state_dim: int | None = None
+    """SmolVLA's ``max_state_dim`` (state zero-padded to it); default 32, raised to the mapped state dim if wider."""
+    train_expert_only: bool = True
+    """Freeze the VLM and train the action expert (SmolVLA's default)."""
+    freeze_vision_encoder: bool = True
+    """Freeze the VLM's vision encoder (SmolVLA's default)."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation: SmolVLA's AdamW preset and cosine-with-warmup schedule unless overridden."""
+
+    batch_size: int = 8
+    """Samples per step per process (the effective batch is batch_size * processes * grad_accum_steps)."""
+    max_steps: int | None = None
+    """Optimizer steps to train for (one of max_steps / num_epochs is required)."""
+    num_epochs: int | None = None
+    """Passes over the training episodes (converted to steps at start)."""
+    lr: float = 1e-4
+    """Peak learning rate (SmolVLA preset)."""
+    warmup_steps: int = 1000
+    """Linear warm-up steps (SmolVLA preset; scaled down with decay_steps when the run is shorter)."""
+    decay_steps: int = 30000
+    """Cosine decay length in steps (SmolVLA preset)."""
+    decay_lr: float = 2.5e-6
+    """Learning rate at the end of the cosine decay (SmolVLA preset)."""
+    weight_decay: float = 1e-10
+    """AdamW weight decay (SmolVLA preset)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    grad_clip_norm: float = 10.0
+    """Global gradient-norm clip (SmolVLA preset); 0 disables clipping."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``bf16``, ``fp16`` or ``fp32``."""
+    seed: int = 1000
+    """Seeds the data order, augmentation, model init and flow-matching noise."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+
+
+@dataclass
+class OutputConfig:
+    """Where the run lives and how checkpoints are kept."""
+
+    output_dir: str | None = None
+    """Run folder; default ``outputs/<YYYY-MM-DD>/<HH-MM-SS>_<run_name>``."""
+    run_name: str = "smolvla"
+    """Used in the default output folder name and as the default wandb run name."""
+    save_steps: int = 1000
+    """Checkpoint every n optimizer steps (and always at the end)."""
+    keep_last: int | None = None
+    """Keep only the newest K step checkpoints (``best`` is never pruned)."""
+    resume: str | None = None
+    """Run folder or checkpoint folder to resume from (``auto``: the output folder's ``checkpoints/last``)."""
+
+
+@dataclass
+class LoggingConfig:
+    """Console, metrics.jsonl and Weights & Biases."""
+
+    log_steps: int = 10
+    """Log every n optimizer steps."""
+    wandb_project: str | None = "behavior-smolvla"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: str = "online"
+    """``online`` (falls back to offline without credentials), ``offline`` or ``disabled``."""
+    wandb_disable: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training on ``data.val_episodes``."""
+
+    eval_steps: int | None = None
+    """Compute validation loss and offline metrics every n steps (needs val_episodes)."""
+    eval_max_frames: int = 64
+    """Frames per validation pass (spread evenly over the held-out episodes)."""
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run. ``demo`` replaces the data and policy with built-in tiny ones (see train.demo_config)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a nested or flat dict; unknown keys raise ConfigError naming ``source``."""
+        cfg = cls()
+        apply_overrides(cfg, data, source)
+        return cfg
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, sections in declaration order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _sections(cfg: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+
+
+def field_index(cfg: TrainConfig) -> dict[str, tuple[Any, str]]:
+    """Every leaf option name -> (section object or the root config, attribute). Names are unique across sections."""
+    index: dict[str, tuple[Any, str]] = {}
+    for section in _sections(cfg).values():
+        for f in dataclasses.fields(section):
+            index[f.name] = (section, f.name)
+    for f in dataclasses.fields(cfg):
+        if not dataclasses.is_dataclass(getattr(cfg, f.name)):
+            index[f.name] = (cfg, f.name)
+    return index
+
+
+def _unknown_key(key: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else f" (known keys: {', '.join(sorted(known))})"
+    return ConfigError(f"{source}: unknown key '{key}'{hint}; remove it or fix its spelling")
+
+
+def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> None:
+    """Set options from a flat (``max_steps: 10``) or nested (``optim: {max_steps: 10}``) mapping, in place.
+
+    Keys may use dashes or underscores. ``None`` values are skipped (they mean "not given").
+
+    Raises:
+        ConfigError: an unknown key or section, naming ``source`` (a file path or "command line").
+    """
+    index = field_index(cfg)
+    sections = _sections(cfg)
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key in sections and isinstance(value, dict):
+            section = sections[key]
+            names = [f.name for f in dataclasses.fields(section)]
+            for sub_key, sub_value in value.items():
+                sub = str(sub_key).replace("-", "_")
+                if sub not in names:
+                    raise _unknown_key(f"{key}.{sub}", [f"{key}.{n}" for n in names], source)
+                if sub_value is not None:
+                    setattr(section, sub, _coerce(section, sub, sub_value, source))
+            continue
+        if key not in index:
+            raise _unknown_key(key, list(index) + list(sections), source)
+        if value is not None:
+            owner, attr = index[key]
+            setattr(owner, attr, _coerce(owner, attr, value, source))
+
+
+def _coerce(owner: Any, attr: str, value: Any, source: str) -> Any:
+    """Comma-separated strings become lists for list-typed options (``--cameras a,b``, ``wandb_tags: a,b``)."""
+    current = getattr(owner, attr)
+    f = next(f for f in dataclasses.fields(owner) if f.name == attr)
+    if "list" in str(f.type) and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{attr}' must be true or false, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or a top level that is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: file not found; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {p}: invalid YAML ({str(exc).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: the top level must be a mapping of option names to values")
+    return data
+
+
+def resolve_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:
+    """Defaults < ``config_file`` < ``cli_values`` (flat option names; None = flag not given)."""
+    cfg = TrainConfig()
+    if config_file is not None:
+        apply_overrides(cfg, load_config_file(config_file), str(config_file))
+    apply_overrides(cfg, cli_values, "command line")
+    return cfg

@@ -1,0 +1,42 @@
+"""The project's exception types.
+
+Every error a user can cause (a missing file, a wrong dimension, an unknown key or flag) is raised as a
+:class:`BehaviorSmolVLAError` subclass whose message is ONE line that names the file, key or flag at fault and says
+what to do. The CLI prints such errors without a traceback and exits with code 2; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class BehaviorSmolVLAError(Exception):
+    """Base class: a one-line, user-actionable error (names the file/key/flag and the fix)."""
+
+
+class DatasetError(BehaviorSmolVLAError):
+    """A LeRobot dataset folder is missing, malformed or inconsistent (info.json, parquet, episodes, cameras)."""
+
+
+class VideoError(DatasetError):
+    """A video file is missing, truncated, undecodable, or lacks the frame a timestamp asks for."""
+
+
+class StateMapError(BehaviorSmolVLAError):
+    """A state map (name or YAML file) is unknown, malformed, or does not fit the dataset's state."""
+
+
+class ConfigError(BehaviorSmolVLAError):
+    """A configuration file or command-line flag is invalid (unknown key, missing required value, conflict)."""
+
+
+class CheckpointError(BehaviorSmolVLAError):
+    """A checkpoint or run folder is missing, incomplete, or not one of this project's."""
+
+
+class PolicyLoadError(BehaviorSmolVLAError):
+    """A pretrained policy or VLM backbone cannot be loaded (hub unreachable offline, bad folder)."""
+
+
+class ObservationError(BehaviorSmolVLAError):
+    """An observation sent to a served policy is malformed: undecodable msgpack, a refused array dtype, a missing
+    key, or a value of the wrong shape or dtype (the policy server answers it as an error string and keeps serving)."""

@@ -1,0 +1,309 @@
+"""The dataset report behind ``smolvla-inspect``: what a LeRobot dataset folder holds and whether its files are whole.
+
+:func:`inspect_dataset` reads the metadata with :class:`~behavior_smolvla.dataset.DatasetMeta` (v3.0, v2.1 and the
+BEHAVIOR 2025 release layout), checks that every data and video file the metadata names exists, and measures a
+spread sample of the files: parquet row counts, and for each camera the codec, resolution, pixel format, frame
+rate, frame count and keyframe interval as found in the mp4 packets (:func:`~behavior_smolvla.video.probe_video`),
+not as ``info.json`` declares them. Missing, unreadable or inconsistent files are listed in the report, never
+raised: a partly downloaded dataset still gets a full report. :func:`print_report` renders it with rich.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from behavior_smolvla.dataset import ACTION_KEY, STATE_KEY, DatasetMeta, format_indices
+from behavior_smolvla.errors import VideoError
+from behavior_smolvla.video import probe_video
+
+DEFAULT_PROBE_FILES = 8
+"""Files measured per camera (and data files whose row counts are read) unless told otherwise: enough to see
+the encoding of a release of 10,000 episodes without demuxing all its 30,000 mp4 files."""
+
+_BOOKKEEPING_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+def _spread(n: int, k: int | None) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``, first and last included (all when ``k`` is None)."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, max(k, 1)).round().astype(int).tolist()))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _feature_entry(meta: DatasetMeta, key: str) -> dict[str, Any] | None:
+    feature = meta.features.get(key)
+    if feature is None:
+        return None
+    names = meta.state_names if key == STATE_KEY else meta.action_names if key == ACTION_KEY else None
+    return {"dtype": feature.get("dtype"), "shape": list(feature.get("shape") or []), "names": names}
+
+
+def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAULT_PROBE_FILES) -> dict[str, Any]:
+    """Report on a dataset folder (JSON-serialisable).
+
+    Args:
+        root: the dataset folder (holding ``meta/info.json``).
+        probe_files: how many files per camera to measure, and how many data files to read row counts from,
+            spread over the dataset; ``None`` measures every file. Existence is checked for every file.
+
+    Returns:
+        dict with ``root``, ``format`` (``"v2.1"``/``"v3.0"``), ``codebase_version`` (as stored), ``robot_type``,
+        ``fps`` (Hz), ``episodes`` (``count``, ``indices`` as runs such as ``"10, 20, 10010-10011"``, ``first``,
+        ``last``, ``contiguous``), ``frames`` (``total``, ``per_episode`` min / mean / max), ``duration_s``,
+        ``tasks`` (list of ``task_index``, ``task``, ``episodes``), ``features`` (``observation.state`` and
+        ``action``: ``dtype``, ``shape``, ``names`` or None), ``other_features`` (declared, non-video, non-
+        bookkeeping: key -> dtype and shape), ``undeclared_columns`` (parquet columns info.json does not declare),
+        ``data_files`` (``count``, ``checked``, ``missing``), ``cameras`` (one dict per video key, in info.json
+        order: ``key``, ``declared`` height / width / codec, and as measured ``height``, ``width``, ``codec``,
+        ``pix_fmt``, ``fps``, ``keyframe_interval`` (frames, measured in the probed files that hold at least two
+        keyframes; None when they disagree (see ``keyframe_intervals``) or when every probed file holds a single
+        keyframe: then ``keyframe_interval_at_least`` is the longest such file's frame count), ``sizes``
+        (distinct ``WxH``), ``frames`` (in the probed files) vs ``expected_frames`` (the metadata's lengths of
+        their episodes), ``files``, ``probed``, ``missing``) and ``problems`` (list of ``kind`` in {"missing",
+        "unreadable", "frame count", "row count"}, ``path`` relative to ``root``, ``detail``).
+
+    Raises:
+        DatasetError: the folder or its metadata (``meta/info.json``, episodes, tasks) is missing or malformed; file
+            problems below the metadata are reported, not raised.
+    """
+    meta = DatasetMeta.load(root)
+    root = meta.root
+    problems: list[dict[str, str]] = []
+    episodes = meta.episodes
+    indices = list(episodes)
+    lengths = np.array([e.length for e in episodes.values()], dtype=np.int64)
+
+    task_counts = Counter(task for e in episodes.values() for task in e.tasks)
+    tasks = [{"task_index": i, "task": t, "episodes": task_counts.get(t, 0)} for i, t in sorted(meta.tasks.items())]
+
+    # Data files: existence for all, row counts (and the column schema) for a spread sample.
+    data_files: dict[Path, list[int]] = {}
+    for index, ep in episodes.items():
+        data_files.setdefault(ep.data_path, []).append(index)
+    data_paths = list(data_files)
+    missing_data = [p for p in data_paths if not p.is_file()]
+    for path in missing_data:
+        problems.append({"kind": "missing", "path": _relative(path, root),
+                         "detail": f"data file of episode(s) {format_indices(data_files[path])}"})
+    present = [p for p in data_paths if p.is_file()]
+    columns: set[str] = set()
+    checked = 0
+    for i in _spread(len(present), probe_files):
+        path = present[i]
+        expected = sum(episodes[e].length for e in data_files[path])
+        try:
+            parquet = pq.ParquetFile(path)
+            rows = parquet.metadata.num_rows
+            columns.update(parquet.schema_arrow.names)
+        except (pa.ArrowException, OSError) as exc:
+            problems.append({"kind": "unreadable", "path": _relative(path, root), "detail": " ".join(str(exc).split())})
+            continue
+        checked += 1
+        if rows != expected:
+            problems.append({"kind": "row count", "path": _relative(path, root),
+                             "detail": f"{rows} rows, the metadata's episodes {format_indices(data_files[path])} "
+                                       f"have {expected} frames"})
+
+    cameras = [_inspect_camera(meta, key, probe_files, problems) for key in meta.camera_keys]
+
+    declared = set(meta.features)
+    other = {k: {"dtype": f.get("dtype"), "shape": list(f.get("shape") or [])} for k, f in meta.features.items()
+             if k not in (STATE_KEY, ACTION_KEY) and f.get("dtype") != "video" and k not in _BOOKKEEPING_COLUMNS}
+    return {
+        "root": str(root),
+        "format": meta.version,
+        "codebase_version": str(meta.info.get("codebase_version", "")),
+        "robot_type": meta.info.get("robot_type"),
+        "fps": meta.fps,
+        "episodes": {
+            "count": len(indices),
+            "indices": format_indices(indices, limit=16),
+            "first": int(indices[0]) if indices else None,
+            "last": int(indices[-1]) if indices else None,
+            "contiguous": bool(indices) and indices == list(range(indices[0], indices[-1] + 1)),
+        },
+        "frames": {
+            "total": int(lengths.sum()),
+            "per_episode": {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
+                            "max": int(lengths.max())} if len(lengths) else None,
+        },
+        "duration_s": round(float(lengths.sum()) / meta.fps, 3),
+        "tasks": tasks,
+        "features": {STATE_KEY: _feature_entry(meta, STATE_KEY), ACTION_KEY: _feature_entry(meta, ACTION_KEY)},
+        "other_features": other,
+        "undeclared_columns": sorted(columns - declared),
+        "data_files": {"count": len(data_paths), "checked": checked, "missing": len(missing_data)},
+        "cameras": cameras,
+        "problems": problems,
+    }
+
+
+def _inspect_camera(meta: DatasetMeta, key: str, probe_files: int | None,
+                    problems: list[dict[str, str]]) -> dict[str, Any]:
+    root = meta.root
+    info = meta.features[key].get("info") or {}
+    shape = list(meta.features[key].get("shape") or [])
+    declared = {"height": info.get("video.height", shape[0] if len(shape) == 3 else None),
+                "width": info.get("video.width", shape[1] if len(shape) == 3 else None),
+                "codec": info.get("video.codec")}
+    files: dict[Path, list[int]] = {}
+    for index, ep in meta.episodes.items():
+        files.setdefault(ep.videos[key][0], []).append(index)
+    paths = list(files)
+    missing = [p for p in paths if not p.is_file()]
+    for path in missing:
+        problems.append({"kind": "missing", "path": _relative(path, root),
+                         "detail": f"camera {key}, episode(s) {format_indices(files[path])}"})
+    present = [p for p in paths if p.is_file()]
+    measured: list[Any] = []
+    frames = expected = 0
+    for i in _spread(len(present), probe_files):
+        path = present[i]
+        try:
+            video = probe_video(path)
+        except VideoError as exc:
+            problems.append({"kind": "unreadable", "path": _relative(path, root), "detail": str(exc)})
+            continue
+        measured.append(video)
+        want = sum(meta.episodes[e].length for e in files[path])
+        frames += video.frame_count
+        expected += want
+        if video.frame_count != want:
+            problems.append({"kind": "frame count", "path": _relative(path, root),
+                             "detail": f"{video.frame_count} frames, the metadata's episodes "
+                                       f"{format_indices(files[path])} have {want}"})
+    first = measured[0] if measured else None
+    # probe_video gives frame_count for a file with a single keyframe: its interval is then only a lower bound.
+    intervals = sorted({v.keyframe_interval for v in measured if v.keyframe_interval < v.frame_count})
+    single = [v for v in measured if v.keyframe_interval >= v.frame_count]
+    return {
+        "key": key,
+        "declared": declared,
+        "height": first.height if first else None,
+        "width": first.width if first else None,
+        "codec": first.codec if first else None,
+        "pix_fmt": first.pix_fmt if first else None,
+        "fps": first.fps if first else None,
+        "keyframe_interval": intervals[0] if len(intervals) == 1 else None,
+        "keyframe_intervals": intervals,
+        "single_keyframe_files": len(single),
+        "keyframe_interval_at_least": max(v.frame_count for v in single) if single and not intervals else None,
+        "sizes": sorted({f"{v.width}x{v.height}" for v in measured}),
+        "frames": frames,
+        "expected_frames": expected,
+        "files": len(paths),
+        "probed": len(measured),
+        "missing": len(missing),
+    }
+
+
+def _names_label(names: Sequence[str] | None, limit: int = 6) -> str:
+    if not names:
+        return "-"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} names)" if len(names) > limit else "")
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """Render an :func:`inspect_dataset` report as rich tables (summary, tasks, features, cameras, problems)."""
+    console = console or Console()
+    eps, frames = report["episodes"], report["frames"]
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("dataset", report["root"])
+    summary.add_row("format", f"LeRobot {report['format']} (codebase_version {report['codebase_version']})"
+                    + (f", robot {report['robot_type']}" if report.get("robot_type") else ""))
+    summary.add_row("fps", f"{report['fps']:g}")
+    summary.add_row("episodes", f"{eps['count']}: {eps['indices']}"
+                    + ("" if eps["contiguous"] else "  [yellow](not contiguous)[/]"))
+    per = frames["per_episode"]
+    summary.add_row("frames", f"{frames['total']} ({report['duration_s'] / 60:.1f} min)"
+                    + (f"; per episode min {per['min']}, mean {per['mean']}, max {per['max']}" if per else ""))
+    data = report["data_files"]
+    summary.add_row("data files", f"{data['count']} ({data['checked']} checked, {data['missing']} missing)")
+    if report["undeclared_columns"]:
+        summary.add_row("undeclared columns", ", ".join(report["undeclared_columns"]))
+    console.print(summary)
+
+    tasks = Table(title=f"tasks ({len(report['tasks'])})", title_justify="left")
+    tasks.add_column("index", justify="right")
+    tasks.add_column("episodes", justify="right")
+    tasks.add_column("task")
+    shown = report["tasks"][:20]
+    for task in shown:
+        tasks.add_row(str(task["task_index"]), str(task["episodes"]), task["task"])
+    if len(report["tasks"]) > len(shown):
+        tasks.add_row("...", "", f"{len(report['tasks']) - len(shown)} more")
+    console.print(tasks)
+
+    features = Table(title="features", title_justify="left")
+    for column in ("key", "dtype", "shape", "names"):
+        features.add_column(column)
+    for key, feature in report["features"].items():
+        if feature is not None:
+            features.add_row(key, str(feature["dtype"]), str(feature["shape"]), _names_label(feature["names"]))
+    for key, feature in report["other_features"].items():
+        features.add_row(f"[dim]{key}[/]", str(feature["dtype"]), str(feature["shape"]), "")
+    console.print(features)
+
+    keys = [cam["key"] for cam in report["cameras"]]
+    # Camera keys share a long prefix (observation.images.rgb.): show it once, in the title.
+    prefix = os.path.commonprefix(keys)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    cameras = Table(title=f"cameras ({len(keys)}{', ' + prefix + '*' if prefix else ''}; as measured in the mp4 "
+                          "files)", title_justify="left")
+    cameras.add_column("camera", no_wrap=True)
+    cameras.add_column("WxH")
+    cameras.add_column("codec")
+    cameras.add_column("keyframe every", justify="right")
+    cameras.add_column("frames", justify="right")
+    cameras.add_column("files (probed)", justify="right")
+    for cam in report["cameras"]:
+        size = ", ".join(cam["sizes"]) or "-"
+        declared = cam["declared"]
+        if declared["width"] and f"{declared['width']}x{declared['height']}" not in cam["sizes"] and cam["sizes"]:
+            size += f" [yellow](declared {declared['width']}x{declared['height']})[/]"
+        if cam["keyframe_intervals"]:
+            kfi = ", ".join(str(v) for v in cam["keyframe_intervals"])
+        elif cam["keyframe_interval_at_least"]:
+            kfi = f">= {cam['keyframe_interval_at_least']} (1/file)"
+        else:
+            kfi = "-"
+        codec = " ".join(str(v) for v in (cam["codec"], cam["pix_fmt"]) if v) or "-"
+        if cam["fps"] and abs(cam["fps"] - report["fps"]) > 1e-6:
+            codec += f" [yellow]{cam['fps']:g} fps[/]"
+        frame_label = f"{cam['frames']}" + ("" if cam["frames"] == cam["expected_frames"]
+                                            else f" [red](expected {cam['expected_frames']})[/]")
+        files = f"{cam['files']} ({cam['probed']})" + (f" [red]{cam['missing']} missing[/]" if cam["missing"] else "")
+        cameras.add_row(cam["key"][len(prefix):], size, codec, kfi, frame_label, files)
+    console.print(cameras)
+
+    if report["problems"]:
+        problems = Table(title=f"[red]problems ({len(report['problems'])})[/]", title_justify="left")
+        for column in ("kind", "file", "detail"):
+            problems.add_column(column, overflow="fold")
+        for problem in report["problems"][:50]:
+            problems.add_row(problem["kind"], problem["path"], problem["detail"])
+        if len(report["problems"]) > 50:
+            problems.add_row("...", f"{len(report['problems']) - 50} more", "")
+        console.print(problems)
+    else:
+        console.print("[green]no problems found[/] (every file the metadata names exists; probed files match it)")

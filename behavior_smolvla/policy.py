@@ -1,0 +1,657 @@
+"""Building, loading and saving lerobot's SmolVLA policy and its pre/post processors for BEHAVIOR data.
+
+Nothing here re-implements the model: the policy is ``lerobot.policies.smolvla.SmolVLAPolicy`` and the processors
+are the pipelines of ``make_smolvla_pre_post_processors`` (rename -> batch -> "\\n" after the task -> tokenise
+with the VLM's tokenizer -> device -> MEAN_STD normalisation of ``observation.state`` and ``action``; the
+post-processor unnormalises ``action`` and moves it to the CPU). This module adds what the project needs around
+them:
+
+- camera naming: dataset camera keys become ``observation.images.camera{i}`` (1-based, in the given order; the
+  BEHAVIOR convention camera1 = head, camera2 = left wrist, camera3 = right wrist is what ``lerobot/smolvla_base``
+  was trained with);
+- starting from scratch on a VLM backbone, or from a pretrained SmolVLA (hub id or local ``pretrained_model``
+  folder) whose weights are loaded leniently: layers whose shapes change with this dataset (``state_proj`` when
+  ``max_state_dim`` grows, the action projections when ``max_action_dim`` grows) are freshly initialised and
+  reported, everything else must load;
+- saving and loading in lerobot's own layout, so ``SmolVLAPolicy.from_pretrained`` and
+  ``PolicyProcessorPipeline.from_pretrained`` read what :func:`save_policy` writes.
+
+Batch contract (what :func:`to_policy_batch` returns and the pre-processor takes), B = batch size:
+``observation.images.camera{i}`` float32 [B, 3, H, W] in [0, 1] (any H, W: SmolVLA resizes with padding to
+``image_size``); ``observation.state`` float32 [B, state_dim] (raw units, e.g. radians, metres; normalised by
+the pre-processor); ``action`` float32 [B, chunk_size, action_dim] and ``action_is_pad`` bool [B, chunk_size]
+(training only); ``task`` list[str] of length B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
+
+if TYPE_CHECKING:
+    from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+
+__all__ = [
+    "DEFAULT_POLICY_PATH",
+    "DEFAULT_VLM_MODEL",
+    "SMOLVLA_PADDED_DIM",
+    "PolicyBundle",
+    "PolicySpec",
+    "create_policy",
+    "load_policy_bundle",
+    "policy_camera_keys",
+    "resolve_device",
+    "save_policy",
+    "to_policy_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY_PATH = "lerobot/smolvla_base"
+"""The pretrained SmolVLA on the Hugging Face hub (lerobot's own fine-tuning starting point)."""
+DEFAULT_VLM_MODEL = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+"""``SmolVLAConfig.vlm_model_name`` default in lerobot 0.6.1: the backbone of ``lerobot/smolvla_base``."""
+SMOLVLA_PADDED_DIM = 32
+"""``SmolVLAConfig.max_state_dim`` / ``max_action_dim`` default in lerobot 0.6.1 (and in ``smolvla_base``)."""
+
+OBS_STATE = "observation.state"
+ACTION = "action"
+ACTION_IS_PAD = "action_is_pad"
+TASK = "task"
+POLICY_IMAGE_PREFIX = "observation.images.camera"
+
+# Files lerobot writes for a policy and its processors (names fixed by lerobot 0.6.1).
+POLICY_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json")
+# Pre-0.4 lerobot checkpoints kept normalisation statistics inside the model; the processors built here from the
+# dataset's statistics replace them, so such keys in a pretrained checkpoint are ignored (with a warning).
+_LEGACY_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+_VLM_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# The only SmolVLA layers whose shapes depend on the dataset: state_proj on max_state_dim, the action
+# projections on max_action_dim (lerobot 0.6.1 VLAFlowMatching).
+_RESHAPEABLE_LAYERS = ("model.state_proj", "model.action_in_proj", "model.action_out_proj")
+
+
+def policy_camera_keys(cameras: Sequence[str]) -> dict[str, str]:
+    """Map dataset camera keys to SmolVLA image keys, in the given order.
+
+    Args:
+        cameras: dataset camera keys, e.g. ``["observation.images.rgb.head", "observation.images.rgb.left_wrist",
+            "observation.images.rgb.right_wrist"]`` (BEHAVIOR order: head, left wrist, right wrist).
+
+    Returns:
+        ``{camera_key: "observation.images.camera{i}"}`` with i = 1, 2, ... in the given order.
+
+    Raises:
+        ConfigError: no cameras, or a camera listed twice.
+    """
+    cameras = list(cameras)
+    if not cameras:
+        raise ConfigError("no cameras given: pass at least one dataset camera key (--cameras)")
+    duplicates = sorted({c for c in cameras if cameras.count(c) > 1})
+    if duplicates:
+        raise ConfigError(f"camera key(s) {duplicates} listed more than once in --cameras; list each camera once")
+    return {key: f"{POLICY_IMAGE_PREFIX}{i}" for i, key in enumerate(cameras, start=1)}
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn a device name into a :class:`torch.device`.
+
+    Args:
+        name: ``"auto"`` (CUDA if available, else Apple MPS, else CPU), or an explicit ``"cuda"``, ``"cuda:N"``,
+            ``"mps"``, ``"cpu"``.
+
+    Raises:
+        ConfigError: unknown name, or a device this machine does not have.
+    """
+    name = str(name).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r} is not a torch device; use auto, cuda, cuda:N, mps or cpu") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} requested but CUDA is not available here; use --device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name} requested but only {torch.cuda.device_count()} CUDA device(s) exist here"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name} requested but MPS is not available here; use --device auto or cpu")
+    elif device.type not in ("cuda", "mps", "cpu"):
+        raise ConfigError(f"--device {name!r} is not supported; use auto, cuda, cuda:N, mps or cpu")
+    return device
+
+
+@dataclass
+class PolicySpec:
+    """What to build: the dataset's shapes plus the SmolVLA options a training run chooses.
+
+    Attributes:
+        cameras: dataset camera keys in policy order (camera1, camera2, ...; see :func:`policy_camera_keys`).
+        state_dim: dimension of ``observation.state`` as fed to the policy (after the state map).
+        action_dim: dimension of ``action`` (23 for the R1Pro).
+        chunk_size: actions predicted per inference (SmolVLA's action chunk, in frames).
+        n_action_steps: actions executed from each chunk by ``select_action``; ``None`` = ``chunk_size``.
+        image_size: square size in pixels SmolVLA resizes (keeping aspect ratio) and zero-pads every image to
+            (``resize_imgs_with_padding``). ``None``: the pretrained policy's value, or from scratch the VLM's
+            vision ``image_size`` (512 for SmolVLM2).
+        max_state_dim: width the state is zero-padded to (``state_proj`` input). ``None`` = the pretrained
+            policy's value (32 for ``smolvla_base``; 32 from scratch), widened to ``state_dim`` when that is larger.
+        max_action_dim: same for actions (``action_in_proj`` / ``action_out_proj``).
+        policy_path: pretrained SmolVLA, a hub id or a local ``pretrained_model`` folder; ignored with
+            ``from_scratch``.
+        from_scratch: build a new SmolVLA on the ``vlm_model`` backbone instead of loading ``policy_path``.
+        vlm_model: VLM backbone (hub id or local folder). ``None`` = ``DEFAULT_VLM_MODEL`` from scratch, the
+            pretrained policy's own backbone otherwise (giving it re-points a pretrained policy at a local copy).
+        load_vlm_weights: load the backbone's pretrained weights. ``None`` = from scratch: yes when they exist
+            (a hub id, or a folder holding ``*.safetensors``/``*.bin``; a tiny VLM folder has none); pretrained:
+            the checkpoint's own setting (``smolvla_base``: true, which makes lerobot load SmolVLM2 in bfloat16).
+        train_expert_only: freeze the whole VLM, train the action expert and projections (lerobot default).
+        freeze_vision_encoder: freeze the vision encoder (lerobot default).
+        device: ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"cpu"`` (see :func:`resolve_device`).
+    """
+
+    cameras: Sequence[str]
+    state_dim: int
+    action_dim: int
+    chunk_size: int = 50
+    n_action_steps: int | None = None
+    image_size: int | None = None
+    max_state_dim: int | None = None
+    max_action_dim: int | None = None
+    policy_path: str | None = DEFAULT_POLICY_PATH
+    from_scratch: bool = False
+    vlm_model: str | None = None
+    load_vlm_weights: bool | None = None
+    train_expert_only: bool = True
+    freeze_vision_encoder: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class PolicyBundle:
+    """A SmolVLA policy with the processors that feed it.
+
+    Attributes:
+        policy: ``SmolVLAPolicy`` on its device. ``policy.forward(batch) -> (loss, info)``;
+            ``policy.predict_action_chunk(batch, noise=None) -> float32 [B, chunk_size, action_dim]`` (normalised
+            actions: pass them through ``postprocessor``).
+        preprocessor: ``PolicyProcessorPipeline`` taking a :func:`to_policy_batch` dict and returning the model's
+            batch (normalised state/action, ``observation.language.tokens`` / ``.attention_mask``, on device).
+        postprocessor: ``PolicyProcessorPipeline`` taking the model's action tensor and returning it unnormalised
+            (dataset units) on the CPU.
+        reinitialised: state-dict names of parameters freshly initialised instead of loaded from the pretrained
+            policy because their layer's shape changed, e.g. ``["model.state_proj.bias",
+            "model.state_proj.weight"]`` when ``max_state_dim`` grows (empty from scratch and when nothing changed).
+    """
+
+    policy: SmolVLAPolicy
+    preprocessor: PolicyProcessorPipeline
+    postprocessor: PolicyProcessorPipeline
+    reinitialised: list[str] = field(default_factory=list)
+
+
+def to_policy_batch(sample_batch: Mapping[str, Any], camera_map: Mapping[str, str]) -> dict[str, Any]:
+    """Rename a dataset batch to SmolVLA's keys, without copying tensors.
+
+    Args:
+        sample_batch: a collated batch of ``BehaviorDataset`` samples (or one observation): camera keys ->
+            float32 [B, 3, H, W] in [0, 1]; ``observation.state`` float32 [B, D]; optional ``action`` float32
+            [B, chunk, A] and ``action_is_pad`` bool [B, chunk]; ``task`` list[str] (or one str).
+        camera_map: from :func:`policy_camera_keys`.
+
+    Returns:
+        A new dict holding the same tensor objects under ``observation.images.camera{i}``, plus
+        ``observation.state``, ``task`` and, when present, ``action`` and ``action_is_pad``. Other keys
+        (``episode_index``, ``frame_index``, ``timestamp``, ``index``, ...) are left out.
+
+    Raises:
+        DatasetError: a camera of ``camera_map``, ``observation.state`` or ``task`` is missing.
+    """
+    missing = [k for k in (*camera_map, OBS_STATE, TASK) if k not in sample_batch]
+    if missing:
+        raise DatasetError(
+            f"batch lacks key(s) {missing} that the policy needs (has {sorted(sample_batch)}); "
+            "check --cameras against the dataset's camera keys"
+        )
+    batch = {policy_key: sample_batch[key] for key, policy_key in camera_map.items()}
+    for key in (OBS_STATE, ACTION, ACTION_IS_PAD, TASK):
+        if key in sample_batch:
+            batch[key] = sample_batch[key]
+    return batch
+
+
+def _policy_stats(dataset_stats: Mapping[str, Mapping[str, Any]], camera_map: Mapping[str, str], spec: PolicySpec):
+    """Validate dataset statistics and rename camera entries to policy keys (float32 tensors)."""
+    expected = {OBS_STATE: spec.state_dim, ACTION: spec.action_dim}
+    stats: dict[str, dict[str, torch.Tensor]] = {}
+    for key, dim in expected.items():
+        if key not in dataset_stats:
+            raise DatasetError(f"dataset statistics lack {key!r} (have {sorted(dataset_stats)}); recompute the stats")
+        for stat in ("mean", "std"):
+            if stat not in dataset_stats[key]:
+                raise DatasetError(f"dataset statistics of {key!r} lack {stat!r}; SmolVLA normalises with MEAN_STD")
+        for stat, value in dataset_stats[key].items():
+            shape = tuple(np.shape(value))
+            if shape != (dim,):
+                raise DatasetError(
+                    f"dataset statistics {key}.{stat} have shape {shape}, expected ({dim},) for a {dim}-dim {key}; "
+                    "compute the stats after the state map"
+                )
+    for key, value in dataset_stats.items():
+        name = camera_map.get(key, key)
+        stats[name] = {s: torch.as_tensor(np.asarray(v, dtype=np.float32)) for s, v in value.items()}
+    return stats
+
+
+def _features(spec: PolicySpec, camera_map: Mapping[str, str], image_size: int):
+    from lerobot.configs import FeatureType, PolicyFeature
+
+    inputs = {
+        key: PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size)) for key in camera_map.values()
+    }
+    inputs[OBS_STATE] = PolicyFeature(type=FeatureType.STATE, shape=(spec.state_dim,))
+    outputs = {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(spec.action_dim,))}
+    return inputs, outputs
+
+
+def _validate_spec(spec: PolicySpec) -> None:
+    for name in ("state_dim", "action_dim", "chunk_size"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"policy {name}={value!r} must be a positive integer")
+    n_steps = spec.n_action_steps
+    if n_steps is not None and not (isinstance(n_steps, int) and 0 < n_steps <= spec.chunk_size):
+        raise ConfigError(f"--n-action-steps {n_steps!r} must be between 1 and the chunk size {spec.chunk_size}")
+    if spec.image_size is not None and (not isinstance(spec.image_size, int) or spec.image_size <= 0):
+        raise ConfigError(f"--image-size {spec.image_size!r} must be a positive number of pixels")
+    for name, dim in (("max_state_dim", spec.state_dim), ("max_action_dim", spec.action_dim)):
+        value = getattr(spec, name)
+        if value is not None and (not isinstance(value, int) or value < dim):
+            raise ConfigError(f"policy {name}={value!r} must be an integer >= the data's dimension {dim}")
+    if not spec.from_scratch and not spec.policy_path:
+        raise ConfigError("no pretrained policy given: pass --policy-path, or --from-scratch --vlm-model <VLM>")
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).expanduser().is_dir()
+
+
+def _has_vlm_weights(vlm_model: str) -> bool:
+    """A hub id always has weights; a local folder only if it holds weight files."""
+    folder = Path(vlm_model).expanduser()
+    if not folder.is_dir():
+        return True
+    return any(p.name.endswith(_VLM_WEIGHT_SUFFIXES) for p in folder.iterdir())
+
+
+def _hub_hint() -> str:
+    return (
+        "pass a local pretrained_model folder as --policy-path, or train from scratch with "
+        "--from-scratch --vlm-model <local SmolVLM folder>"
+    )
+
+
+def _resolve_pretrained_folder(policy_path: str) -> Path:
+    """A local folder holding the pretrained policy's config.json and model.safetensors (hub ids: the HF cache)."""
+    if _is_local(policy_path):
+        folder = Path(policy_path).expanduser().resolve()
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(policy_path, allow_patterns=["config.json", "model.safetensors"]))
+        except Exception as e:  # offline, not cached, unknown repo, network error: all end the same way
+            raise PolicyLoadError(
+                f"cannot load pretrained policy {policy_path!r}: it is not a local folder and the Hugging Face hub "
+                f"gave {type(e).__name__} (offline, e.g. HF_HUB_OFFLINE=1, or not in the local cache); {_hub_hint()}"
+            ) from e
+    missing = [name for name in POLICY_FILES[:2] if not (folder / name).is_file()]
+    if missing:
+        raise PolicyLoadError(
+            f"pretrained policy {policy_path!r} ({folder}) lacks {missing}; point --policy-path at a lerobot "
+            "pretrained_model folder (config.json + model.safetensors)"
+        )
+    return folder
+
+
+def _load_smolvla_config(folder: Path, label: str) -> SmolVLAConfig:
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.policies.smolvla import SmolVLAConfig
+
+    try:
+        config = PreTrainedConfig.from_pretrained(folder)
+    except Exception as e:  # draccus / json errors: a folder that is not a lerobot policy
+        raise PolicyLoadError(
+            f"{folder / 'config.json'} is not a lerobot policy config ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); point {label} at a SmolVLA pretrained_model folder"
+        ) from e
+    if not isinstance(config, SmolVLAConfig):
+        raise PolicyLoadError(
+            f"{folder / 'config.json'} is a {config.type!r} policy, not SmolVLA; point {label} at a SmolVLA folder"
+        )
+    return config
+
+
+def _instantiate(config: SmolVLAConfig) -> SmolVLAPolicy:
+    """``SmolVLAPolicy(config)``, turning a backbone that cannot be fetched into one clear error."""
+    from lerobot.policies.smolvla import SmolVLAPolicy
+
+    try:
+        return SmolVLAPolicy(config)
+    except OSError as e:  # transformers raises OSError for a backbone that is neither local nor reachable
+        raise PolicyLoadError(
+            f"cannot load the VLM backbone {config.vlm_model_name!r} ({type(e).__name__}: offline or not in the local "
+            "Hugging Face cache); pass --vlm-model <local SmolVLM folder>"
+        ) from e
+
+
+def _scratch_config(spec: PolicySpec, camera_map: Mapping[str, str], device: torch.device) -> SmolVLAConfig:
+    from lerobot.policies.smolvla import SmolVLAConfig
+    from transformers import AutoConfig
+
+    vlm_model = spec.vlm_model or DEFAULT_VLM_MODEL
+    if _is_local(vlm_model):
+        vlm_model = str(Path(vlm_model).expanduser().resolve())
+    image_size = spec.image_size
+    if image_size is None:
+        try:
+            image_size = int(AutoConfig.from_pretrained(vlm_model).vision_config.image_size)
+        except OSError as e:
+            raise PolicyLoadError(
+                f"cannot read the VLM backbone {vlm_model!r} ({type(e).__name__}: offline or not in the local "
+                "Hugging Face cache); pass --vlm-model <local SmolVLM folder>"
+            ) from e
+    load_vlm_weights = spec.load_vlm_weights
+    if load_vlm_weights is None:
+        load_vlm_weights = _has_vlm_weights(vlm_model)
+    elif load_vlm_weights and not _has_vlm_weights(vlm_model):
+        raise ConfigError(f"--vlm-model {vlm_model} holds no weight files; drop --load-vlm-weights or use a full VLM")
+    inputs, outputs = _features(spec, camera_map, image_size)
+    return SmolVLAConfig(
+        input_features=inputs,
+        output_features=outputs,
+        device=str(device),
+        chunk_size=spec.chunk_size,
+        n_action_steps=spec.n_action_steps or spec.chunk_size,
+        max_state_dim=spec.max_state_dim or max(SMOLVLA_PADDED_DIM, spec.state_dim),
+        max_action_dim=spec.max_action_dim or max(SMOLVLA_PADDED_DIM, spec.action_dim),
+        resize_imgs_with_padding=(image_size, image_size),
+        vlm_model_name=vlm_model,
+        load_vlm_weights=load_vlm_weights,
+        train_expert_only=spec.train_expert_only,
+        freeze_vision_encoder=spec.freeze_vision_encoder,
+    )
+
+
+def _pretrained_config(
+    spec: PolicySpec, camera_map: Mapping[str, str], device: torch.device, folder: Path
+) -> SmolVLAConfig:
+    base = _load_smolvla_config(folder, "--policy-path")
+    image_size = spec.image_size or int(base.resize_imgs_with_padding[0])
+    inputs, outputs = _features(spec, camera_map, image_size)
+    changes: dict[str, Any] = {
+        "input_features": inputs,
+        "output_features": outputs,
+        "device": str(device),
+        "chunk_size": spec.chunk_size,
+        "n_action_steps": spec.n_action_steps or spec.chunk_size,
+        "max_state_dim": spec.max_state_dim or max(base.max_state_dim, spec.state_dim),
+        "max_action_dim": spec.max_action_dim or max(base.max_action_dim, spec.action_dim),
+        "resize_imgs_with_padding": (image_size, image_size),
+        "train_expert_only": spec.train_expert_only,
+        "freeze_vision_encoder": spec.freeze_vision_encoder,
+        "pretrained_path": Path(spec.policy_path),
+    }
+    if spec.vlm_model:
+        vlm = spec.vlm_model
+        changes["vlm_model_name"] = str(Path(vlm).expanduser().resolve()) if _is_local(vlm) else vlm
+    if spec.load_vlm_weights is not None:
+        changes["load_vlm_weights"] = spec.load_vlm_weights
+    # replace() re-runs SmolVLAConfig.__post_init__, so lerobot's own checks apply to the merged config.
+    return dataclasses.replace(base, **changes)
+
+
+def _load_weights_leniently(policy: SmolVLAPolicy, weights_file: Path) -> list[str]:
+    """Copy a checkpoint's weights into ``policy``; keep the fresh initialisation of layers whose shape changed.
+
+    Returns the sorted state-dict names of the parameters left freshly initialised (every parameter of a layer
+    with at least one reshaped parameter). Raises PolicyLoadError on any other
+    mismatch (a key the checkpoint lacks, or one the policy does not have).
+    """
+    from safetensors.torch import load_file
+
+    source = load_file(str(weights_file))
+    target = policy.state_dict()
+    legacy = sorted(k for k in source if k.startswith(_LEGACY_NORM_PREFIXES))
+    if legacy:
+        logger.warning(
+            "ignoring %d legacy normalisation buffers in %s; the dataset's statistics are used",
+            len(legacy),
+            weights_file,
+        )
+    unexpected = sorted(k for k in source if k not in target and k not in legacy)
+    # A layer with any reshaped parameter is re-initialised whole: a pretrained bias means nothing next to a
+    # freshly initialised weight.
+    reshaped_layers = {k.rpartition(".")[0] for k in source if k in target and source[k].shape != target[k].shape}
+    unplanned = sorted(reshaped_layers - set(_RESHAPEABLE_LAYERS))
+    if unplanned:
+        raise PolicyLoadError(
+            f"{weights_file} has other shapes than this SmolVLA in {unplanned[:4]}...: only the state and action "
+            "projections may change shape; use the pretrained policy's own VLM backbone (drop --vlm-model)"
+        )
+    reinitialised = sorted(k for k in target if k.rpartition(".")[0] in reshaped_layers)
+    loadable = {k: v for k, v in source.items() if k in target and k not in reinitialised}
+    # safetensors stores one name per shared storage (tied weights); a name whose storage is shared with a
+    # loaded name is loaded through it.
+    by_storage: dict[tuple, list[str]] = {}
+    for name, tensor in target.items():
+        if tensor.numel():
+            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(name)
+    covered = set(loadable)
+    for names in by_storage.values():
+        if covered.intersection(names):
+            covered.update(names)
+    missing = sorted(k for k in target if k not in covered and k not in reinitialised)
+    if missing or unexpected:
+        shown = ", ".join((missing + unexpected)[:6])
+        raise PolicyLoadError(
+            f"{weights_file} does not match this SmolVLA architecture: {len(missing)} missing and {len(unexpected)} "
+            f"unexpected key(s) ({shown}...); was it saved with another lerobot version or VLM backbone (--vlm-model)?"
+        )
+    with torch.no_grad():
+        policy.load_state_dict(loadable, strict=False)
+    return reinitialised
+
+
+def create_policy(spec: PolicySpec, dataset_stats: Mapping[str, Mapping[str, Any]]) -> PolicyBundle:
+    """Build a SmolVLA policy and its pre/post processors for a dataset.
+
+    From scratch (``spec.from_scratch``): a new ``SmolVLAConfig`` on the ``spec.vlm_model`` backbone.
+    Pretrained: ``spec.policy_path``'s config with this dataset's features, chunk size, padding widths, image size
+    and freezing options, and its weights loaded leniently (see :class:`PolicyBundle.reinitialised`).
+
+    Args:
+        spec: see :class:`PolicySpec`.
+        dataset_stats: ``{"observation.state": {...}, "action": {...}}`` with float32 numpy arrays ``mean``,
+            ``std`` (required), ``min``, ``max``, ``q01``, ``q99`` (optional) of shape ``[state_dim]`` /
+            ``[action_dim]``, keyed by the dataset's names; camera entries, if any, are renamed to policy keys.
+            The state stats must already be those of the mapped state.
+
+    Returns:
+        :class:`PolicyBundle` with the policy on ``resolve_device(spec.device)`` in training mode.
+
+    Raises:
+        ConfigError: invalid sizes or device, or conflicting options.
+        DatasetError: statistics missing or of the wrong shape.
+        PolicyLoadError: the pretrained policy or the VLM backbone cannot be found (e.g. a hub id while offline
+            and not cached), is not a SmolVLA, or its weights do not fit apart from the reshaped layers.
+    """
+    from lerobot.policies.smolvla import make_smolvla_pre_post_processors
+
+    _validate_spec(spec)
+    camera_map = policy_camera_keys(spec.cameras)
+    stats = _policy_stats(dataset_stats, camera_map, spec)
+    device = resolve_device(spec.device)
+    reinitialised: list[str] = []
+    if spec.from_scratch:
+        config = _scratch_config(spec, camera_map, device)
+        policy = _instantiate(config)
+    else:
+        folder = _resolve_pretrained_folder(spec.policy_path)
+        config = _pretrained_config(spec, camera_map, device, folder)
+        policy = _instantiate(config)
+        reinitialised = _load_weights_leniently(policy, folder / "model.safetensors")
+        if reinitialised:
+            logger.info("freshly initialised (shape changed): %s", ", ".join(reinitialised))
+    policy.to(device)
+    policy.train()
+    try:
+        preprocessor, postprocessor = make_smolvla_pre_post_processors(config, dataset_stats=stats)
+    except OSError as e:
+        raise PolicyLoadError(
+            f"cannot load the tokenizer of {config.vlm_model_name!r} ({type(e).__name__}); pass --vlm-model "
+            "<local SmolVLM folder>"
+        ) from e
+    return PolicyBundle(policy, preprocessor, postprocessor, reinitialised)
+
+
+def save_policy(
+    bundle: PolicyBundle, directory: str | Path, extra_files: Mapping[str, str | bytes] | None = None
+) -> Path:
+    """Write a policy and its processors in lerobot's ``pretrained_model`` layout.
+
+    Writes ``config.json``, ``model.safetensors``, ``policy_preprocessor.json``, ``policy_postprocessor.json``
+    and the processors' state files (``policy_preprocessor_step_*_normalizer_processor.safetensors``, ...), plus
+    ``extra_files`` (name -> text or bytes; e.g. ``train_config.yaml``). ``SmolVLAPolicy.from_pretrained`` and
+    ``PolicyProcessorPipeline.from_pretrained`` read the result. Not atomic: ``checkpoint.py`` writes into a
+    temporary folder and renames it.
+
+    Args:
+        bundle: the policy to save (unwrapped: not a DDP / accelerate wrapper).
+        directory: created if needed; existing files of the same names are overwritten.
+        extra_files: plain file names (no folders) -> content.
+
+    Returns:
+        ``directory`` as a Path.
+
+    Raises:
+        CheckpointError: an extra file name with a folder part or one that would overwrite lerobot's files.
+    """
+    directory = Path(directory)
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if Path(name).name != name or name in (".", "..") or name in POLICY_FILES:
+            raise CheckpointError(
+                f"extra checkpoint file name {name!r} must be a plain file name not in {POLICY_FILES}"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    bundle.policy.save_pretrained(directory)
+    bundle.preprocessor.save_pretrained(directory)
+    bundle.postprocessor.save_pretrained(directory)
+    for name, content in extra_files.items():
+        path = directory / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return directory
+
+
+def load_policy_bundle(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    tokenizer_name: str | None = None,
+    vlm_model: str | None = None,
+) -> PolicyBundle:
+    """Load what :func:`save_policy` (or lerobot-train) wrote, with lerobot's own loaders.
+
+    Args:
+        directory: a ``pretrained_model`` folder (``config.json``, ``model.safetensors``, processor files).
+        device: where the policy and the pre-processor's output go (see :func:`resolve_device`; ``"auto"`` ok).
+        tokenizer_name: tokenizer for the pre-processor (hub id or local folder), overriding the saved name via
+            the processor override ``tokenizer_processor.tokenizer_name``; ``None`` = ``vlm_model`` if given,
+            else the saved one.
+        vlm_model: re-point the policy's VLM backbone (``vlm_model_name``) at another location of the same
+            backbone, e.g. a local copy or a tiny VLM folder rebuilt elsewhere; ``None`` = the saved one.
+
+    Returns:
+        :class:`PolicyBundle` (``reinitialised`` empty) with the policy in eval mode. The weights load strictly.
+
+    Raises:
+        CheckpointError: the folder or one of lerobot's files is missing.
+        PolicyLoadError: the config is not a SmolVLA one, the backbone or tokenizer cannot be loaded, or the
+            weights do not match the architecture.
+    """
+    from lerobot.policies.smolvla import SmolVLAPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+    from lerobot.processor.converters import (
+        batch_to_transition,
+        policy_action_to_transition,
+        transition_to_batch,
+        transition_to_policy_action,
+    )
+
+    folder = Path(directory).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"policy folder {folder} does not exist; pass a checkpoint's pretrained_model folder")
+    missing = [name for name in POLICY_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder} lacks {missing}; pass a complete pretrained_model folder")
+    torch_device = resolve_device(device)
+    config = _load_smolvla_config(folder, "the policy folder")
+    config.device = str(torch_device)
+    if vlm_model:
+        config.vlm_model_name = str(Path(vlm_model).expanduser().resolve()) if _is_local(vlm_model) else vlm_model
+    tokenizer = tokenizer_name or vlm_model
+    if tokenizer and _is_local(tokenizer):
+        tokenizer = str(Path(tokenizer).expanduser().resolve())
+    try:
+        policy = SmolVLAPolicy.from_pretrained(folder, config=config, strict=True)
+    except OSError as e:
+        raise PolicyLoadError(
+            f"cannot load the VLM backbone {config.vlm_model_name!r} of {folder} ({type(e).__name__}); pass "
+            "vlm_model=<local copy of that backbone>"
+        ) from e
+    except RuntimeError as e:  # load_state_dict(strict=True) mismatch
+        raise PolicyLoadError(
+            f"{folder / 'model.safetensors'} does not match its config.json ({str(e).splitlines()[0]})"
+        ) from e
+    pre_overrides: dict[str, Any] = {"device_processor": {"device": str(torch_device)}}
+    if tokenizer:
+        pre_overrides["tokenizer_processor"] = {"tokenizer_name": tokenizer}
+    try:
+        preprocessor = PolicyProcessorPipeline.from_pretrained(
+            folder,
+            config_filename="policy_preprocessor.json",
+            overrides=pre_overrides,
+            to_transition=batch_to_transition,
+            to_output=transition_to_batch,
+        )
+    except OSError as e:
+        raise PolicyLoadError(
+            f"cannot load the tokenizer for {folder} ({type(e).__name__}); pass tokenizer_name=<local tokenizer folder>"
+        ) from e
+    postprocessor = PolicyProcessorPipeline.from_pretrained(
+        folder,
+        config_filename="policy_postprocessor.json",
+        to_transition=policy_action_to_transition,
+        to_output=transition_to_policy_action,
+    )
+    return PolicyBundle(policy, preprocessor, postprocessor, [])

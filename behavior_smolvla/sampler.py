@@ -1,0 +1,512 @@
+"""The training order: a seeded, locality-aware plan of batches and the ``IterableDataset`` that executes it.
+
+Why not a shuffled ``Dataset``: BEHAVIOR 2025 video is HEVC with one keyframe every 250 frames, so reading one
+random frame decodes ~125 frames per camera (see ``../shared/reference/lerobot_smolvla.md``), i.e. two orders of
+magnitude below sequential decoding. The plan below keeps the order random at the level of *spans* (short runs of
+consecutive samples, aligned to keyframe intervals) and reads every span strictly forward, once, while each batch
+mixes several spans:
+
+1. Cut every selected episode's samples into spans at frame indices that are multiples of ``span_frames`` (the
+   keyframe interval, so a span starts at a keyframe and opening it costs no wasted decode).
+2. Shuffle the spans with the epoch's RNG (``seed``, ``epoch``); give each rank a contiguous, sample-balanced share
+   of the shuffled list, each of the rank's ``streams`` lanes a share of that, and each of a lane's ``open_spans``
+   slots a share of the lane's.
+3. A lane's sample sequence is a uniformly random interleaving of its slots' sequences (a random permutation of
+   slot labels), so each slot advances forward through its spans while consecutive samples come from different
+   spans. Batch ``k`` is the next ``batch_size`` samples of lane ``k % streams`` while every lane has a full batch;
+   the remaining samples (the tail, at most about one span per lane) are dealt lane by lane and may mix lanes.
+
+Every sample of the rank's share appears exactly once per epoch; with ``world_size`` 1 the last batch may be short.
+With ``world_size`` > 1 only full batches are kept and every rank's batch count is cut to the minimum over the ranks,
+so all ranks step together (DDP); the few samples cut differ from epoch to epoch because the spans are reshuffled.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
+
+from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.video import VideoFile, probe_video
+
+DEFAULT_SPAN_FRAMES = 250
+"""Fallback span length in frames: the keyframe interval of the BEHAVIOR 2025 release (libx265, one keyframe per 250
+frames; ``../shared/reference/behavior_r1pro.md``), used when the videos' own interval cannot be measured."""
+
+
+def make_spans(episode_index: np.ndarray, frame_index: np.ndarray, span_frames: int) -> np.ndarray:
+    """Cut samples into contiguous spans that never cross an episode or a multiple of ``span_frames``.
+
+    Args:
+        episode_index: int [N], the episode of each dataset sample, samples of one episode adjacent.
+        frame_index: int [N], the frame of each sample inside its episode, increasing within an episode.
+        span_frames: span length in video frames (> 0); span boundaries fall on frame indices that are multiples
+            of it, i.e. on keyframes when it is the videos' keyframe interval.
+
+    Returns:
+        int64 [S, 2]: ``start, stop`` dataset sample indices of each span (half-open), in dataset order.
+
+    Raises:
+        ConfigError: ``span_frames`` < 1, or the samples are not grouped by episode in increasing frame order.
+    """
+    if span_frames < 1:
+        raise ConfigError(f"span_frames={span_frames}: must be a positive number of frames (e.g. the keyframe interval)")
+    episode_index = np.asarray(episode_index, dtype=np.int64)
+    frame_index = np.asarray(frame_index, dtype=np.int64)
+    if episode_index.shape != frame_index.shape or episode_index.ndim != 1:
+        raise ConfigError("make_spans: episode_index and frame_index must be 1-D arrays of the same length")
+    n = len(episode_index)
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    same_episode = episode_index[1:] == episode_index[:-1]
+    if np.any(same_episode & (frame_index[1:] <= frame_index[:-1])):
+        raise ConfigError("make_spans: frame indices must increase within each episode (dataset order)")
+    block = frame_index // span_frames
+    new_span = ~same_episode | (block[1:] != block[:-1])
+    starts = np.concatenate([[0], np.flatnonzero(new_span) + 1])
+    if int((~same_episode).sum()) + 1 != len(np.unique(episode_index)):
+        raise ConfigError("make_spans: the samples of an episode must be adjacent (dataset order)")
+    stops = np.concatenate([starts[1:], [n]])
+    return np.stack([starts, stops], axis=1)
+
+
+def _balanced_groups(sizes: np.ndarray, groups: int) -> np.ndarray:
+    """Group id (int64 [len(sizes)]) of each item when a list is cut into ``groups`` contiguous runs of near-equal
+    total size: an item goes to the group its midpoint falls in, so group totals differ by at most the largest item."""
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(len(sizes), dtype=np.int64)
+    midpoints = np.cumsum(sizes) - sizes / 2.0
+    return np.minimum((midpoints * groups / total).astype(np.int64), groups - 1)
+
+
+def _expand(spans: np.ndarray) -> np.ndarray:
+    """Concatenate ``arange(start, stop)`` of every span (int64 [sum of lengths]), vectorised."""
+    lengths = spans[:, 1] - spans[:, 0]
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(spans[:, 0] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
+@dataclass(frozen=True)
+class PlanBatch:
+    """One planned batch.
+
+    Attributes:
+        index: int64 [B], dataset sample indices, B = batch_size (the last batch of an epoch may be shorter).
+        slot: int64 [B], the decoding slot of each sample (``lane * open_spans + slot_in_lane``): samples of one slot
+            are in increasing frame order across the whole epoch, so one decoder per slot and camera reads forward.
+        lane: the lane this batch was drawn from, or -1 for a tail batch that mixes lanes.
+    """
+
+    index: np.ndarray
+    slot: np.ndarray
+    lane: int
+
+
+class TrainingPlan:
+    """A deterministic, locality-aware list of batches over one epoch of one rank (pure numpy).
+
+    The order is a function of ``(spans, seed, epoch, rank, world_size, batch_size, streams, open_spans)`` only;
+    see the module docstring for the construction. Building it is vectorised (O(N) numpy for N samples).
+
+    Args:
+        spans: int64 [S, 2], contiguous ``start, stop`` sample-index ranges (see :func:`make_spans`); together they
+            must cover the dataset's samples without overlap.
+        batch_size: samples per batch (>= 1).
+        seed: non-negative int; with ``epoch`` it seeds the span shuffle and the interleaving.
+        epoch: epoch number (>= 0); each epoch has its own order.
+        rank, world_size: this process's data-parallel rank and the number of ranks.
+        streams: number of lanes; batch ``k`` is drawn from lane ``k % streams`` (a DataLoader worker that owns a
+            lane then decodes it strictly forward).
+        open_spans: spans read concurrently by one lane, i.e. the number of spans one batch mixes.
+
+    Raises:
+        ConfigError: a non-positive ``batch_size``/``streams``/``open_spans``/``world_size``, a negative seed or
+            epoch, or ``rank`` outside ``[0, world_size)``.
+    """
+
+    def __init__(
+        self,
+        spans: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        streams: int = 8,
+        open_spans: int = 8,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("streams", streams), ("open_spans", open_spans),
+                            ("world_size", world_size)):
+            if int(value) < 1:
+                raise ConfigError(f"{name}={value}: must be >= 1")
+        if seed < 0 or epoch < 0:
+            raise ConfigError(f"seed={seed}, epoch={epoch}: both must be >= 0")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank}: must be in [0, world_size={world_size})")
+        spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        self.spans = spans
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.streams = int(streams)
+        self.open_spans = int(open_spans)
+        self._build()
+
+    def _build(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shuffled = self.spans[rng.permutation(len(self.spans))]
+        sizes = shuffled[:, 1] - shuffled[:, 0]
+        rank_of = _balanced_groups(sizes, self.world_size)
+        rank_samples = np.bincount(rank_of, weights=sizes, minlength=self.world_size).astype(np.int64)
+        mine = shuffled[rank_of == self.rank]
+        lane_of = _balanced_groups(mine[:, 1] - mine[:, 0], self.streams)
+
+        lane_index: list[np.ndarray] = []
+        lane_slot: list[np.ndarray] = []
+        for lane in range(self.streams):
+            lane_spans = mine[lane_of == lane]
+            slot_of = _balanced_groups(lane_spans[:, 1] - lane_spans[:, 0], self.open_spans)
+            lane_rng = np.random.default_rng([self.seed, self.epoch, self.rank, lane])
+            # slots are stored one after another; a random permutation of the slot labels decides which slot each
+            # position of the lane's sequence reads from, and a stable sort hands each slot its samples in order.
+            per_slot = [_expand(lane_spans[slot_of == s]) for s in range(self.open_spans)]
+            labels = np.repeat(np.arange(self.open_spans), [len(p) for p in per_slot])
+            labels = lane_rng.permutation(labels)
+            positions = np.argsort(labels, kind="stable")
+            index = np.empty(len(labels), dtype=np.int64)
+            index[positions] = np.concatenate(per_slot) if per_slot else np.zeros(0, dtype=np.int64)
+            lane_index.append(index)
+            lane_slot.append(labels.astype(np.int64) + lane * self.open_spans)
+
+        b = self.batch_size
+        full_rounds = min(len(x) // b for x in lane_index)
+        head = full_rounds * b
+        # main part: round r, lane l -> batch r * streams + l, i.e. lane (k % streams)
+        main_index = np.stack([x[:head].reshape(full_rounds, b) for x in lane_index], axis=1).reshape(-1)
+        main_slot = np.stack([x[:head].reshape(full_rounds, b) for x in lane_slot], axis=1).reshape(-1)
+        # tail: each lane's rest dealt in batch-sized chunks, lane by lane, round by round
+        tail_index: list[np.ndarray] = []
+        tail_slot: list[np.ndarray] = []
+        rests = [(x[head:], s[head:]) for x, s in zip(lane_index, lane_slot)]
+        longest = max((len(x) for x, _ in rests), default=0)
+        for start in range(0, longest, b):
+            for x, s in rests:
+                tail_index.append(x[start : start + b])
+                tail_slot.append(s[start : start + b])
+        order = np.concatenate([main_index, *tail_index]) if tail_index else main_index
+        slots = np.concatenate([main_slot, *tail_slot]) if tail_slot else main_slot
+
+        if self.world_size == 1:
+            num_batches = -(-len(order) // b)
+        else:
+            num_batches = int(rank_samples.min() // b)
+        self._order = order
+        self._slots = slots
+        self._main_batches = full_rounds * self.streams
+        self._num_batches = min(num_batches, -(-len(order) // b))
+        self.rank_samples = rank_samples
+        """int64 [world_size]: samples dealt to each rank this epoch (before truncation to equal batch counts)."""
+
+    def __len__(self) -> int:
+        """Number of batches of this rank in this epoch."""
+        return self._num_batches
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank reads in this epoch (after truncation to whole, equal batch counts with DDP)."""
+        return min(len(self._order), self._num_batches * self.batch_size)
+
+    def batch(self, k: int) -> PlanBatch:
+        """The ``k``-th batch (0 <= k < len(self)); raises ``IndexError`` outside."""
+        if not 0 <= k < self._num_batches:
+            raise IndexError(f"batch {k} outside [0, {self._num_batches})")
+        lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, len(self._order))
+        lane = k % self.streams if k < self._main_batches else -1
+        return PlanBatch(index=self._order[lo:hi], slot=self._slots[lo:hi], lane=lane)
+
+    def sample_order(self) -> np.ndarray:
+        """int64 [num_samples]: every sample index of this rank's epoch in plan order (batches concatenated)."""
+        return self._order[: self.num_samples].copy()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Executing a plan in DataLoader workers
+
+MIN_SPAN_FRAMES = 120
+"""Shortest default span in frames (4 s at 30 fps). With short keyframe intervals (the 2026 writer's 8 frames) a
+one-GOP span would reopen every camera's file every few samples; default spans are whole multiples of the
+keyframe interval of at least this length."""
+
+_KEYFRAME_INTERVALS: dict[tuple[str, int, int], int] = {}
+"""Per-process cache of measured keyframe intervals, keyed by (path, size, mtime_ns): probing demuxes a whole file."""
+
+
+def _keyframe_interval(path: Path) -> int:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _KEYFRAME_INTERVALS:
+        _KEYFRAME_INTERVALS[key] = max(1, probe_video(path).keyframe_interval)
+    return _KEYFRAME_INTERVALS[key]
+
+
+def measured_keyframe_interval(dataset: Any) -> int | None:
+    """Keyframe interval (frames) of ``dataset``'s videos, measured from the packets of the first selected
+    episode's files (the largest over the selected cameras); None without cameras or episodes.
+
+    Raises:
+        VideoError: a video of the first episode is missing or unreadable.
+    """
+    if not dataset.cameras or not dataset.episodes:
+        return None
+    videos = dataset.meta.episodes[dataset.episodes[0]].videos
+    return max(_keyframe_interval(Path(videos[camera][0])) for camera in dataset.cameras)
+
+
+def default_span_frames(keyframe_interval: int | None) -> int:
+    """Span length (frames): the keyframe interval times the smallest factor that makes it >=
+    :data:`MIN_SPAN_FRAMES`, or :data:`DEFAULT_SPAN_FRAMES` when the interval is unknown."""
+    if not keyframe_interval:
+        return DEFAULT_SPAN_FRAMES
+    return keyframe_interval * max(1, -(-MIN_SPAN_FRAMES // keyframe_interval))
+
+
+class _SlotDecoders:
+    """The open video files of one decoding slot: exactly the files its current span needs, one per camera.
+
+    A slot reads its spans strictly forward, so each of its files keeps one forward-moving decoder; moving on to
+    another episode's span closes the files that span does not use.
+    """
+
+    def __init__(self, image_size: Any, keyframe_interval: int | None, threads: int, stats: dict[str, int]):
+        self.files: dict[Path, VideoFile] = {}
+        self._image_size = image_size
+        self._keyframe_interval = keyframe_interval
+        self._threads = threads
+        self._stats = stats
+
+    def prepare(self, paths: Sequence[Path]) -> None:
+        for path in [p for p in self.files if p not in paths]:
+            self._retire(self.files.pop(path))
+        for path in paths:
+            if path not in self.files:
+                self.files[path] = VideoFile(path, self._image_size, keyframe_interval=self._keyframe_interval,
+                                             threads=self._threads)
+                self._stats["files_opened"] += 1
+
+    def _retire(self, video: VideoFile) -> None:
+        self._stats["decoded_frames"] += video.decoded_frames
+        self._stats["seeks"] += video.seeks
+        video.close()
+
+    def live_counts(self) -> tuple[int, int]:
+        return (sum(v.decoded_frames for v in self.files.values()), sum(v.seeks for v in self.files.values()))
+
+    def close(self) -> None:
+        for video in self.files.values():
+            self._retire(video)
+        self.files = {}
+
+
+class TrainingStream(IterableDataset):
+    """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.dataset.BehaviorDataset`, yielding
+    collated batches; use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
+
+    A batch is a dict: each camera key -> float32 ``[B, 3, H, W]`` in [0, 1]; ``observation.state`` float32
+    ``[B, D]``; ``action`` float32 ``[B, chunk, A]``; ``action_is_pad`` bool ``[B, chunk]``; ``task`` list of B str;
+    ``episode_index``, ``frame_index``, ``index`` int64 ``[B]``; ``timestamp`` float32 ``[B]`` (seconds). Sample ``j``
+    of a batch equals ``dataset[batch["index"][j]]`` (same decoded values; random access stays available there).
+
+    Determinism: DataLoader worker ``w`` of ``W`` executes plan batches ``k = start_batch + w + j * W`` and torch
+    collects worker outputs round-robin, so the batches arrive in plan order and are identical for any ``W``
+    (0 included) given the same seed, streams and open_spans. Decoding is fastest when ``W`` divides ``streams``:
+    each lane then lives in one worker and every frame is decoded once; otherwise every worker decodes the lanes it
+    shares (a warning says so once per worker process).
+
+    Decoders are opened lazily inside the process that reads (fork- and spawn-safe): one :class:`VideoFile` per
+    decoding slot and camera, closed when the slot moves to another file and at the end of the epoch. A worker
+    holds at most ``ceil(streams / W) * open_spans * len(cameras)`` open decoders (roughly 10 MB each for a
+    720x720 HEVC stream, 5 MB at 480x480); the last few (tail) batches may open a few more.
+
+    Epochs: iteration ``n`` of this object (counting from 0) runs epoch ``start_epoch + n``, the first one from batch
+    ``start_batch``, later ones from batch 0; :meth:`set_epoch` overrides this (with non-persistent workers, call it
+    before each epoch, as with ``DistributedSampler``; persistent workers keep their own count, so use consecutive
+    epochs). For an exact resume build a new stream with the checkpoint's ``(epoch, batch)`` as ``start_epoch,
+    start_batch``: it yields exactly the remaining batches of that epoch.
+
+    Args:
+        dataset: a ``BehaviorDataset`` (``frame_table``, ``cameras``, ``image_size``, ``load_sample``,
+            ``video_source``).
+        seed: non-negative int; the whole order (and the augmentation's randomness) follows from it.
+        batch_size: samples per batch.
+        rank, world_size: data-parallel position; each rank gets a disjoint share of the spans and all ranks get
+            the same number of (full) batches. Pass them explicitly and do not hand the DataLoader to
+            ``accelerate.prepare`` (it would shard the batches a second time).
+        start_epoch, start_batch: where the first iteration starts.
+        streams: lanes of the plan (see :class:`TrainingPlan`); choose a multiple of the worker count.
+        open_spans: spans one lane reads at once, i.e. how many spans one batch mixes; default
+            ``min(batch_size, 16)``.
+        span_frames: span length in frames; default :func:`default_span_frames` of the measured keyframe interval.
+        transform: optional ``Tensor[3, H, W] -> Tensor[3, H, W]`` (e.g. lerobot's ``ImageTransforms``) applied to
+            every camera image of a sample in the worker; torch's global RNG is seeded from ``(seed, epoch, k, slot
+            in batch)`` inside ``torch.random.fork_rng``, so augmentations are reproducible, independent of ``W``,
+            and leave the caller's RNG untouched.
+        decoder_threads: FFmpeg threads per decoder; default ``max(1, min(4, cpus // max(W, 1)))``.
+
+    Attributes:
+        stats: per-process counters (``batches``, ``samples``, ``decoded_frames``, ``seeks``, ``files_opened``);
+            with ``num_workers=0`` they describe the whole run, see :meth:`decode_stats`.
+
+    Raises:
+        ConfigError: invalid numbers (see :class:`TrainingPlan`), a negative ``start_batch``.
+        VideoError: (while iterating) a missing, truncated or undecodable video.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_epoch: int = 0,
+        start_batch: int = 0,
+        streams: int = 4,
+        open_spans: int | None = None,
+        span_frames: int | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        decoder_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if int(start_batch) < 0:
+            raise ConfigError(f"start_batch={start_batch}: must be >= 0")
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.streams = int(streams)
+        self.open_spans = int(open_spans) if open_spans is not None else min(self.batch_size, 16)
+        self.keyframe_interval = measured_keyframe_interval(dataset)
+        self.span_frames = int(span_frames) if span_frames is not None else default_span_frames(self.keyframe_interval)
+        self.transform = transform
+        self.decoder_threads = decoder_threads
+        table = dataset.frame_table
+        self.spans = make_spans(table["episode_index"], table["frame_index"], self.span_frames)
+        self._epoch = int(start_epoch)
+        self._start_batch = int(start_batch)
+        self._plan: TrainingPlan | None = None
+        self._warned = False
+        self.stats = {"batches": 0, "samples": 0, "decoded_frames": 0, "seeks": 0, "files_opened": 0}
+        self._live: dict[int, _SlotDecoders] = {}
+        self.plan(self._epoch)  # validates the numbers now rather than in a worker
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_plan"] = None  # rebuilt in the worker: cheaper than pickling O(N) arrays
+        state["_live"] = {}
+        return state
+
+    def plan(self, epoch: int | None = None) -> TrainingPlan:
+        """The :class:`TrainingPlan` of ``epoch`` (default: the epoch the next iteration runs) for this rank."""
+        epoch = self._epoch if epoch is None else int(epoch)
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = TrainingPlan(
+                self.spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                world_size=self.world_size, streams=self.streams, open_spans=self.open_spans)
+        return self._plan
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration runs."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration run ``epoch`` from batch ``start_batch``."""
+        if int(epoch) < 0 or int(start_batch) < 0:
+            raise ConfigError(f"set_epoch({epoch}, {start_batch}): both must be >= 0")
+        self._epoch, self._start_batch = int(epoch), int(start_batch)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (of the epoch the next iteration runs, counted from batch 0)."""
+        return len(self.plan())
+
+    def decode_stats(self) -> dict[str, int]:
+        """:attr:`stats` with the still-open decoders' counts included (this process only)."""
+        out = dict(self.stats)
+        for decoders in self._live.values():
+            decoded, seeks = decoders.live_counts()
+            out["decoded_frames"] += decoded
+            out["seeks"] += seeks
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, first = self._epoch, self._start_batch
+        self._epoch, self._start_batch = epoch + 1, 0
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers > 1 and self.streams % workers and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"TrainingStream: {workers} DataLoader workers do not divide streams={self.streams}; lanes are "
+                f"shared between workers and decoded more than once. Use streams={workers * max(1, self.streams // workers)} "
+                "(the batch order stays the same for any worker count given the same streams)", stacklevel=2)
+        return self._run(epoch, first, worker, workers)
+
+    def _threads(self, workers: int) -> int:
+        if self.decoder_threads is not None:
+            return int(self.decoder_threads)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(4, cpus // max(workers, 1)))
+
+    def _run(self, epoch: int, first: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        plan = self.plan(epoch)
+        threads = self._threads(workers if get_worker_info() is not None else 1)
+        try:
+            for k in range(first + worker, len(plan), workers):
+                yield self._batch(plan, epoch, k, threads)
+        finally:
+            for decoders in self._live.values():
+                decoders.close()
+            self._live = {}
+
+    def _batch(self, plan: TrainingPlan, epoch: int, k: int, threads: int) -> dict[str, Any]:
+        ds = self.dataset
+        planned = plan.batch(k)
+        samples = []
+        for j, (index, slot) in enumerate(zip(planned.index.tolist(), planned.slot.tolist(), strict=True)):
+            decoders = self._live.get(slot)
+            if decoders is None:
+                decoders = self._live[slot] = _SlotDecoders(ds.image_size, self.keyframe_interval, threads,
+                                                            self.stats)
+            decoders.prepare([Path(ds.video_source(index, camera)[0]) for camera in ds.cameras])
+            sample = ds.load_sample(index, decoders=decoders.files)
+            if self.transform is not None:
+                self._augment(sample, epoch, k, j)
+            samples.append(sample)
+        self.stats["batches"] += 1
+        self.stats["samples"] += len(samples)
+        return default_collate(samples)
+
+    def _augment(self, sample: dict[str, Any], epoch: int, k: int, j: int) -> None:
+        seed = int(np.random.SeedSequence([self.seed, epoch, k, j]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for camera in self.dataset.cameras:
+                sample[camera] = self.transform(sample[camera])

@@ -1,0 +1,857 @@
+"""R1Pro proprioception layouts and state maps: which dims of ``observation.state`` a policy sees.
+
+Both are data, shipped as YAML in the ``behavior_smolvla.state_map_files`` package (``state_maps/`` in a checkout):
+
+- a **layout** (``kind: layout``) names every dim of a robot's state vector and says, per dim, its body-part group,
+  whether the BEHAVIOR standard track allows it, and whether its values are unreliable. Blocks (``name``, ``slice``)
+  expand to one dim each, named ``<block>.<k>``; optional ``parts`` refine the group / legality per index range.
+- a **state map** (``kind: map``) has a ``name``, the ``layout`` it applies to (or ``any``), a ``description`` citing
+  its source, and an ordered list of ``entries``. An entry is a block name, or a mapping with ``block`` (optional),
+  ``slice`` (``"a:b"``, ``"a:b:c"``, an int or a list of ints; relative to the block when ``block`` is given, else
+  absolute), ``name`` (output name) and ``reduce: sum`` (the entry becomes ONE output dim, the sum of its slice;
+  e.g. a gripper width = the sum of its two finger positions).
+
+A user's own YAML in the same schema works wherever a shipped name does. A :class:`StateMap` maps float arrays
+``[..., D_in] -> [..., D_out]`` (numpy or torch, float32 out) with one gather, plus one segment sum when the map has
+``sum`` entries, and maps normalisation statistics the same way (:meth:`StateMap.map_stats`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from behavior_smolvla.errors import StateMapError
+
+ANY_LAYOUT = "any"
+"""The ``layout`` value of a map that applies to any state vector (its slices are resolved by :meth:`StateMap.bind`)."""
+
+REDUCTIONS = ("sum",)
+"""The entry reductions a map may use."""
+
+CONSTANT_STD = 1e-6
+"""A state dim whose std over a dataset is below this is reported as constant (it carries no information and its
+normalised value is only noise amplified by the std floor)."""
+
+_DEFAULT_MAPS = {256: "r1pro-2025-top32", 61: "r1pro-2026-b1k25"}
+_STANDARD_TRACK_MAPS = {256: "r1pro-2025-standard", 61: "r1pro-2026-full"}
+# SmolVLA's state projection takes at most this many dims (lerobot SmolVLAConfig.max_state_dim default).
+_SMOLVLA_MAX_STATE_DIM = 32
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# layouts
+
+
+@dataclass(frozen=True)
+class LayoutDim:
+    """One dim of a layout: ``index`` in the state vector, ``name`` (``<block>.<k>``), ``block``, ``group`` (body
+    part: base, trunk, left_arm, ...), ``standard_track`` (allowed on the BEHAVIOR standard track) and ``unreliable``
+    (a reason string when the release's values for this dim must not be trained on, else ``""``)."""
+
+    index: int
+    name: str
+    block: str
+    group: str
+    standard_track: bool
+    unreliable: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A robot's state vector as named dims (loaded from a ``kind: layout`` YAML file).
+
+    ``blocks`` maps a block name to its absolute ``(start, stop)`` index range; ``dims`` has ``state_dim`` entries.
+    """
+
+    name: str
+    state_dim: int
+    description: str
+    source: str
+    dims: tuple[LayoutDim, ...]
+    blocks: dict[str, tuple[int, int]]
+    path: str
+
+    @property
+    def names(self) -> list[str]:
+        """Names of all dims, in index order."""
+        return [d.name for d in self.dims]
+
+
+def _data_dir() -> Any:
+    """The folder of the shipped YAML files (a ``Traversable``: a real folder for wheels and editable installs)."""
+    try:
+        return importlib.resources.files("behavior_smolvla.state_map_files")
+    except ModuleNotFoundError:
+        # A bare checkout on sys.path without `pip install -e .`: the package-dir mapping is not active.
+        return Path(__file__).resolve().parents[1] / "state_maps"
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise StateMapError(f"{where}{line}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if not isinstance(doc, dict):
+        raise StateMapError(f"{where}: expected a YAML mapping with kind/name/entries, got {type(doc).__name__}")
+    return doc
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_docs() -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, tuple[dict[str, Any], str]]]:
+    """(layouts, maps): name -> (parsed YAML, path) of every shipped file."""
+    layouts: dict[str, tuple[dict[str, Any], str]] = {}
+    maps: dict[str, tuple[dict[str, Any], str]] = {}
+    for item in sorted(_data_dir().iterdir(), key=lambda t: t.name):
+        if not item.name.endswith((".yaml", ".yml")):
+            continue
+        where = str(item)
+        doc = _read_yaml(item.read_text(encoding="utf-8"), where)
+        kind = doc.get("kind")
+        target = {"layout": layouts, "map": maps}.get(kind)
+        if target is None:
+            raise StateMapError(f"{where}: 'kind' must be 'layout' or 'map', got {kind!r}")
+        name = doc.get("name")
+        if not isinstance(name, str) or not name:
+            raise StateMapError(f"{where}: missing 'name'")
+        if name in target:
+            raise StateMapError(f"{where}: {kind} name {name!r} is also used by {target[name][1]}; rename one")
+        target[name] = (doc, where)
+    return layouts, maps
+
+
+def list_layouts() -> list[str]:
+    """Names of the shipped layouts (e.g. ``["r1pro-2025", "r1pro-2026"]``)."""
+    return sorted(_shipped_docs()[0])
+
+
+@functools.lru_cache(maxsize=None)
+def load_layout(name: str) -> Layout:
+    """The shipped layout called ``name``. Raises :class:`StateMapError` when unknown or malformed."""
+    layouts = _shipped_docs()[0]
+    if name not in layouts:
+        known = ", ".join([*sorted(layouts), ANY_LAYOUT])
+        raise StateMapError(f"unknown layout {name!r}: use one of {known}")
+    doc, where = layouts[name]
+    return _parse_layout(doc, where)
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise StateMapError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _slice_indices(spec: Any, length: int, where: str) -> list[int]:
+    """Indices selected by ``spec`` (``"a:b[:c]"``, an int, or a list of ints) in a range of ``length``.
+
+    Unlike Python slicing, a bound past ``length`` is an error, not silently clipped: a map that asks for a dim the
+    layout does not have is wrong, not short.
+    """
+    if isinstance(spec, bool):
+        raise StateMapError(f"{where}: slice must be 'a:b', 'a:b:c', an int or a list of ints, got {spec!r}")
+    if isinstance(spec, int):
+        spec = [spec]
+    if isinstance(spec, str) and ":" not in spec:
+        try:
+            spec = [int(spec)]
+        except ValueError:
+            raise StateMapError(f"{where}: slice {spec!r} is not 'a:b', 'a:b:c' or an int") from None
+    if isinstance(spec, list):
+        if not spec or not all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
+            raise StateMapError(f"{where}: slice list must be non-empty ints, got {spec!r}")
+        bad = [i for i in spec if not 0 <= i < length]
+        if bad:
+            raise StateMapError(f"{where}: index {bad[0]} is out of range 0..{length - 1}; fix the slice")
+        return list(spec)
+    if not isinstance(spec, str):
+        raise StateMapError(f"{where}: slice must be 'a:b', 'a:b:c', an int or a list of ints, got {spec!r}")
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise StateMapError(f"{where}: slice {spec!r} has more than two ':'")
+    try:
+        start, stop, step = (int(p) if p.strip() else None for p in (*parts, "")[:3])
+    except ValueError:
+        raise StateMapError(f"{where}: slice {spec!r} is not 'a:b' or 'a:b:c' with integer bounds") from None
+    start = 0 if start is None else start
+    stop = length if stop is None else stop
+    step = 1 if step is None else step
+    if start < 0 or stop < 0 or step <= 0:
+        raise StateMapError(f"{where}: slice {spec!r} must use non-negative bounds and a positive step")
+    if stop > length or start >= length:
+        raise StateMapError(
+            f"{where}: slice {spec!r} is out of range for {length} dims (valid bounds: 0..{length}); fix the slice"
+        )
+    if start >= stop:
+        raise StateMapError(f"{where}: slice {spec!r} selects nothing; use start < stop")
+    return list(range(start, stop, step))
+
+
+def _parse_layout(doc: dict[str, Any], where: str) -> Layout:
+    _check_keys(doc, ("kind", "name", "state_dim", "description", "source", "blocks"), where)
+    state_dim = doc.get("state_dim")
+    if not isinstance(state_dim, int) or state_dim <= 0:
+        raise StateMapError(f"{where}: 'state_dim' must be a positive int")
+    dims: list[LayoutDim | None] = [None] * state_dim
+    blocks: dict[str, tuple[int, int]] = {}
+    for b, block in enumerate(doc.get("blocks") or []):
+        bwhere = f"{where} blocks[{b}]"
+        if not isinstance(block, dict):
+            raise StateMapError(f"{bwhere}: expected a mapping with name/slice")
+        _check_keys(block, ("name", "slice", "group", "standard_track", "unreliable", "parts"), bwhere)
+        name = block.get("name")
+        if not isinstance(name, str) or not name or name in blocks:
+            raise StateMapError(f"{bwhere}: needs a unique 'name', got {name!r}")
+        indices = _slice_indices(block.get("slice"), state_dim, bwhere)
+        if indices != list(range(indices[0], indices[-1] + 1)):
+            raise StateMapError(f"{bwhere}: a block slice must be contiguous ('a:b')")
+        blocks[name] = (indices[0], indices[-1] + 1)
+        n = len(indices)
+        group = [block.get("group", name)] * n
+        legal = [bool(block.get("standard_track", True))] * n
+        for p, part in enumerate(block.get("parts") or []):
+            pwhere = f"{bwhere} parts[{p}]"
+            if not isinstance(part, dict):
+                raise StateMapError(f"{pwhere}: expected a mapping with slice/group/standard_track")
+            _check_keys(part, ("slice", "group", "standard_track"), pwhere)
+            for k in _slice_indices(part.get("slice"), n, pwhere):
+                group[k] = part.get("group", group[k])
+                legal[k] = bool(part.get("standard_track", legal[k]))
+        unreliable = str(block.get("unreliable") or "")
+        for k, i in enumerate(indices):
+            if dims[i] is not None:
+                raise StateMapError(f"{bwhere}: dim {i} is already in block {dims[i].block}; blocks must not overlap")
+            dims[i] = LayoutDim(i, f"{name}.{k}", name, str(group[k]), legal[k], unreliable)
+    missing = [i for i, d in enumerate(dims) if d is None]
+    if missing:
+        raise StateMapError(f"{where}: dims {missing[0]}.. are in no block; blocks must cover 0:{state_dim}")
+    return Layout(
+        name=str(doc["name"]),
+        state_dim=state_dim,
+        description=" ".join(str(doc.get("description", "")).split()),
+        source=" ".join(str(doc.get("source", "")).split()),
+        dims=tuple(d for d in dims if d is not None),
+        blocks=blocks,
+        path=where,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# state maps
+
+
+@dataclass(frozen=True)
+class OutputDim:
+    """One output dim of a bound map: its ``index``, ``name``, the ``sources`` (input dims) it reads, ``reduce``
+    (``None`` = a copy of its single source, ``"sum"`` = the sum of its sources), the ``group`` of its sources,
+    ``standard_track`` (``None`` when the map's layout is ``any``: legality unknown) and ``unreliable`` (reason or
+    ``""``)."""
+
+    index: int
+    name: str
+    sources: tuple[int, ...]
+    reduce: str | None
+    group: str
+    standard_track: bool | None
+    unreliable: str = ""
+
+    @property
+    def source_label(self) -> str:
+        """``"158"`` for a copied dim; ``"193+194"`` for a reduced one."""
+        return "+".join(str(s) for s in self.sources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, as stored in :meth:`StateMap.to_dict`'s ``dims`` list."""
+        return {
+            "name": self.name,
+            "sources": list(self.sources),
+            "reduce": self.reduce,
+            "group": self.group,
+            "standard_track": self.standard_track,
+            "unreliable": self.unreliable,
+        }
+
+
+@dataclass(frozen=True)
+class StateMap:
+    """A selection (and optional ``sum`` reduction) of state dims, loaded from YAML or from :meth:`to_dict`.
+
+    Attributes: ``name``; ``layout`` (a layout name or ``"any"``); ``description`` (with its source); ``path`` (the
+    YAML file, or ``"<dict>"``); ``input_dim`` (``D_in``; ``None`` for an unbound ``any`` map); ``output_dim``
+    (``D_out``; ``None`` while unbound); ``names`` (``D_out`` output names); ``source_indices`` (the input dims used,
+    in output order, a reduced entry contributing all its source dims); ``dims`` (one :class:`OutputDim` each).
+    Call :meth:`bind` with the dataset's state dim before :meth:`apply` / :meth:`map_stats`.
+    """
+
+    name: str
+    layout: str
+    description: str
+    path: str = field(compare=False)
+    input_dim: int | None
+    dims: tuple[OutputDim, ...] = ()
+    entries: tuple[dict[str, Any], ...] = ()
+    """The YAML entries of an unbound ``any`` map (resolved by :meth:`bind`); empty once bound."""
+    _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # -------------------------------------------------------------------------------------------- properties
+
+    @property
+    def is_bound(self) -> bool:
+        """True once the input dim is known (always, for a map with a concrete layout)."""
+        return self.input_dim is not None
+
+    @property
+    def output_dim(self) -> int | None:
+        return len(self.dims) if self.is_bound else None
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dims]
+
+    @property
+    def source_indices(self) -> list[int]:
+        return [s for d in self.dims for s in d.sources]
+
+    @property
+    def has_reductions(self) -> bool:
+        return any(d.reduce is not None for d in self.dims)
+
+    # ------------------------------------------------------------------------------------------------- bind
+
+    def bind(self, state_dim: int, state_names: Sequence[str] | None = None) -> StateMap:
+        """This map checked against (and, for layout ``any``, resolved for) a dataset's ``observation.state``.
+
+        Args:
+            state_dim: the dataset's state dim ``D_in`` (``info.json`` ``features["observation.state"].shape[0]``).
+            state_names: the dataset's state names, if it declares them (used as output names by ``any`` maps).
+        Returns: a bound map (``self`` when nothing needs resolving).
+        Raises: StateMapError when ``state_dim`` is not the layout's dim, or an ``any`` map's slice does not fit.
+        """
+        state_dim = int(state_dim)
+        if self.is_bound:
+            if state_dim != self.input_dim:
+                raise StateMapError(
+                    f"state map {self.name!r} ({self.path}) is for layout {self.layout} with {self.input_dim} state "
+                    f"dims, but the dataset's observation.state has {state_dim}: {_suggest_map(state_dim)}"
+                )
+            return self
+        names = list(state_names) if state_names is not None and len(state_names) == state_dim else None
+        dims = _resolve_entries(self.entries, state_dim, None, names, self.path)
+        return StateMap(self.name, self.layout, self.description, self.path, state_dim, dims)
+
+    def _require_bound(self, what: str) -> None:
+        if not self.is_bound:
+            raise StateMapError(
+                f"state map {self.name!r} ({self.path}) has layout any: call .bind(state_dim) before {what}"
+            )
+
+    # ------------------------------------------------------------------------------------------------ apply
+
+    def _plan(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(gather index [G], segment starts [D_out] for np.add.reduceat or None, segment id [G] or None)."""
+        if "plan" not in self._cache:
+            gather = np.asarray(self.source_indices, dtype=np.intp)
+            if self.has_reductions:
+                lengths = np.asarray([len(d.sources) for d in self.dims], dtype=np.intp)
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.intp)
+                seg_id = np.repeat(np.arange(len(self.dims), dtype=np.int64), lengths)
+                self._cache["plan"] = (gather, starts, seg_id)
+            else:
+                self._cache["plan"] = (gather, None, None)
+        return self._cache["plan"]
+
+    def apply(self, x: Any) -> Any:
+        """Map states: numpy array or torch tensor ``[..., D_in]`` -> same type ``[..., D_out]``, float32.
+
+        One gather along the last axis (a new array; the input is never aliased or modified), then, only when the
+        map has ``sum`` entries, one segment sum over the gathered columns. A torch tensor stays on its device.
+        Raises: StateMapError when unbound or when the last axis is not ``input_dim``.
+        """
+        self._require_bound("apply")
+        shape = tuple(x.shape)
+        if not shape or shape[-1] != self.input_dim:
+            raise StateMapError(
+                f"state map {self.name!r} ({self.path}) expects observation.state [..., {self.input_dim}], got "
+                f"shape {list(shape)}: {_suggest_map(shape[-1]) if shape else 'pass a [..., D] array'}"
+            )
+        gather, starts, seg_id = self._plan()
+        if _is_torch(x):
+            import torch
+
+            key = ("torch", x.device)
+            if key not in self._cache:
+                self._cache[key] = (
+                    torch.as_tensor(gather, device=x.device),
+                    None if seg_id is None else torch.as_tensor(seg_id, device=x.device),
+                )
+            index, segments = self._cache[key]
+            picked = x.index_select(-1, index)
+            if picked.dtype != torch.float32:
+                picked = picked.to(torch.float32)
+            if segments is None:
+                return picked
+            out = picked.new_zeros((*picked.shape[:-1], len(self.dims)))
+            return out.index_add_(picked.dim() - 1, segments, picked)
+        picked = np.take(np.asarray(x), gather, axis=-1).astype(np.float32, copy=False)
+        if starts is None:
+            return picked
+        return np.add.reduceat(picked, starts, axis=-1)
+
+    # ------------------------------------------------------------------------------------------------ stats
+
+    def map_stats(
+        self, stats: Mapping[str, Any], raw_state: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Normalisation statistics of the mapped state, from those of the raw state.
+
+        Args:
+            stats: ``{key: [D_in] array}`` for keys such as ``mean``, ``std``, ``min``, ``max``, ``q01`` .. ``q99``
+                (lerobot's stats layout); values of another shape (``count``) are copied unchanged.
+            raw_state: float ``[N, D_in]`` raw-state samples; needed only when the map has ``sum`` entries and
+                ``stats`` has keys other than ``mean`` (a sum's std, min, max and quantiles are not functions of
+                its sources' stats, so they are computed exactly from these samples: population std, numpy's
+                linear-interpolation quantiles, in float64).
+        Returns: ``{key: float32 [D_out] array}`` (``count`` as given). Copied dims take their source's value;
+            a ``sum`` dim's mean is the exact sum of its sources' means.
+        Raises: StateMapError when unbound, when a stat has the wrong length, or when ``raw_state`` is needed and
+            missing / of the wrong shape.
+        """
+        self._require_bound("map_stats")
+        plain = [d.index for d in self.dims if d.reduce is None]
+        plain_src = [d.sources[0] for d in self.dims if d.reduce is None]
+        reduced = [d for d in self.dims if d.reduce is not None]
+        derived: dict[str, np.ndarray] = {}
+        needs_raw = [k for k in stats if _is_per_dim(stats[k], self.input_dim) and k != "mean"]
+        if reduced and needs_raw:
+            derived = self._reduced_stats_from_raw(raw_state, needs_raw)
+        out: dict[str, np.ndarray] = {}
+        for key, value in stats.items():
+            arr = np.asarray(value)
+            if not _is_per_dim(arr, self.input_dim):
+                if key != "count" and arr.size > 1:
+                    raise StateMapError(
+                        f"state map {self.name!r}: stats[{key!r}] has shape {list(arr.shape)}, expected "
+                        f"[{self.input_dim}]; the stats are not of this map's raw state"
+                    )
+                out[key] = arr.copy()
+                continue
+            mapped = np.empty(len(self.dims), dtype=np.float32)
+            mapped[plain] = arr[plain_src]
+            for j, d in enumerate(reduced):
+                if key == "mean":
+                    mapped[d.index] = np.sum(arr[list(d.sources)], dtype=np.float64)
+                else:
+                    mapped[d.index] = derived[key][j]
+            out[key] = mapped
+        return out
+
+    def _reduced_stats_from_raw(self, raw_state: Any, keys: list[str]) -> dict[str, np.ndarray]:
+        reduced_names = [d.name for d in self.dims if d.reduce is not None]
+        if raw_state is None:
+            raise StateMapError(
+                f"state map {self.name!r} ({self.path}) has sum entries ({', '.join(reduced_names)}): pass raw_state "
+                f"[N, {self.input_dim}] samples to map_stats so their {', '.join(keys)} can be computed"
+            )
+        raw = np.asarray(raw_state)
+        if raw.ndim != 2 or raw.shape[1] != self.input_dim or raw.shape[0] == 0:
+            raise StateMapError(
+                f"state map {self.name!r}: raw_state must be [N, {self.input_dim}] with N >= 1, got {list(raw.shape)}"
+            )
+        columns = self.apply(raw)[:, [d.index for d in self.dims if d.reduce is not None]].astype(np.float64)
+        out: dict[str, np.ndarray] = {}
+        for key in keys:
+            q = _quantile_of(key)
+            if key in _EXACT_STATS:
+                out[key] = _EXACT_STATS[key](columns)
+            elif q is not None:
+                out[key] = np.quantile(columns, q, axis=0)
+            else:
+                raise StateMapError(
+                    f"state map {self.name!r}: cannot derive stat {key!r} of its sum entries from samples; "
+                    "pass stats with mean/std/min/max/qNN keys only"
+                )
+        return {k: v.astype(np.float32) for k, v in out.items()}
+
+    # --------------------------------------------------------------------------------------------- legality
+
+    def standard_track_violations(self) -> list[OutputDim]:
+        """Output dims that read a dim the BEHAVIOR standard track forbids (empty = legal). For a map with layout
+        ``any`` legality is unknown: every dim is returned."""
+        return [d for d in self.dims if d.standard_track is not True] if self.is_bound else []
+
+    def is_standard_track_legal(self) -> bool:
+        """True when every source dim is allowed on the BEHAVIOR standard track (per the layout's legality).
+
+        A map with layout ``any`` is never certified (False): legality is defined only against an R1Pro layout.
+        """
+        if self.layout == ANY_LAYOUT:
+            return False
+        return not self.standard_track_violations()
+
+    # ------------------------------------------------------------------------------------------ serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        """A self-contained, YAML/JSON-safe description (what a checkpoint stores); :meth:`from_dict` reads it back
+        without needing the layout file. Keys: ``name, layout, description, input_dim, output_dim, names,
+        source_indices, standard_track_legal, dims`` (per output dim: name, sources, reduce, group, standard_track,
+        unreliable); an unbound ``any`` map stores its ``entries`` instead of ``dims``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "layout": self.layout,
+            "description": self.description,
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "names": self.names,
+            "source_indices": self.source_indices,
+            "standard_track_legal": self.is_standard_track_legal(),
+        }
+        if self.is_bound:
+            out["dims"] = [d.to_dict() for d in self.dims]
+        else:
+            out["entries"] = [dict(e) for e in self.entries]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "<dict>") -> StateMap:
+        """A map from :meth:`to_dict` output (``dims`` form) or from a dict in the YAML schema (``entries`` form).
+
+        Raises: StateMapError (naming ``where``) when the dict is malformed or inconsistent.
+        """
+        if not isinstance(data, Mapping):
+            raise StateMapError(f"{where}: a state map must be a mapping, got {type(data).__name__}")
+        if "dims" not in data:
+            # The YAML schema, or an unbound `any` map's to_dict() (whose derived keys are recomputed on bind).
+            derived = ("input_dim", "output_dim", "names", "source_indices", "standard_track_legal")
+            return _parse_map({k: v for k, v in data.items() if k not in derived}, where)
+        name, layout, input_dim = data.get("name"), data.get("layout"), data.get("input_dim")
+        if not isinstance(name, str) or not isinstance(layout, str) or not isinstance(input_dim, int):
+            raise StateMapError(f"{where}: a saved state map needs str name, str layout and int input_dim")
+        dims = []
+        for i, d in enumerate(data["dims"] or []):
+            try:
+                sources = tuple(int(s) for s in d["sources"])
+                dim = OutputDim(
+                    index=i,
+                    name=str(d["name"]),
+                    sources=sources,
+                    reduce=d.get("reduce"),
+                    group=str(d.get("group", "")),
+                    standard_track=d.get("standard_track"),
+                    unreliable=str(d.get("unreliable") or ""),
+                )
+            except (KeyError, TypeError, ValueError):
+                raise StateMapError(f"{where}: dims[{i}] needs 'name' and a list of int 'sources'") from None
+            if not sources or any(not 0 <= s < input_dim for s in sources):
+                raise StateMapError(f"{where}: dims[{i}] sources {list(sources)} out of range 0..{input_dim - 1}")
+            if dim.reduce not in (None, *REDUCTIONS) or (dim.reduce is None and len(sources) != 1):
+                raise StateMapError(f"{where}: dims[{i}] must have one source, or several with reduce: sum")
+            dims.append(dim)
+        _check_unique_names(dims, where)
+        return cls(name, layout, " ".join(str(data.get("description", "")).split()), where, input_dim, tuple(dims))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# parsing maps
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "index_select")
+
+
+def _is_per_dim(value: Any, input_dim: int | None) -> bool:
+    shape = np.shape(value)
+    return len(shape) == 1 and shape[0] == input_dim
+
+
+_EXACT_STATS = {
+    "std": lambda a: a.std(axis=0),
+    "min": lambda a: a.min(axis=0),
+    "max": lambda a: a.max(axis=0),
+    "mean": lambda a: a.mean(axis=0),
+}
+
+
+def _quantile_of(key: str) -> float | None:
+    """``"q01"`` -> 0.01 (lerobot's quantile key naming, ``f"q{int(q * 100):02d}"``); None for other keys."""
+    if len(key) >= 3 and key[0] == "q" and key[1:].isdigit():
+        return int(key[1:]) / 100.0
+    return None
+
+
+def _check_unique_names(dims: Sequence[OutputDim], where: str) -> None:
+    seen: dict[str, int] = {}
+    for d in dims:
+        if d.name in seen:
+            raise StateMapError(
+                f"{where}: output name {d.name!r} is used twice (dims {seen[d.name]} and {d.index}); "
+                "give one entry a different 'name'"
+            )
+        seen[d.name] = d.index
+
+
+def _suggest_map(state_dim: int) -> str:
+    if state_dim in _DEFAULT_MAPS:
+        return f"use a map for that layout (e.g. --state-map {_DEFAULT_MAPS[state_dim]}) or identity"
+    return "use --state-map identity or a map file written for this dataset's state"
+
+
+def _resolve_entries(
+    entries: Sequence[Any],
+    state_dim: int,
+    layout: Layout | None,
+    state_names: Sequence[str] | None,
+    where: str,
+) -> tuple[OutputDim, ...]:
+    """Expand YAML ``entries`` into output dims against a layout (or, for ``any``, a plain ``state_dim`` vector)."""
+    if not entries:
+        raise StateMapError(f"{where}: 'entries' is empty; list the blocks or slices the map selects")
+    dims: list[OutputDim] = []
+    for e, entry in enumerate(entries):
+        ewhere = f"{where} entries[{e}]"
+        if isinstance(entry, str):
+            entry = {"block": entry}
+        if not isinstance(entry, dict):
+            raise StateMapError(f"{ewhere}: an entry is a block name or a mapping with block/slice/name/reduce")
+        _check_keys(entry, ("block", "slice", "name", "reduce"), ewhere)
+        block, name, reduce = entry.get("block"), entry.get("name"), entry.get("reduce")
+        if reduce is not None and reduce not in REDUCTIONS:
+            raise StateMapError(f"{ewhere}: unknown reduce {reduce!r}; use one of {', '.join(REDUCTIONS)}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise StateMapError(f"{ewhere}: 'name' must be a non-empty string")
+        if block is not None:
+            if layout is None:
+                raise StateMapError(f"{ewhere}: 'block' needs a map with a concrete layout, not 'any'; use 'slice'")
+            if block not in layout.blocks:
+                raise StateMapError(
+                    f"{ewhere}: layout {layout.name} has no block {block!r}; known: {', '.join(layout.blocks)}"
+                )
+            start, stop = layout.blocks[block]
+            rel = _slice_indices(entry["slice"], stop - start, ewhere) if "slice" in entry else range(stop - start)
+            sources = [start + k for k in rel]
+        elif "slice" in entry:
+            sources = _slice_indices(entry["slice"], state_dim, ewhere)
+        else:
+            raise StateMapError(f"{ewhere}: give a 'block' or a 'slice'")
+        if reduce is not None:
+            if name is None:
+                raise StateMapError(f"{ewhere}: a reduce: {reduce} entry needs a 'name' for its output dim")
+            dims.append(_output_dim(len(dims), name, tuple(sources), reduce, layout))
+            continue
+        for k, src in enumerate(sources):
+            if name is not None:
+                out_name = name if len(sources) == 1 else f"{name}.{k}"
+            elif layout is not None:
+                out_name = layout.dims[src].name
+            else:
+                out_name = state_names[src] if state_names is not None else f"state.{src}"
+            dims.append(_output_dim(len(dims), out_name, (src,), None, layout))
+    _check_unique_names(dims, where)
+    return tuple(dims)
+
+
+def _output_dim(
+    index: int, name: str, sources: tuple[int, ...], reduce: str | None, layout: Layout | None
+) -> OutputDim:
+    if layout is None:
+        return OutputDim(index, str(name), sources, reduce, "", None, "")
+    src = [layout.dims[s] for s in sources]
+    groups = list(dict.fromkeys(d.group for d in src))
+    unreliable = "; ".join(dict.fromkeys(d.unreliable for d in src if d.unreliable))
+    legal = all(d.standard_track for d in src)
+    return OutputDim(index, str(name), sources, reduce, "+".join(groups), legal, unreliable)
+
+
+def _parse_map(doc: dict[str, Any], where: str) -> StateMap:
+    _check_keys(doc, ("kind", "name", "layout", "description", "entries"), where)
+    if doc.get("kind", "map") != "map":
+        raise StateMapError(f"{where}: kind is {doc.get('kind')!r}, not a state map (kind: map)")
+    name = doc.get("name") or Path(where).stem
+    layout_name = doc.get("layout")
+    if not isinstance(layout_name, str):
+        known = ", ".join([*list_layouts(), ANY_LAYOUT])
+        raise StateMapError(f"{where}: missing 'layout'; use one of {known}")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise StateMapError(f"{where}: 'entries' must be a list of blocks or slices")
+    description = " ".join(str(doc.get("description", "")).split())
+    if layout_name == ANY_LAYOUT:
+        for e, entry in enumerate(entries):
+            if isinstance(entry, str) or (isinstance(entry, dict) and "block" in entry):
+                raise StateMapError(f"{where} entries[{e}]: layout any has no blocks; use 'slice'")
+        if not entries:
+            raise StateMapError(f"{where}: 'entries' is empty; list the slices the map selects")
+        return StateMap(str(name), ANY_LAYOUT, description, where, None, (), tuple(dict(e) for e in entries))
+    try:
+        layout = load_layout(layout_name)
+    except StateMapError:
+        known = ", ".join([*list_layouts(), ANY_LAYOUT])
+        raise StateMapError(f"{where}: unknown layout {layout_name!r}; use one of {known}") from None
+    dims = _resolve_entries(entries, layout.state_dim, layout, None, where)
+    return StateMap(str(name), layout_name, description, where, layout.state_dim, dims)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# public loaders
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith((".yaml", ".yml")) or os.sep in value or "/" in value or Path(value).is_file()
+
+
+def load_state_map(name_or_path: str | os.PathLike[str] | StateMap) -> StateMap:
+    """A shipped map by name (``"r1pro-2025-top32"``) or a user's YAML file (same schema); a StateMap is returned
+    as is.
+
+    Raises: StateMapError for an unknown name (listing the known ones), a missing/unreadable file, or a malformed
+    map (unknown layout or block, out-of-range index, duplicate output names, ...), naming the file and the fix.
+    """
+    if isinstance(name_or_path, StateMap):
+        return name_or_path
+    # A shipped name wins over a same-named file in the working directory; anything else path-like is a file.
+    is_name = isinstance(name_or_path, str) and name_or_path in _shipped_docs()[1]
+    if not is_name and (isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path))):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise StateMapError(f"state map file {path} does not exist; pass a YAML file or a shipped map name")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateMapError(f"state map file {path}: cannot read it ({exc})") from None
+        return _parse_map(_read_yaml(text, str(path)), str(path))
+    return _load_shipped(str(name_or_path))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_shipped(name: str) -> StateMap:
+    maps = _shipped_docs()[1]
+    if name not in maps:
+        raise StateMapError(
+            f"unknown state map {name!r}: use one of {', '.join(sorted(maps))}, or the path of a YAML map file"
+        )
+    doc, where = maps[name]
+    return _parse_map(doc, where)
+
+
+def list_state_maps() -> list[StateMap]:
+    """Every shipped map (unbound ``any`` maps included), sorted by name."""
+    return [_load_shipped(name) for name in sorted(_shipped_docs()[1])]
+
+
+def default_state_map(state_dim: int) -> StateMap:
+    """The map used when none is asked for, bound to ``state_dim``: 256 (R1Pro 2025) -> ``r1pro-2025-top32``;
+    61 (R1Pro 2026) -> ``r1pro-2026-b1k25``; <= 32 (what SmolVLA's state projection takes) -> ``identity``.
+
+    Raises: StateMapError for any other dim (the state would not fit SmolVLA's 32 state slots).
+    """
+    if state_dim in _DEFAULT_MAPS:
+        return load_state_map(_DEFAULT_MAPS[state_dim])
+    if 0 < state_dim <= _SMOLVLA_MAX_STATE_DIM:
+        return load_state_map("identity").bind(state_dim)
+    raise StateMapError(
+        f"no default state map for a {state_dim}-dim observation.state (SmolVLA takes <= {_SMOLVLA_MAX_STATE_DIM}): "
+        "pass --state-map with a YAML map file that selects the dims to use"
+    )
+
+
+def standard_track_map(state_dim: int) -> StateMap:
+    """Every dim the BEHAVIOR standard track allows, for a layout's state dim: 256 -> ``r1pro-2025-standard``
+    (217 dims), 61 -> ``r1pro-2026-full`` (the 2026 layout has no privileged dims).
+
+    Raises: StateMapError for another dim (standard-track legality is defined only for the R1Pro layouts).
+    """
+    if state_dim in _STANDARD_TRACK_MAPS:
+        return load_state_map(_STANDARD_TRACK_MAPS[state_dim])
+    raise StateMapError(
+        f"no standard-track map for a {state_dim}-dim observation.state: the standard track is defined for the R1Pro "
+        "layouts (256 dims in 2025, 61 in 2026); drop --filter-state or pass --state-map"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the report behind `smolvla-filter-state`
+
+
+@dataclass
+class StateMapReport:
+    """A bound map described dim by dim, optionally with the mapped state's statistics over dataset episodes.
+
+    Attributes: ``state_map`` (bound); ``dataset`` (folder, or None); ``episodes`` (selected episode indices);
+    ``frames`` (rows the stats cover); ``stats_source`` (where the dataset reader took the stats from);
+    ``stats`` (``{mean, std, min, max: float32 [D_out]}``, or None without a dataset); ``constant`` (output indices
+    whose std < :data:`CONSTANT_STD`).
+    """
+
+    state_map: StateMap
+    dataset: str | None = None
+    episodes: list[int] = field(default_factory=list)
+    frames: int = 0
+    stats_source: str | None = None
+    stats: dict[str, np.ndarray] | None = None
+    constant: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: the map's :meth:`StateMap.to_dict` plus ``standard_track_violations`` (output names),
+        ``unreliable`` (output names) and, with a dataset, ``dataset``, ``episodes``, ``frames``, ``stats_source``,
+        ``stats`` (lists per key) and ``constant`` (output names)."""
+        m = self.state_map
+        out = m.to_dict()
+        out["standard_track_violations"] = [d.name for d in m.standard_track_violations()]
+        out["unreliable"] = [d.name for d in m.dims if d.unreliable]
+        if self.dataset is not None and self.stats is not None:
+            out["dataset"] = self.dataset
+            out["episodes"] = list(self.episodes)
+            out["frames"] = self.frames
+            out["stats_source"] = self.stats_source
+            out["stats"] = {k: [float(v) for v in self.stats[k]] for k in ("mean", "std", "min", "max")}
+            out["constant"] = [m.dims[i].name for i in self.constant]
+        return out
+
+
+def state_map_report(
+    state_map: str | os.PathLike[str] | StateMap | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+    episodes: str | Sequence[int] | None = None,
+) -> StateMapReport:
+    """Describe a state map and, given a dataset, the mapped state's per-dim mean/std/min/max over its episodes.
+
+    Args:
+        state_map: a shipped name, a YAML file or a StateMap; None = :func:`default_state_map` of the dataset.
+        dataset: a LeRobot dataset folder (read with :class:`behavior_smolvla.dataset.BehaviorDataset`, no video
+            decoding); the map is bound to (and checked against) its state dim.
+        episodes: episode spec for the stats (``"0-39,45"``); None = all.
+    Returns: a :class:`StateMapReport`.
+    Raises: StateMapError (unknown or malformed map, state dim mismatch, neither map nor dataset given);
+        DatasetError (unreadable dataset, unknown episodes).
+    """
+    if dataset is None:
+        if state_map is None:
+            raise StateMapError("pass a state map (--map NAME|FILE, see --list) or a dataset (--dataset PATH)")
+        if episodes is not None:
+            raise StateMapError("--episodes selects dataset episodes for the stats: also pass --dataset PATH")
+        return StateMapReport(load_state_map(state_map))
+    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta  # lazy: dataset.py imports this module
+
+    meta = DatasetMeta.load(dataset)
+    chosen = default_state_map(meta.state_dim) if state_map is None else load_state_map(state_map)
+    bound = chosen.bind(meta.state_dim, meta.state_names)
+    ds = BehaviorDataset(meta, episodes=episodes, cameras=[], chunk_size=1, state_map=bound)
+    stats = {k: np.asarray(ds.stats["observation.state"][k], dtype=np.float32) for k in ("mean", "std", "min", "max")}
+    return StateMapReport(
+        state_map=bound,
+        dataset=str(dataset),
+        episodes=list(ds.episodes),
+        frames=len(ds),
+        stats_source=getattr(ds, "stats_source", None),
+        stats=stats,
+        constant=[int(i) for i in np.flatnonzero(stats["std"] < CONSTANT_STD)],
+    )

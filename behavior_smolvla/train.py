@@ -1,0 +1,585 @@
+"""The training loop: lerobot's SmolVLA on a LeRobot/BEHAVIOR dataset, with accelerate, checkpoints and wandb.
+
+``train(cfg)`` is what ``smolvla-train`` runs. It works the same in one process and under ``accelerate launch
+--num_processes N`` / ``torchrun`` (DDP): every rank reads its own shard of the data order, only rank 0 logs and
+writes checkpoints. Exact resume: weights, optimizer, scheduler, RNG states and the position in the data order are
+restored, so on CPU in fp32 with the same worker count a resumed run reports the same loss at every step as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+
+from behavior_smolvla import checkpoint as ckpt
+from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file
+from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, DatasetError
+from behavior_smolvla.tracking import MetricsLog, WandbTracker
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    # Sized so that `make demo` finishes in a few minutes on 2 CPU cores with the loss clearly down.
+    "image_size": 64,
+    "chunk_size": 10,
+    "batch_size": 8,
+    "max_steps": 240,
+    "lr": 1e-3,
+    "warmup_steps": 20,
+    "decay_steps": 240,
+    "decay_lr": 1e-4,
+    "save_steps": 120,
+    "log_steps": 20,
+    "num_workers": 1,
+    "train_expert_only": False,
+    "freeze_vision_encoder": False,
+}
+
+
+# Floor for the normalisation std of state and action dims (in each dim's own units). lerobot divides by
+# (std + 1e-8): a dim that is constant in the training episodes (a locked joint) would map any later movement
+# to a huge normalised value at evaluation time.
+MIN_STD = 1e-3
+
+
+def floor_std(stats: dict[str, dict[str, Any]], min_std: float = MIN_STD) -> dict[str, dict[str, Any]]:
+    """A copy of ``stats`` with every ``std`` array raised to at least ``min_std``."""
+    import numpy as np
+
+    return {key: {k: (np.maximum(v, min_std).astype(np.float32) if k == "std" else v) for k, v in s.items()}
+            for key, s in stats.items()}
+
+
+class TrainingDivergedError(BehaviorSmolVLAError):
+    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    steps: int
+    first_loss: float
+    final_loss: float
+    stopped_by_signal: bool = False
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> TrainConfig:
+    """Resolve the run config: defaults < checkpoint config (when resuming) < ``config_file`` < flags.
+
+    When ``resume`` is given, the resumed checkpoint's saved config is the base, so a bare ``--resume RUN`` continues
+    exactly the run that was interrupted; flags (e.g. a larger ``--max-steps``) still override it.
+    """
+    cfg = TrainConfig()
+    file_values = load_config_file(config_file) if config_file else {}
+    resume = cli_values.get("resume") or file_values.get("resume")
+    if resume:
+        if resume == "auto":
+            out = cli_values.get("output_dir") or file_values.get("output_dir")
+            if not out:
+                raise ConfigError("--resume given without a folder: pass --resume RUN_DIR or --output-dir RUN_DIR")
+            resume = out
+        checkpoint = ckpt.resolve_checkpoint(resume)
+        saved = ckpt.load_train_config(checkpoint)
+        apply_overrides(cfg, saved["run"], f"{checkpoint}/pretrained_model/{ckpt.TRAIN_CONFIG_FILE}")
+        cfg.output.output_dir = str(checkpoint.parent.parent)
+        cfg.output.resume = str(checkpoint)
+    if file_values:
+        apply_overrides(cfg, file_values, str(config_file))
+    apply_overrides(cfg, {k: v for k, v in cli_values.items() if k != "resume"}, "command line")
+    if resume:
+        cfg.output.resume = str(ckpt.resolve_checkpoint(resume))
+    return cfg
+
+
+def apply_demo_defaults(cfg: TrainConfig, given: set[str]) -> None:
+    """Fill the demo's built-in settings for every option the user did not set (``given``: flat option names)."""
+    apply_overrides(cfg, {k: v for k, v in DEMO_DEFAULTS.items() if k not in given}, "demo defaults")
+    cfg.policy.from_scratch = True
+    if "device" not in given:
+        cfg.optim.device = "cpu"
+    if "run_name" not in given:
+        cfg.output.run_name = "demo"
+
+
+def prepare_demo(cfg: TrainConfig, run_dir: Path, say) -> None:
+    """Generate the demo's BEHAVIOR-2025-shaped dataset and tiny SmolVLM backbone under ``run_dir`` (reused if there)."""
+    from behavior_smolvla.synthetic import write_demo_dataset
+    from behavior_smolvla.tiny_vlm import build_tiny_vlm
+
+    data_dir = run_dir / "demo_data"
+    vlm_dir = run_dir / "tiny_vlm"
+    if cfg.data.dataset_path is None:
+        if not (data_dir / "meta" / "info.json").is_file():
+            say(f"demo: writing a BEHAVIOR-2025-shaped dataset to {data_dir}")
+            write_demo_dataset(data_dir)
+        cfg.data.dataset_path = str(data_dir)
+    if cfg.policy.vlm_model is None:
+        build_tiny_vlm(vlm_dir, image_size=cfg.data.image_size)
+        cfg.policy.vlm_model = str(vlm_dir)
+    if cfg.data.val_episodes is None and cfg.data.episodes is None:
+        # Hold out the last episode of every task (BEHAVIOR indices: task_id * 10000 + ...), for smolvla-eval.
+        from behavior_smolvla.dataset import DatasetMeta
+
+        last_per_task: dict[int, int] = {}
+        for e in sorted(DatasetMeta.load(cfg.data.dataset_path).episodes):
+            last_per_task[e // 10000] = e
+        cfg.data.val_episodes = ",".join(str(e) for e in sorted(last_per_task.values()))
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """``outputs/<YYYY-MM-DD>/<HH-MM-SS>_<run_name>`` (lerobot's convention)."""
+    now = datetime.now()
+    return Path("outputs") / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{cfg.output.run_name}"
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check option values that do not depend on the data; raise ConfigError naming the flag."""
+    o, d, p = cfg.optim, cfg.data, cfg.policy
+    if o.max_steps is None and o.num_epochs is None:
+        raise ConfigError("neither --max-steps nor --num-epochs is set: pass one (e.g. --max-steps 20000)")
+    if o.max_steps is not None and o.max_steps <= 0:
+        raise ConfigError(f"--max-steps {o.max_steps}: must be positive")
+    if o.num_epochs is not None and o.num_epochs <= 0:
+        raise ConfigError(f"--num-epochs {o.num_epochs}: must be positive")
+    for flag, value in (("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
+                        ("--chunk-size", p.chunk_size), ("--frame-stride", d.frame_stride),
+                        ("--image-size", d.image_size), ("--save-steps", cfg.output.save_steps),
+                        ("--log-steps", cfg.logging.log_steps)):
+        if value <= 0:
+            raise ConfigError(f"{flag} {value}: must be positive")
+    if d.num_workers < 0:
+        raise ConfigError(f"--num-workers {d.num_workers}: must be 0 or more")
+    if p.n_action_steps is not None and not 0 < p.n_action_steps <= p.chunk_size:
+        raise ConfigError(f"--n-action-steps {p.n_action_steps}: must be between 1 and --chunk-size ({p.chunk_size})")
+    if o.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"--precision {o.precision}: use auto, fp32, bf16 or fp16")
+    if p.from_scratch and not p.vlm_model and not cfg.demo:
+        raise ConfigError("--from-scratch needs --vlm-model (a hub id or a local SmolVLM folder)")
+    if d.dataset_path is None and not cfg.demo:
+        raise ConfigError("--dataset-path is required (a LeRobot dataset folder), or use --demo for built-in data")
+    if cfg.eval.eval_steps is not None and not d.val_episodes:
+        raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def default_cameras(camera_keys: list[str]) -> list[str]:
+    """The three RGB cameras in SmolVLA's order (head, left wrist, right wrist) for BEHAVIOR; all cameras otherwise.
+
+    BEHAVIOR keys: 2025 ``observation.images.rgb.{head,left_wrist,right_wrist}``; 2026
+    ``observation.rgb.{zed_link,left_realsense_link,right_realsense_link}_camera_0`` (behavior_r1pro.md).
+    """
+    for names in (
+        ["observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"],
+        [f"observation.rgb.{n}_camera_0" for n in ("zed_link", "left_realsense_link", "right_realsense_link")],
+    ):
+        if all(n in camera_keys for n in names):
+            return names
+    return list(camera_keys)
+
+
+def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> tuple[list[int], list[int]]:
+    """Training and held-out episode indices; the held-out ones are never trained on.
+
+    Raises:
+        ConfigError: the two overlap, or nothing is left to train on.
+    """
+    from behavior_smolvla.dataset import parse_episode_spec
+
+    available = sorted(meta.episodes)
+    val = parse_episode_spec(val_spec, available) if val_spec else []
+    train = parse_episode_spec(train_spec, available) if train_spec else [e for e in available if e not in set(val)]
+    overlap = sorted(set(train) & set(val))
+    if overlap:
+        raise ConfigError(f"--episodes and --val-episodes overlap on {overlap[:10]}: held-out episodes must not be trained on")
+    if not train:
+        raise ConfigError("no training episodes left after --val-episodes; hold out fewer episodes")
+    return train, val
+
+
+def build_image_transform(cfg: TrainConfig):
+    """Colour jitter from lerobot's ImageTransforms (torchvision v2), at most two per sample, in random order."""
+    if not cfg.data.image_aug:
+        return None
+    from lerobot.transforms.transforms import ImageTransformConfig, ImageTransforms, ImageTransformsConfig
+
+    ranges = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.5, 1.5), "hue": (-0.05, 0.05)}
+    tfs = {name: ImageTransformConfig(weight=1.0, type="ColorJitter", kwargs={name: r}) for name, r in ranges.items()}
+    return ImageTransforms(ImageTransformsConfig(enable=True, max_num_transforms=2, random_order=True, tfs=tfs))
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.optim.precision == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return {"fp32": "no"}.get(cfg.optim.precision, cfg.optim.precision)
+
+
+def _batches(loader_factory, start_epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict]]:
+    """Yield ``(epoch, batch_index, batch)`` forever, starting at the resume position, one DataLoader per epoch."""
+    epoch, first = start_epoch, start_batch
+    while True:
+        loader = loader_factory(epoch, first)
+        k = first
+        for batch in loader:
+            yield epoch, k, batch
+            k += 1
+        epoch, first = epoch + 1, 0
+
+
+def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | None = None) -> TrainResult:
+    """Train SmolVLA as ``cfg`` says; return where the checkpoints are.
+
+    Args:
+        cfg: the resolved run config (``config_for_run``).
+        given: flat option names set explicitly (flags or config file); used by ``--demo`` to keep user overrides.
+        console: rich console for progress and messages (rank 0 only prints).
+
+    Raises:
+        ConfigError, DatasetError, StateMapError, PolicyLoadError, CheckpointError: bad input, one line each.
+        TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from torch.utils.data import DataLoader
+
+    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy, to_policy_batch
+    from behavior_smolvla.sampler import TrainingStream
+    from behavior_smolvla.state_maps import default_state_map, load_state_map, standard_track_map
+
+    console = console or Console()
+    given = given or set()
+    resuming = cfg.output.resume is not None
+    if cfg.demo and not resuming:
+        apply_demo_defaults(cfg, given)
+    validate_config(cfg)
+
+    device = resolve_device(cfg.optim.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=_precision(cfg, device),
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        step_scheduler_with_optimizer=False,
+        # SmolVLA leaves some parameters unused in a step (frozen VLM layers, unused cameras' paths).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    is_main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    def say(msg: str) -> None:
+        if is_main:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    # Run folder. Rank 0 decides (default name has a timestamp) and broadcasts it.
+    run_dir = Path(cfg.output.output_dir) if cfg.output.output_dir else default_run_dir(cfg)
+    if world > 1 and cfg.output.output_dir is None:
+        from accelerate.utils import broadcast_object_list
+
+        holder = [str(run_dir)]
+        broadcast_object_list(holder, from_process=0)
+        run_dir = Path(holder[0])
+    cfg.output.output_dir = str(run_dir)
+    if not resuming and (run_dir / ckpt.CHECKPOINTS_DIR).exists():
+        raise ConfigError(
+            f"--output-dir {run_dir}: already holds a run; pass --resume {run_dir} to continue it or pick a new folder"
+        )
+    accelerator.wait_for_everyone()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.demo:
+        if is_main:
+            prepare_demo(cfg, run_dir, say)
+        accelerator.wait_for_everyone()
+        if not is_main:
+            cfg.data.dataset_path = cfg.data.dataset_path or str(run_dir / "demo_data")
+            cfg.policy.vlm_model = cfg.policy.vlm_model or str(run_dir / "tiny_vlm")
+
+    # Data: files -> reader -> state map.
+    dataset_path = Path(cfg.data.dataset_path)
+    if not (dataset_path / "meta" / "info.json").is_file():
+        raise DatasetError(
+            f"--dataset-path {dataset_path}: no meta/info.json there; pass the folder of a LeRobot dataset"
+        )
+    meta = DatasetMeta.load(dataset_path)
+    if cfg.data.state_map:
+        state_map = load_state_map(cfg.data.state_map)
+    elif cfg.data.filter_state:
+        state_map = standard_track_map(meta.state_dim)
+    else:
+        state_map = default_state_map(meta.state_dim)
+    state_map = state_map.bind(meta.state_dim, meta.state_names)
+    cfg.data.state_map = cfg.data.state_map or state_map.name
+    cameras = cfg.data.cameras or default_cameras(meta.camera_keys)
+    cfg.data.cameras = list(cameras)
+    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes)
+    dataset = BehaviorDataset(
+        dataset_path,
+        episodes=train_eps,
+        cameras=cameras,
+        chunk_size=cfg.policy.chunk_size,
+        image_size=cfg.data.image_size,
+        frame_stride=cfg.data.frame_stride,
+        state_map=state_map,
+    )
+    transform = build_image_transform(cfg)
+
+    def make_stream(epoch: int, batch: int) -> TrainingStream:
+        return TrainingStream(
+            dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=rank, world_size=world,
+            start_epoch=epoch, start_batch=batch, transform=transform,
+        )
+
+    batches_per_epoch = len(make_stream(0, 0))
+    if batches_per_epoch == 0:
+        raise ConfigError(f"--batch-size {cfg.optim.batch_size}: larger than this rank's share of the data; lower it")
+    steps_per_epoch = max(1, batches_per_epoch // cfg.optim.grad_accum_steps)
+    total_steps = cfg.optim.max_steps or cfg.optim.num_epochs * steps_per_epoch
+
+    # Policy: lerobot's SmolVLA, built or loaded by policy.py.
+    spec = PolicySpec(
+        cameras=list(cameras),
+        image_size=cfg.data.image_size,
+        state_dim=state_map.output_dim,
+        action_dim=meta.action_dim,
+        chunk_size=cfg.policy.chunk_size,
+        n_action_steps=cfg.policy.n_action_steps or cfg.policy.chunk_size,
+        max_state_dim=cfg.policy.state_dim,
+        policy_path=str(Path(cfg.output.resume) / ckpt.PRETRAINED_DIR) if resuming else cfg.policy.policy_path,
+        from_scratch=cfg.policy.from_scratch and not resuming,
+        vlm_model=cfg.policy.vlm_model,
+        train_expert_only=cfg.policy.train_expert_only,
+        freeze_vision_encoder=cfg.policy.freeze_vision_encoder,
+        device=str(accelerator.device),
+    )
+    torch.manual_seed(cfg.optim.seed)
+    bundle = create_policy(spec, floor_std(dataset.stats))
+    if bundle.reinitialised and not resuming:
+        say(f"policy: freshly initialised {', '.join(bundle.reinitialised)} (shape changed from the pretrained one)")
+    camera_map = policy_camera_keys(list(cameras))
+
+    from lerobot.optim.optimizers import AdamWConfig
+    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+    policy = bundle.policy
+    optimizer = AdamWConfig(
+        lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
+        grad_clip_norm=cfg.optim.grad_clip_norm,
+    ).build(policy.get_optim_params())
+    scheduler = CosineDecayWithWarmupSchedulerConfig(
+        peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr,
+        num_warmup_steps=cfg.optim.warmup_steps, num_decay_steps=cfg.optim.decay_steps,
+    ).build(optimizer, total_steps)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+
+    run_facts = {
+        "run": cfg.to_dict(),
+        "dataset": {
+            "path": str(dataset_path.resolve()),
+            "version": meta.version,
+            "fps": meta.fps,
+            "state_dim": meta.state_dim,
+            "action_dim": meta.action_dim,
+            "action_names": meta.action_names,
+            "cameras": list(cameras),
+            "camera_map": camera_map,
+            "image_size": cfg.data.image_size,
+            "frame_stride": cfg.data.frame_stride,
+            "train_episodes": train_eps,
+            "val_episodes": val_eps,
+            "tasks": sorted({t for e in train_eps for t in meta.episodes[e].tasks}),
+            "task_map": {str(k): v for k, v in meta.tasks.items()},
+        },
+        "state_map": state_map.to_dict(),
+    }
+
+    state = ckpt.TrainingState(step=0, epoch=0, batch=0, world_size=world, batch_size=cfg.optim.batch_size,
+                               grad_accum_steps=cfg.optim.grad_accum_steps)
+    if resuming:
+        state = ckpt.load_training_state(Path(cfg.output.resume), optimizer, scheduler)
+        if (state.world_size, state.batch_size, state.grad_accum_steps) != (world, cfg.optim.batch_size, cfg.optim.grad_accum_steps):
+            raise ConfigError(
+                f"--resume {cfg.output.resume}: saved with {state.world_size} processes x batch {state.batch_size} x "
+                f"accumulation {state.grad_accum_steps}; resume with the same values to keep the data order"
+            )
+        say(f"resumed from {cfg.output.resume} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
+    else:
+        torch.manual_seed(cfg.optim.seed)  # the same RNG stream whatever policy construction consumed
+
+    if is_main:
+        console.print(Panel(Syntax(cfg.to_yaml(), "yaml", theme="ansi_dark"), title="smolvla-train config"))
+        say(
+            f"data: {len(train_eps)} training episodes ({len(dataset)} samples), {len(val_eps)} held out; "
+            f"state map {state_map.name} ({meta.state_dim} -> {state_map.output_dim} dims); cameras {cameras}"
+        )
+        say(
+            f"effective batch {cfg.optim.batch_size * world * cfg.optim.grad_accum_steps} = "
+            f"{cfg.optim.batch_size} per process x {world} processes x {cfg.optim.grad_accum_steps} accumulation; "
+            f"{total_steps} steps; device {accelerator.device}; precision {accelerator.mixed_precision}"
+        )
+
+    metrics = MetricsLog(run_dir, resume_step=state.step if resuming else None) if is_main else None
+    tracker = None
+    if is_main:
+        tracker = WandbTracker(
+            run_dir, run_facts,
+            project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity,
+            name=cfg.logging.wandb_run_name or f"{cfg.output.run_name}-{run_dir.name}", tags=cfg.logging.wandb_tags,
+            mode="disabled" if cfg.logging.wandb_disable else cfg.logging.wandb_mode,
+            run_id=state.wandb_run_id, say=say,
+        )
+        state.wandb_run_id = tracker.run_id
+
+    def loader_for(epoch: int, batch: int) -> DataLoader:
+        return DataLoader(
+            make_stream(epoch, batch), batch_size=None, num_workers=cfg.data.num_workers,
+            pin_memory=accelerator.device.type == "cuda",
+            # A private generator: creating an iterator must not consume the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(cfg.optim.seed + epoch),
+            multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None,
+            persistent_workers=False,
+            prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+        )
+
+    def save(step_state: ckpt.TrainingState) -> Path | None:
+        accelerator.wait_for_everyone()
+        path = None
+        if is_main:
+            path = ckpt.save_checkpoint(
+                run_dir, step_state,
+                # bundle.policy is the module accelerate wrapped (DDP keeps a reference, it does not copy).
+                write_pretrained=lambda d: save_policy(bundle, d),
+                train_config=run_facts, optimizer=optimizer, scheduler=scheduler, keep_last=cfg.output.keep_last,
+            )
+        accelerator.wait_for_everyone()
+        return path
+
+    stream = _batches(loader_for, state.epoch, state.batch)
+    step = state.step
+    first_loss = final_loss = float("nan")
+    window: dict[str, float] = {"loss": 0.0, "n": 0, "data_s": 0.0, "t0": time.perf_counter(), "samples": 0}
+    last_path = Path(cfg.output.resume) if resuming else None
+    progress = Progress(
+        TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not is_main, transient=False,
+    )
+    task = progress.add_task("train", total=total_steps, completed=step, info="")
+
+    # SIGTERM (a cluster's preemption notice) or Ctrl-C: finish the step, checkpoint, stop cleanly.
+    stop = {"signal": 0}
+
+    def request_stop(signum, _frame) -> None:
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopped = False
+    policy.train()
+    try:
+        with progress:
+            while step < total_steps:
+                grad_norm = torch.tensor(float("nan"))
+                step_loss = 0.0
+                for _ in range(cfg.optim.grad_accum_steps):
+                    t_wait = time.perf_counter()
+                    epoch, k, batch = next(stream)
+                    window["data_s"] += time.perf_counter() - t_wait
+                    window["samples"] += len(batch["task"]) * world
+                    with accelerator.accumulate(policy):
+                        with accelerator.autocast():
+                            loss, _ = policy(bundle.preprocessor(to_policy_batch(batch, camera_map)))
+                        loss_value = loss.item()
+                        if not math.isfinite(loss_value):
+                            good = f"; the last good checkpoint is {last_path}" if last_path else ""
+                            raise TrainingDivergedError(
+                                f"loss is {loss_value} at step {step + 1} (epoch {epoch}, batch {k}){good}; "
+                                "lower --lr or --grad-clip-norm, or check the data around that batch"
+                            )
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            clip = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
+                            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), clip)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    step_loss += loss_value / cfg.optim.grad_accum_steps
+                scheduler.step()
+                step += 1
+                state.step, state.epoch, state.batch = step, epoch, k + 1
+                if state.batch >= batches_per_epoch:
+                    state.epoch, state.batch = epoch + 1, 0
+                if world > 1:
+                    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+                if math.isnan(first_loss):
+                    first_loss = step_loss
+                final_loss = step_loss
+                window["loss"] += step_loss
+                window["n"] += 1
+                if is_main:
+                    progress.update(task, completed=step, info=f"loss {step_loss:.4f}")
+                if step % cfg.logging.log_steps == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window["t0"]
+                    record = {
+                        "step": step,
+                        "epoch": state.epoch,
+                        "loss": window["loss"] / window["n"],
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        "samples_per_s": window["samples"] / elapsed if elapsed > 0 else float("nan"),
+                        "data_wait_frac": window["data_s"] / elapsed if elapsed > 0 else float("nan"),
+                    }
+                    if accelerator.device.type == "cuda":
+                        record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+                    if is_main:
+                        metrics.write(record)
+                        tracker.log({f"train/{k_}": v for k_, v in record.items() if k_ != "step"}, step=step)
+                        progress.console.print(
+                            " ".join(f"{k_} {v:.4g}" if isinstance(v, float) else f"{k_} {v}" for k_, v in record.items()),
+                            highlight=False, soft_wrap=True,
+                        )
+                    window.update(loss=0.0, n=0, data_s=0.0, t0=time.perf_counter(), samples=0)
+                stop_now = stop["signal"] != 0
+                if world > 1:  # every rank must stop at the same step
+                    flag = torch.tensor(float(stop_now), device=accelerator.device)
+                    stop_now = accelerator.reduce(flag, "max").item() > 0
+                if step % cfg.output.save_steps == 0 or step == total_steps or stop_now:
+                    t_save = time.perf_counter()
+                    last_path = save(state) or last_path
+                    window["t0"] += time.perf_counter() - t_save  # throughput figures exclude checkpoint writes
+                if stop_now:
+                    stopped = True
+                    say(f"stopped by signal at step {step}; checkpoint {last_path}; continue with "
+                        f"`smolvla-train --resume {run_dir}`")
+                    break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if metrics is not None:
+            metrics.close()
+        if tracker is not None:
+            tracker.finish()
+        accelerator.end_training()
+
+    last = run_dir / ckpt.CHECKPOINTS_DIR / ckpt.LAST
+    if is_main:
+        say(f"done: {step} steps, loss {first_loss:.4f} -> {final_loss:.4f}; checkpoints in {run_dir / ckpt.CHECKPOINTS_DIR}")
+    return TrainResult(run_dir=run_dir, last_checkpoint=last, steps=step, first_loss=first_loss, final_loss=final_loss,
+                       stopped_by_signal=stopped)

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real G1 datasets beside the checkout and two tiny BEHAVIOR-shaped synthetic datasets.
+
+The session-scoped datasets are shared by every test module: treat them as read-only (copy or mirror one before
+deleting or damaging files). Hugging Face and Weights & Biases are kept offline for the whole session; the
+variables are set at import time because ``huggingface_hub`` reads them when it is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""``../shared/data`` next to the checkout (the real datasets; see its README.md)."""
+
+# Wrists are 48 x 64 (H x W): non-square frames catch height/width mix-ups, and libx265 cannot encode frames
+# 34-48 pixels wide (see behavior_smolvla.synthetic). Lengths differ per episode on purpose.
+SYNTHETIC_IMAGE_SIZE = {"head": (64, 64), "left_wrist": (48, 64), "right_wrist": (48, 64)}
+SYNTHETIC_2025 = {"episodes": 4, "frames": [40, 52, 46, 60], "tasks": 2, "image_size": SYNTHETIC_IMAGE_SIZE,
+                  "codec": "libx265", "gop": 250, "seed": 0}
+SYNTHETIC_2026 = {"episodes": 6, "frames": [30, 42, 36, 48, 34, 40], "tasks": 2, "image_size": SYNTHETIC_IMAGE_SIZE,
+                  "codec": "libx265", "gop": 8, "seed": 1, "episodes_per_file": 2}
+
+
+def _shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / "meta" / "info.json").is_file():
+        pytest.fail(f"{path} is missing: the tests need the shared data folder beside the checkout (../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def g1_v30() -> Path:
+    """The real G1 Inspire dataset in LeRobot v3.0 (8 episodes 0..7 in 3 mp4 files, one AV1 camera)."""
+    return _shared_dataset("g1_inspire_v30")
+
+
+@pytest.fixture(scope="session")
+def g1_v21() -> Path:
+    """The real G1 Inspire dataset in LeRobot v2.1 (8 episodes, non-contiguous indices 1, 2, 4, 5, 7, 8, 10, 11)."""
+    return _shared_dataset("g1_inspire_v21")
+
+
+@pytest.fixture(scope="session")
+def synthetic_2025(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BEHAVIOR-2025-layout dataset (:data:`SYNTHETIC_2025`): episodes 10, 20 (task 0) and 10010, 10020
+    (task 1), HEVC with a 250-frame GOP (one keyframe per file). Ground truth: ``synthetic.load_ground_truth``."""
+    from behavior_smolvla.synthetic import write_behavior_2025
+
+    return write_behavior_2025(tmp_path_factory.mktemp("synthetic_2025") / "behavior_2025", **SYNTHETIC_2025)
+
+
+@pytest.fixture(scope="session")
+def synthetic_2026(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BEHAVIOR-2026-layout (v3.0) dataset (:data:`SYNTHETIC_2026`): episodes 0-2 (task 0, chunk 0) and
+    3-5 (task 1, chunk 1), several episodes per parquet and per mp4, HEVC with an 8-frame GOP."""
+    from behavior_smolvla.synthetic import write_behavior_2026
+
+    return write_behavior_2026(tmp_path_factory.mktemp("synthetic_2026") / "behavior_2026", **SYNTHETIC_2026)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny local SmolVLM backbone folder (64 px images), built offline (``behavior_smolvla.tiny_vlm``)."""
+    from behavior_smolvla.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "tiny_vlm", image_size=64)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished ``smolvla-train --demo`` run folder (the built-in defaults, a few minutes on CPU), trained once per
+    session in a real subprocess and shared by the evaluation and serving tests (read-only).
+
+    Its ``demo_data/`` is the BEHAVIOR-2025-shaped training dataset; the held-out episodes are in the checkpoint's
+    ``train_config.yaml`` (``dataset.val_episodes``)."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "smolvla-train"), "--demo", "--output-dir", str(run_dir), "--wandb-disable"],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"smolvla-train --demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return run_dir

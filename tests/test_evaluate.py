@@ -1,0 +1,294 @@
+"""Offline evaluation: metric code on hand-made numbers, reference predictors against the parquet data, the report of
+a demo-trained checkpoint (single and ensemble), validation during training. Real lerobot SmolVLA, real PyAV decoding."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from behavior_smolvla.evaluate import (
+    R1PRO_ACTION_GROUPS,
+    action_layout,
+    chunk_metrics,
+    ensemble_disagreement,
+    evaluate_checkpoints,
+    hold_chunks,
+    pearson,
+    spread_evenly,
+    validate,
+)
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def train_demo(out: Path, *extra: str) -> Path:
+    proc = subprocess.run([str(BIN / "smolvla-train"), "--demo", "--output-dir", str(out), "--wandb-disable", *extra],
+                          capture_output=True, text=True, env=ENV, timeout=1800)
+    assert proc.returncode == 0, f"smolvla-train --demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt_run(request, tmp_path_factory) -> Path:
+    """A demo-trained run with two checkpoints: the shared ``demo_run`` when conftest provides it, else a short one."""
+    try:
+        return request.getfixturevalue("demo_run")
+    except pytest.FixtureLookupError:
+        return train_demo(tmp_path_factory.mktemp("eval") / "run", "--max-steps", "30", "--save-steps", "15")
+
+
+def train_config(run: Path) -> dict:
+    return yaml.safe_load((run / "checkpoints" / "last" / "pretrained_model" / "train_config.yaml").read_text())
+
+
+def step_checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def single_report(demo_ckpt_run, tmp_path_factory) -> dict:
+    cfg = train_config(demo_ckpt_run)["dataset"]
+    return evaluate_checkpoints([demo_ckpt_run], cfg["path"], cfg["val_episodes"],
+                                output_dir=tmp_path_factory.mktemp("single"), device="cpu", progress=False)
+
+
+# --- metric code on hand-made numbers ------------------------------------------------------------------------
+
+
+def test_chunk_metrics_hand_computed():
+    # 2 frames, chunk 3, 2 dims; frame 1's last step is past the episode's end (its values must not count).
+    truth = np.array([[[0, 0], [1, 1], [2, 2]], [[1, 0], [1, 0], [7, 7]]], dtype=np.float32)
+    pred = np.array([[[0.5, 0], [1, 2], [2, 2]], [[1, 1], [3, 0], [100, 100]]], dtype=np.float32)
+    pad = np.array([[False, False, False], [False, False, True]])
+    # |err|: frame 0 [[.5, 0], [0, 1], [0, 0]]; frame 1 [[0, 1], [2, 0], (pad)]. Threshold 0.1 * range = [1, 0.4].
+    m = chunk_metrics(pred, truth, pad, value_range=np.array([10.0, 4.0]), tolerance=0.1, names=["a", "b"],
+                      groups={"a": [0], "b": [1], "both": [0, 1]})
+    assert m["frames"] == 2
+    assert m["first_action_mae"]["per_dim"] == pytest.approx({"a": 0.25, "b": 0.5})
+    assert m["first_action_mae"]["mean"] == pytest.approx(0.375)
+    assert m["first_action_mae"]["per_group"]["both"] == pytest.approx(0.375)
+    assert m["chunk_mae"]["per_dim"] == pytest.approx({"a": 2.5 / 5, "b": 2.0 / 5})
+    assert m["chunk_mae"]["mean"] == pytest.approx(0.45)
+    assert m["mae_by_chunk_step"]["all dims"] == pytest.approx([0.375, 0.75, 0.0])
+    assert m["mae_by_chunk_step"]["a"] == pytest.approx([0.25, 1.0, 0.0])
+    assert m["percent_close"]["per_dim"] == pytest.approx({"a": 1.0, "b": 0.5})
+    assert m["percent_close"]["mean"] == pytest.approx(0.75)
+    assert m["percent_close_chunk"]["per_dim"] == pytest.approx({"a": 0.8, "b": 0.6})
+    assert m["percent_close_chunk"]["per_group"]["both"] == pytest.approx(0.7)
+
+
+def test_chunk_step_never_valid_is_none():
+    truth = np.zeros((1, 2, 1))
+    m = chunk_metrics(truth + 1, truth, np.array([[False, True]]), np.ones(1), 0.05, ["x"], {"x": [0]})
+    assert m["mae_by_chunk_step"]["x"] == [1.0, None]
+    json.dumps(m, allow_nan=False)
+
+
+def test_reference_predictors_and_ensemble_helpers():
+    prev = np.array([[1.0, 2.0], [3.0, 4.0]])
+    hold = hold_chunks(prev, 3)
+    assert hold.shape == (2, 3, 2) and (hold[1] == [3.0, 4.0]).all()
+    # Two members; frame 0 disagrees by 1 in each dim (population std of {0, 2} = 1), frame 1 agrees.
+    preds = np.zeros((2, 2, 3, 2))
+    preds[1, 0, 0] = [2.0, 2.0]
+    assert ensemble_disagreement(preds) == pytest.approx([1.0, 0.0])
+    assert pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.5])) == pytest.approx(0.99862, abs=1e-4)
+    assert pearson(np.array([1.0, 1.0]), np.array([1.0, 2.0])) is None
+
+
+def test_action_layout_r1pro_and_named_dims(g1_v30):
+    from behavior_smolvla.dataset import DatasetMeta
+
+    names, groups = action_layout(23, None)
+    assert list(groups) == [g for g, _, _ in R1PRO_ACTION_GROUPS]
+    assert groups["left_gripper"] == [14] and groups["right_arm"] == list(range(15, 22)) and len(names) == 23
+    meta = DatasetMeta.load(g1_v30)  # a real 26-dim action with names: one group per named dim
+    names, groups = action_layout(meta.action_dim, meta.action_names)
+    assert names == meta.action_names and list(groups) == names and groups[names[3]] == [3]
+    assert action_layout(4, None)[0] == ["action.0", "action.1", "action.2", "action.3"]
+
+
+def test_spread_evenly_keeps_ends():
+    assert spread_evenly(np.arange(10), 4).tolist() == [0, 3, 6, 9]
+    assert spread_evenly(np.arange(3), 10).tolist() == [0, 1, 2]
+
+
+# --- a demo-trained checkpoint --------------------------------------------------------------------------------
+
+
+def _all_numbers(tree) -> list:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _all_numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _all_numbers(v)]
+    return [tree]
+
+
+def test_report_holds_every_metric_finite(single_report):
+    out = Path(single_report["output_dir"])
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["predictors"]) == {"policy", "hold", "mean_action"} and report["primary"] == "policy"
+    groups = [g for g, _, _ in R1PRO_ACTION_GROUPS]
+    for name, m in report["predictors"].items():
+        for metric in ("first_action_mae", "chunk_mae", "percent_close", "percent_close_chunk"):
+            assert list(m[metric]["per_group"]) == groups, (name, metric)
+            assert len(m[metric]["per_dim"]) == 23
+        assert len(m["mae_by_chunk_step"]["all dims"]) == report["chunk_size"]
+        values = _all_numbers({k: v for k, v in m.items()})
+        assert values and all(isinstance(v, int | float) and math.isfinite(v) for v in values), name
+        for metric in ("percent_close", "percent_close_chunk"):
+            assert all(0.0 <= v <= 1.0 for v in _all_numbers(m[metric]))
+    cfg = train_config(Path(report["checkpoints"][0]).parent.parent)
+    assert report["episodes"] == cfg["dataset"]["val_episodes"]
+    assert report["frames_evaluated"] == sum(report["frames_per_episode"].values()) > 0
+    assert report["dataset"]["path"] == str(Path(cfg["dataset"]["path"]).resolve())
+    assert "git_commit" in report and report["warnings"] == [] and report["overlapping_train_episodes"] == []
+    assert (out / "summary.md").read_text().count("| right_gripper |") == 1
+    plots = report["files"]["plots"]
+    assert "error_vs_chunk_step.png" in plots
+    assert {f"first_action_episode_{e}.png" for e in report["episodes"]} <= set(plots)
+    for name in plots:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 20_000, name
+
+
+def _episode_actions(dataset: Path, episodes: list[int]) -> dict[int, np.ndarray]:
+    """float64 [T, 23] actions per episode, read straight from the parquet files (not through the project's reader)."""
+    out = {}
+    for path in sorted((dataset / "data").rglob("*.parquet")):
+        table = pq.read_table(path, columns=["episode_index", "action"])
+        ep_col = table.column("episode_index").to_numpy()
+        for ep in np.unique(ep_col):
+            if int(ep) in episodes:
+                rows = table.filter(table.column("episode_index") == ep).column("action").to_pylist()
+                out[int(ep)] = np.asarray(rows, dtype=np.float64)
+    assert sorted(out) == sorted(episodes)
+    return out
+
+
+def test_reference_predictors_equal_direct_computation(single_report):
+    cfg = train_config(Path(single_report["checkpoints"][0]).parent.parent)
+    dataset = Path(cfg["dataset"]["path"])
+    chunk, tol = single_report["chunk_size"], single_report["tolerance"]
+    assert single_report["chunk_stride"] == 1 and single_report["frame_stride"] == 1
+    train = np.concatenate(list(_episode_actions(dataset, cfg["dataset"]["train_episodes"]).values()))
+    mean, value_range = train.mean(0), train.max(0) - train.min(0)
+    first = {"hold": [], "mean_action": []}
+    chunk_err = {"hold": [], "mean_action": []}
+    chunk_valid = []
+    for ep, actions in _episode_actions(dataset, single_report["episodes"]).items():
+        length = len(actions)
+        for t in range(length):
+            held = actions[max(t - 1, 0)]
+            for d in range(chunk):
+                if t + d >= length:
+                    continue
+                truth = actions[t + d]
+                for name, pred in (("hold", held), ("mean_action", mean)):
+                    err = np.abs(pred - truth)
+                    chunk_err[name].append(err)
+                    if d == 0:
+                        first[name].append(err)
+    names = single_report["action_names"]
+    for name in ("hold", "mean_action"):
+        m = single_report["predictors"][name]
+        first_err, all_err = np.array(first[name]), np.array(chunk_err[name])
+        assert m["frames"] == len(first_err)
+        np.testing.assert_allclose([m["first_action_mae"]["per_dim"][n] for n in names], first_err.mean(0),
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose([m["chunk_mae"]["per_dim"][n] for n in names], all_err.mean(0),
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose([m["percent_close"]["per_dim"][n] for n in names],
+                                   (first_err <= tol * value_range).mean(0), atol=1e-9)
+        np.testing.assert_allclose(m["percent_close"]["mean"], (first_err <= tol * value_range).mean(), atol=1e-9)
+    np.testing.assert_allclose(single_report["action_stats"]["mean"], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_of_two_checkpoints(demo_ckpt_run, tmp_path):
+    cfg = train_config(demo_ckpt_run)["dataset"]
+    members = step_checkpoints(demo_ckpt_run)[-2:]
+    report = evaluate_checkpoints(members, cfg["path"], cfg["val_episodes"], output_dir=tmp_path, max_frames=40,
+                                  device="cpu", progress=False)
+    assert report["primary"] == "ensemble" and report["frames_evaluated"] == 40
+    assert [m["checkpoint"] for m in report["members"]] == [str(p.resolve()) for p in members]
+    ens = report["ensemble"]
+    assert ens["size"] == 2 and ens["disagreement"]["mean"] > 0
+    assert -1.0 <= ens["disagreement_error_correlation"] <= 1.0
+    # The ensemble's prediction is the members' mean: check against the saved per-member predictions.
+    saved = np.load(tmp_path / "predictions.npz")
+    pred, truth = saved["predictions"].astype(np.float64).mean(0), saved["truth"].astype(np.float64)
+    assert report["predictors"]["ensemble"]["first_action_mae"]["mean"] == pytest.approx(
+        np.abs(pred[:, 0] - truth[:, 0]).mean(), rel=1e-5)
+    assert saved["disagreement"].shape == (40,)
+
+
+def test_training_episodes_give_a_warning_not_an_error(demo_ckpt_run, tmp_path):
+    cfg = train_config(demo_ckpt_run)["dataset"]
+    seen = cfg["train_episodes"][0]
+    report = evaluate_checkpoints([demo_ckpt_run], cfg["path"], [seen, cfg["val_episodes"][0]], output_dir=tmp_path,
+                                  max_frames=8, device="cpu", progress=False)
+    assert report["overlapping_train_episodes"] == [seen]
+    assert len(report["warnings"]) == 1 and str(seen) in report["warnings"][0]
+
+
+# --- validation during training ---------------------------------------------------------------------------------
+
+
+def test_validate_is_repeatable_and_leaves_the_rng_alone(demo_ckpt_run, tmp_path):
+    from behavior_smolvla.dataset import BehaviorDataset
+    from behavior_smolvla.inference import load_checkpoint
+
+    cp = load_checkpoint(demo_ckpt_run, device="cpu")
+    d = cp.train_config["dataset"]
+    ds = BehaviorDataset(d["path"], episodes=d["val_episodes"], cameras=cp.cameras, chunk_size=cp.chunk_size,
+                         image_size=cp.image_size, frame_stride=d["frame_stride"], state_map=cp.state_map)
+    cp.bundle.policy.train()  # as inside the training loop
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    # The in-training form (bundle + dataset, nothing reloaded) and the checkpoint form give the same numbers.
+    first = validate(cp.bundle, ds, max_frames=12, seed=7, output_dir=tmp_path / "plots")
+    assert torch.equal(torch.rand(3), expected_next), "validate() consumed the global RNG"
+    assert cp.bundle.policy.training, "validate() must give the policy back in training mode"
+    second = validate(cp, ds, max_frames=12, seed=7)
+    for key in ("val_loss", "first_action_mae", "chunk_mae", "percent_close", "mean_action_first_action_mae"):
+        assert math.isfinite(first[key]) and first[key] == pytest.approx(second[key], rel=1e-6), key
+    assert first["val_loss"] > 0 and 0.0 <= first["percent_close"] <= 1.0 and first["frames"] == 12
+    assert set(first["plots"]) == {"error_vs_chunk_step", *(f"first_action_episode_{e}" for e in d["val_episodes"])}
+    for path in first["plots"].values():
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    assert second["plots"] == {}
+
+
+# --- learning: the full demo ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_demo_run(request, tmp_path_factory) -> Path:
+    try:
+        return request.getfixturevalue("demo_run")
+    except pytest.FixtureLookupError:
+        return train_demo(tmp_path_factory.mktemp("full_demo") / "run")
+
+
+@pytest.mark.slow
+def test_demo_policy_beats_the_mean_action_on_held_out_episodes(full_demo_run, tmp_path):
+    cfg = train_config(full_demo_run)["dataset"]
+    report = evaluate_checkpoints([full_demo_run], cfg["path"], cfg["val_episodes"], output_dir=tmp_path,
+                                  device="cpu", progress=False)
+    assert report["overlapping_train_episodes"] == []
+    policy = report["predictors"]["policy"]["first_action_mae"]["mean"]
+    baseline = report["predictors"]["mean_action"]["first_action_mae"]["mean"]
+    assert policy < baseline, (policy, baseline)

@@ -1,0 +1,242 @@
+"""smolvla-train end to end: real subprocesses, real lerobot SmolVLA on the tiny backbone, real PyAV decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from behavior_smolvla.checkpoint import load_train_config, resolve_checkpoint
+from behavior_smolvla.tracking import read_metrics
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"smolvla-train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def base_args(dataset: Path, vlm: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset-path", str(dataset), "--from-scratch", "--vlm-model", str(vlm), "--output-dir", str(out),
+        "--image-size", "64", "--chunk-size", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+        "--log-steps", "1", "--wandb-disable", "--lr", "1e-3", "--warmup-steps", "2", *extra,
+    ]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+
+
+def assert_lerobot_loads(checkpoint: Path, vlm: Path) -> None:
+    """lerobot's own loaders open the checkpoint (tokenizer name overridden to the local tiny backbone)."""
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+
+    pretrained = checkpoint / "pretrained_model"
+    policy = SmolVLAPolicy.from_pretrained(pretrained)
+    assert policy.config.chunk_size == 8
+    pre = PolicyProcessorPipeline.from_pretrained(
+        pretrained, config_filename="policy_preprocessor.json",
+        overrides={"tokenizer_processor": {"tokenizer_name": str(vlm)}},
+    )
+    post = PolicyProcessorPipeline.from_pretrained(pretrained, config_filename="policy_postprocessor.json")
+    assert len(pre.steps) > 0 and len(post.steps) > 0
+
+
+@pytest.mark.slow
+def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(*base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "30", "--save-steps", "15"))
+    assert "effective batch 4" in proc.stdout
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000015", "000030", "last"]
+    assert (ckpts / "last").is_symlink() and os.readlink(ckpts / "last") == "000030"
+    for step in ("000015", "000030"):
+        pm = ckpts / step / "pretrained_model"
+        for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json",
+                     "train_config.yaml"):
+            assert (pm / name).is_file(), name
+        ts = ckpts / step / "training_state"
+        for name in ("training_step.json", "optimizer_state.safetensors", "optimizer_param_groups.json",
+                     "scheduler_state.json", "rng_state.safetensors"):
+            assert (ts / name).is_file(), name
+    saved = load_train_config(ckpts / "last")
+    assert saved["state_map"]["name"] == "r1pro-2025-top32"
+    assert saved["dataset"]["cameras"] == [
+        "observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"
+    ]
+    assert saved["run"]["optim"]["max_steps"] == 30
+    loss = losses(out)
+    assert sorted(loss) == list(range(1, 31))
+    first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(26, 31)) / 5
+    assert last < 0.8 * first, (first, last)
+    record = read_metrics(out)[-1]
+    for key in ("step", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_frac"):
+        assert key in record
+    assert_lerobot_loads(ckpts / "last", tiny_vlm)
+
+
+@pytest.mark.slow
+def test_train_real_g1_v30(g1_v30, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    run_train(*base_args(g1_v30, tiny_vlm, out, "--max-steps", "20", "--save-steps", "20", "--frame-stride", "5"))
+    saved = load_train_config(resolve_checkpoint(out))
+    assert saved["state_map"]["name"] == "identity" and saved["dataset"]["state_dim"] == 26
+    loss = losses(out)
+    assert sum(loss[s] for s in range(16, 21)) < sum(loss[s] for s in range(1, 6))
+    assert_lerobot_loads(out / "checkpoints" / "last", tiny_vlm)
+
+
+def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in read_metrics(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"run never reached step {step}")
+
+
+@pytest.mark.slow
+def test_exact_resume_matches_uninterrupted(synthetic_2025, tiny_vlm, tmp_path):
+    """Stopped at some step s (SIGTERM: checkpoint and exit) and resumed == uninterrupted, loss for loss."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ("--max-steps", "12", "--save-steps", "100", "--num-workers", "1", "--image-aug")
+    run_train(*base_args(synthetic_2025, tiny_vlm, full, *args))
+    proc = subprocess.Popen([str(BIN / "smolvla-train"), *base_args(synthetic_2025, tiny_vlm, part, *args)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(part, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    stopped_at = int(resolve_checkpoint(part).name)
+    assert 3 <= stopped_at < 12, output[-2000:]
+    assert "stopped by signal" in output
+    run_train("--resume", str(part))
+    a, b = losses(full), losses(part)
+    assert sorted(b) == list(range(1, 13))
+    for step in range(1, 13):
+        assert a[step] == b[step], (step, stopped_at, a[step], b[step])
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_keeps_last(synthetic_2025, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    args = base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "400", "--save-steps", "1", "--keep-last", "2")
+    proc = subprocess.Popen([str(BIN / "smolvla-train"), *args], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = out / "checkpoints"
+    killed_mid_write = False
+    deadline = time.time() + 300
+    try:
+        # Wait for a first published checkpoint, then kill the process while a later one is being written.
+        while time.time() < deadline and not (ckpts / "last").exists():
+            time.sleep(0.05)
+        while time.time() < deadline and proc.poll() is None:
+            if any(p.name.startswith(".tmp-0") for p in ckpts.iterdir()):
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_mid_write, "never caught a checkpoint write in progress"
+    last = resolve_checkpoint(out)
+    assert (last / "pretrained_model" / "model.safetensors").is_file()
+    assert json.loads((last / "training_state" / "training_step.json").read_text())["step"] >= 1
+    assert_lerobot_loads(ckpts / "last", tiny_vlm)
+    # ... and the run resumes from it (the leftover temporary folder is cleaned by the next write).
+    run_train("--resume", str(out), "--max-steps", str(int(last.name) + 2))
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(synthetic_2025, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "behavior_smolvla.cli", "train",
+        *base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "6", "--save-steps", "3"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "effective batch 8 = 4 per process x 2 processes" in proc.stdout
+    assert proc.stdout.count("effective batch") == 1  # only rank 0 talks
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000003", "000006", "last"]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # one writer
+    state = json.loads((out / "checkpoints" / "last" / "training_state" / "training_step.json").read_text())
+    assert state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_metrics_and_config(synthetic_2025, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "4") if a != "--wandb-disable"]
+    run_train(*args, "--wandb-mode", "online", "--wandb-project", "test-proj", "--wandb-tags", "a,b")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    config = yaml.safe_load((runs[0] / "files" / "config.yaml").read_text())
+    assert config["run"]["value"]["optim"]["max_steps"] == 4
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "train/loss" in summary and summary["_step"] == 4
+
+
+@pytest.mark.slow
+def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_path):
+    src = tmp_path / "src"
+    run_train(*base_args(synthetic_2025, tiny_vlm, src, "--max-steps", "2"))
+    out = tmp_path / "ft"
+    args = [a for a in base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "3") if a != "--from-scratch"]
+    proc = run_train(*args, "--filter-state", "--policy-path", str(src / "checkpoints" / "last" / "pretrained_model"))
+    reinit_lines = [line for line in proc.stdout.splitlines() if "freshly initialised" in line]
+    assert len(reinit_lines) == 1 and "state_proj" in reinit_lines[0], proc.stdout
+    saved = load_train_config(resolve_checkpoint(out))
+    assert saved["state_map"]["name"] == "r1pro-2025-standard" and len(saved["state_map"]["names"]) == 217
+    cfg = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert cfg["max_state_dim"] == 217
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    text = " ".join(lines)
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_errors_are_one_line(synthetic_2025, tiny_vlm, tmp_path):
+    _one_line_error(run_train("--dataset-path", str(tmp_path / "nope"), "--max-steps", "1", check=False),
+                    "--dataset-path", "nope")
+    _one_line_error(run_train("--dataset-path", str(synthetic_2025), check=False), "--max-steps", "--num-epochs")
+    _one_line_error(
+        run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r1", "--max-steps", "1", "--state-map",
+                             "r1pro-2026-full"), check=False),
+        "r1pro-2026-full", "256",
+    )
+    offline = [a for a in base_args(synthetic_2025, tiny_vlm, tmp_path / "r2", "--max-steps", "1") if a != "--from-scratch"]
+    _one_line_error(run_train(*offline, "--policy-path", "someone/not-cached-policy", check=False),
+                    "someone/not-cached-policy", "--from-scratch")
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("max_step: 3\n")
+    _one_line_error(run_train("--config", str(bad_cfg), check=False), "bad.yaml", "max_step")
+    _one_line_error(run_train("--resume", str(tmp_path), check=False), "no complete checkpoint")
+    existing = tmp_path / "existing"
+    (existing / "checkpoints").mkdir(parents=True)
+    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False),
+                    "--resume", str(existing))
