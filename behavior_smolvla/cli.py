@@ -259,6 +259,9 @@ def train_command(
     num_epochs: int = _opt(None, "--num-epochs", help="Passes over the training episodes."),
     lr: float = _opt(None, "--lr", "--learning-rate", help="Peak learning rate (1e-4)."),
     warmup_steps: int = _opt(None, "--warmup-steps", help="Warm-up steps of the cosine schedule (1000)."),
+    decay_steps: int = _opt(None, "--decay-steps", help="Cosine decay length in steps (30000)."),
+    decay_lr: float = _opt(None, "--decay-lr", help="Learning rate at the end of the decay (2.5e-6)."),
+    weight_decay: float = _opt(None, "--weight-decay", help="AdamW weight decay (1e-10)."),
     grad_accum_steps: int = _opt(None, "--grad-accum-steps", help="Micro-batches per optimizer step (1)."),
     grad_clip_norm: float = _opt(None, "--grad-clip-norm", help="Gradient-norm clip (10; 0 disables)."),
     precision: str = _opt(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32."),
@@ -272,6 +275,7 @@ def train_command(
     resume: str = _opt(None, "--resume", help="Run folder or checkpoint to resume ('--resume' alone: --output-dir)."),
     log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
     eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
+    eval_max_frames: int = _opt(None, "--eval-max-frames", help="Held-out frames per validation (64)."),
     wandb_project: str = _opt(None, "--wandb-project", help="Weights & Biases project (behavior-smolvla)."),
     wandb_entity: str = _opt(None, "--wandb-entity", help="Weights & Biases entity."),
     wandb_run_name: str = _opt(None, "--wandb-run-name", help="Weights & Biases run name."),
@@ -291,12 +295,15 @@ def train_command(
     if config:
         given |= {str(k).replace("-", "_") for k in load_config_file(config)}
     result = train(cfg, given=given)
+    if not result.is_main_process:
+        return
     out = Console()
     last = result.last_checkpoint
     out.print(f"\n[bold green]checkpoints:[/] {last.parent}  (last -> {last.resolve().name})", highlight=False, soft_wrap=True)
     out.print("[bold]next:[/]", highlight=False)
     out.print(f"  smolvla-train --resume {result.run_dir} --max-steps {result.steps * 2}   # train further", highlight=False, soft_wrap=True)
-    out.print(f"  smolvla-eval --checkpoint {last} --dataset-path {cfg.data.dataset_path} --episodes {cfg.data.val_episodes or '0'}", highlight=False, soft_wrap=True)
+    held_out = cfg.data.val_episodes or "<held-out episodes>"
+    out.print(f"  smolvla-eval --checkpoint {last} --dataset-path {cfg.data.dataset_path} --episodes {held_out}", highlight=False, soft_wrap=True)
     out.print(f"  smolvla-serve --checkpoint {last}   # websocket server for the BEHAVIOR evaluator", highlight=False, soft_wrap=True)
 
 

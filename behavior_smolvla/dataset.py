@@ -93,7 +93,8 @@ def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int
             part = part.strip()
             match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
             if not match:
-                raise DatasetError(f"episode spec {spec!r}: cannot read {part!r}; use indices and ranges like '0-39,45'")
+                raise DatasetError(
+                    f"episode spec {spec!r}: cannot read {part!r}; use indices and ranges like '0-39,45'")
             lo = int(match.group(1))
             hi = int(match.group(2)) if match.group(2) is not None else lo
             if hi < lo:
@@ -164,7 +165,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-download it") from None
+        raise DatasetError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-download it") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -187,6 +189,15 @@ def _read_parquet(path: Path, columns: Sequence[str] | None = None, what: str = 
         raise DatasetError(f"{what} {path} does not exist; re-download it or check the dataset's info.json templates")
     try:
         return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
+
+
+def _parquet_columns(path: Path, what: str = "parquet file") -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} does not exist; re-download it or check the dataset's info.json templates")
+    try:
+        return pq.read_schema(path).names
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
 
@@ -273,9 +284,8 @@ class DatasetMeta:
                                    "this toolkit trains on observation.state -> action")
         if "fps" not in info:
             raise DatasetError(f"{info_path} has no 'fps'")
-        for key in ("data_path",):
-            if key not in info:
-                raise DatasetError(f"{info_path} has no {key!r} template")
+        if "data_path" not in info:
+            raise DatasetError(f"{info_path} has no 'data_path' template")
         camera_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
         if camera_keys and not info.get("video_path"):
             raise DatasetError(f"{info_path} has video features but no 'video_path' template")
@@ -337,7 +347,7 @@ class DatasetMeta:
         out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
         if self.version == "v3.0":
             for path in sorted((self.root / "meta" / "episodes").glob("*/*.parquet")):
-                names = pq.read_schema(path).names
+                names = _parquet_columns(path, "episodes metadata")
                 cols = [n for n in names if n.startswith("stats/") and n.split("/")[1] in features]
                 if not cols:
                     continue
@@ -390,13 +400,14 @@ def _load_v30(root: Path, info: dict, info_path: Path, camera_keys: list[str]
     if not files:
         raise DatasetError(f"{ep_dir} holds no chunk-*/file-*.parquet: the v3.0 episode metadata is missing; "
                            "re-download the meta/ folder")
-    rows: dict[str, list] = {}
+    tables = []
     for path in files:
-        names = pq.read_schema(path).names
-        cols = [n for n in names if not n.startswith("stats/")]
-        data = _read_parquet(path, cols, "episodes metadata").to_pydict()
-        for key in set(rows) | set(data):
-            rows.setdefault(key, []).extend(data.get(key, [None] * len(next(iter(data.values())))))
+        cols = [n for n in _parquet_columns(path, "episodes metadata") if not n.startswith("stats/")]
+        tables.append(_read_parquet(path, cols, "episodes metadata"))
+    try:
+        rows = pa.concat_tables(tables, promote_options="default").to_pydict()
+    except pa.ArrowException as exc:
+        raise DatasetError(f"{ep_dir}: the episode metadata files disagree on their columns ({exc})") from None
     for key in ("episode_index", "length", "data/chunk_index", "data/file_index"):
         if key not in rows:
             raise DatasetError(f"{ep_dir}: column {key!r} missing from the episode metadata; "
@@ -616,7 +627,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         frame_stride: take every n-th frame (>= 1); 3 turns 30 Hz data into 10 Hz samples.
         state_map: None, a state-map object with ``bind/apply/map_stats/names``, or a state-map name / YAML path
             (loaded with :func:`behavior_smolvla.state_maps.load_state_map`).
-        extra_columns: further parquet columns to return (e.g. ``observation.task_info``), unconverted names.
+        extra_columns: further parquet columns to return by name (e.g. ``observation.task_info``); fixed-length
+            ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).
         decoder_threads: FFmpeg threads per decoder (0 = FFmpeg's choice).
 
@@ -636,6 +648,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
         ConfigError: a non-positive ``chunk_size`` or ``frame_stride``.
+        StateMapError: a state map that is unknown or does not fit the dataset's state.
     """
 
     def __init__(
@@ -724,10 +737,11 @@ class BehaviorDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
                                    "folder or select other episodes")
-            schema_names = pq.read_schema(path).names
+            schema_names = _parquet_columns(path, "data file")
             for key in (STATE_KEY, ACTION_KEY, *self.extra_columns):
                 if key not in schema_names:
-                    raise DatasetError(f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
+                    raise DatasetError(
+                        f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
             optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
             table = _read_parquet(path, [STATE_KEY, ACTION_KEY, *optional, *self.extra_columns], "data file")
             state = _vector_column(table, STATE_KEY, meta.state_dim, path)

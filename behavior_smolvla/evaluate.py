@@ -356,24 +356,62 @@ def default_output_dir(checkpoints: Sequence[str | Path]) -> Path:
     return candidate
 
 
-def _check_compatible(member: Any, meta: Any, dataset_path: Path) -> None:
-    """Raise the project's error when a dataset cannot feed a checkpoint (state layout, action dim, cameras)."""
-    ckpt = member.checkpoint
-    sm = member.state_map
-    if sm.input_dim is not None and meta.state_dim != sm.input_dim:
+def _check_compatible(checkpoint: Path, train_config: Mapping[str, Any], meta: Any, dataset_path: Path) -> None:
+    """Raise the project's error when a dataset cannot feed a checkpoint (state layout, action dim, cameras), from
+    the checkpoint's ``train_config.yaml`` alone (before any weights are loaded)."""
+    data = train_config.get("dataset", {})
+    state_map = train_config.get("state_map", {})
+    want_state = state_map.get("input_dim") or data.get("state_dim")
+    if want_state is not None and meta.state_dim != int(want_state):
         raise StateMapError(
-            f"--dataset-path {dataset_path}: observation.state has {meta.state_dim} dims but checkpoint {ckpt} was "
-            f"trained with state map {sm.name!r} over a {sm.input_dim}-dim state ({sm.layout}); evaluate on a "
-            "dataset with the training data's state layout")
-    if meta.action_dim != member.action_dim:
+            f"--dataset-path {dataset_path}: observation.state has {meta.state_dim} dims but checkpoint {checkpoint} "
+            f"was trained with state map {state_map.get('name')!r} over a {want_state}-dim state "
+            f"({state_map.get('layout')}); evaluate on a dataset with the training data's state layout")
+    if data.get("action_dim") is not None and meta.action_dim != int(data["action_dim"]):
         raise DatasetError(
-            f"--dataset-path {dataset_path}: action has {meta.action_dim} dims but checkpoint {ckpt} predicts "
-            f"{member.action_dim}; evaluate on a dataset of the same robot")
-    missing = [c for c in member.cameras if c not in meta.camera_keys]
+            f"--dataset-path {dataset_path}: action has {meta.action_dim} dims but checkpoint {checkpoint} predicts "
+            f"{data['action_dim']}; evaluate on a dataset of the same robot")
+    missing = [c for c in data.get("cameras", []) if c not in meta.camera_keys]
     if missing:
         raise DatasetError(
-            f"--dataset-path {dataset_path}: camera(s) {missing} that checkpoint {ckpt} reads are not in the dataset "
-            f"(it has {', '.join(meta.camera_keys) or 'none'}); evaluate on a dataset with the training cameras")
+            f"--dataset-path {dataset_path}: camera(s) {missing} that checkpoint {checkpoint} reads are not in the "
+            f"dataset (it has {', '.join(meta.camera_keys) or 'none'}); evaluate on a dataset with the training "
+            "cameras")
+
+
+def _predict_frames(members: Sequence[Any], views: Sequence[tuple[Any, list[int]]], indices: np.ndarray, seed: int,
+                    batch_size: int, bar: Any) -> np.ndarray:
+    """float32 [K, N, C, A] unnormalised chunks of every member at the dataset samples ``indices`` [N]; batch ``b``
+    uses noise seed ``seed + b`` for every member. ``views``: (dataset, member ids reading it)."""
+    n = len(indices)
+    preds = np.empty((len(members), n, members[0].chunk_size, members[0].action_dim), dtype=np.float32)
+    with bar:
+        task = bar.add_task("frames", total=n)
+        for b, start in enumerate(range(0, n, batch_size)):
+            idx = indices[start:start + batch_size]
+            for ds, member_ids in views:
+                batch = _collate([ds.load_sample(int(i)) for i in idx], _observation_keys(ds.cameras))
+                for k in member_ids:
+                    preds[k, start:start + len(idx)] = members[k].predict_chunk(batch, noise_seed=seed + b)
+            bar.advance(task, len(idx))
+    for ds, _ in views:
+        ds.close()
+    return preds
+
+
+def _ensemble_summary(member_preds: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Disagreement statistics of K member predictions [K, N, C, A] and their correlation with the ensemble mean's
+    per-frame first-action error (averaged over dims) against ``truth`` [N, C, A]."""
+    disagreement = ensemble_disagreement(member_preds)
+    error = np.abs(member_preds.astype(np.float64).mean(0)[:, 0] - truth[:, 0]).mean(axis=1)
+    return {
+        "size": len(member_preds),
+        "disagreement": {"mean": _num(disagreement.mean()), "median": _num(np.median(disagreement)),
+                         "max": _num(disagreement.max())},
+        "disagreement_error_correlation": pearson(disagreement, error),
+        "definition": "disagreement: std across members of the first predicted action, averaged over dims; "
+                      "correlation: Pearson r with the ensemble mean's first-action error averaged over dims",
+    }
 
 
 def evaluate_checkpoints(
@@ -425,9 +463,11 @@ def evaluate_checkpoints(
         ConfigError: a bad flag value, or ensemble members that disagree on chunk size / action dim / stride.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta, parse_episode_spec
+    from behavior_smolvla.checkpoint import load_train_config, resolve_checkpoint
+    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta, format_indices, parse_episode_spec
     from behavior_smolvla.inference import load_checkpoint
 
     console = console or Console(stderr=True)
@@ -440,12 +480,15 @@ def evaluate_checkpoints(
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames {max_frames}: must be >= 1")
 
+    # Cheap checks first (each checkpoint's folder and train config against the dataset), before loading weights.
+    resolved = [resolve_checkpoint(c) for c in checkpoints]
+    configs = [load_train_config(c) for c in resolved]
     dataset_path = Path(dataset_path)
     meta = DatasetMeta.load(dataset_path)
+    for c, cfg in zip(resolved, configs, strict=True):
+        _check_compatible(c, cfg, meta, dataset_path)
     selected = parse_episode_spec(episodes, list(meta.episodes))
-    members = [load_checkpoint(c, device=device) for c in checkpoints]
-    for m in members:
-        _check_compatible(m, meta, dataset_path)
+    members = [load_checkpoint(c, device=device) for c in resolved]
     strides = [int(m.train_config["dataset"].get("frame_stride", 1)) for m in members]
     first = members[0]
     for m, s in zip(members[1:], strides[1:], strict=True):
@@ -463,8 +506,6 @@ def evaluate_checkpoints(
         overlap = sorted(set(selected) & set(m.train_episodes))
         member_overlap.append(overlap)
         if overlap:
-            from behavior_smolvla.dataset import format_indices
-
             msg = (f"episodes {format_indices(overlap)} were used to train {m.checkpoint}; their metrics are not "
                    "held-out performance")
             warnings.append(msg)
@@ -483,20 +524,9 @@ def evaluate_checkpoints(
     frames = select_eval_frames(view_list[0][0], chunk, chunk_stride, frame_stride, max_frames)
     n = len(frames.indices)
 
-    preds = np.empty((len(members), n, chunk, first.action_dim), dtype=np.float32)
     bar = Progress(TextColumn("[bold]evaluating frames"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=console, disable=not progress, transient=False)
-    with bar:
-        task = bar.add_task("frames", total=n)
-        for b, start in enumerate(range(0, n, batch_size)):
-            idx = frames.indices[start:start + batch_size]
-            for ds, member_ids in view_list:
-                batch = _collate([ds.load_sample(int(i)) for i in idx], _observation_keys(ds.cameras))
-                for k in member_ids:
-                    preds[k, start:start + len(idx)] = members[k].predict_chunk(batch, noise_seed=seed + b)
-            bar.advance(task, len(idx))
-    for ds, _ in view_list:
-        ds.close()
+    preds = _predict_frames(members, view_list, frames.indices, seed, batch_size, bar)
 
     stats = action_stats(first.bundle)
     value_range = stats["max"] - stats["min"]
@@ -534,20 +564,11 @@ def evaluate_checkpoints(
         primary = "ensemble"
         primary_pred = preds.mean(axis=0)
         predictors["ensemble"] = metrics_of(primary_pred)
-        disagreement = ensemble_disagreement(preds)
-        ens_error = np.abs(primary_pred[:, 0, :] - frames.truth[:, 0, :]).mean(axis=1)
         report["members"] = [
             {"checkpoint": str(m.checkpoint), "overlapping_train_episodes": ov, "metrics": metrics_of(preds[k])}
             for k, (m, ov) in enumerate(zip(members, member_overlap, strict=True))
         ]
-        report["ensemble"] = {
-            "size": len(members),
-            "disagreement": {"mean": _num(disagreement.mean()), "median": _num(np.median(disagreement)),
-                             "max": _num(disagreement.max())},
-            "disagreement_error_correlation": pearson(disagreement, ens_error),
-            "definition": "disagreement: std across members of the first predicted action, averaged over dims; "
-                          "correlation: Pearson r with the ensemble mean's first-action error averaged over dims",
-        }
+        report["ensemble"] = _ensemble_summary(preds, frames.truth)
     predictors["hold"] = metrics_of(hold_chunks(frames.previous_action, chunk))
     predictors["mean_action"] = metrics_of(mean_action_chunks(stats["mean"], n, chunk))
     report["primary"] = primary
@@ -634,8 +655,8 @@ def summary_table(report: Mapping[str, Any]) -> Any:
     table = Table(title=f"{report['frames_evaluated']} frames of episodes {_episodes_text(report['episodes'])}; "
                         f"MAE in action units, close = within {report['tolerance']:g} of each dim's range")
     for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if col.endswith("\n" + report["primary"])
-                         else None)
+        primary = col.endswith("\n" + report["primary"])
+        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None)
     for row in rows:
         table.add_row(*row)
     return table

@@ -98,7 +98,8 @@ def evaluator_camera_sources(cameras: Sequence[str]) -> dict[str, str]:
         return {c: EVALUATOR_RGB_KEYS[r] for c, r in zip(cameras, roles, strict=True)}
     if len(cameras) > len(CAMERA_ROLES):
         raise CheckpointError(f"the checkpoint uses {len(cameras)} cameras ({', '.join(cameras)}) but the BEHAVIOR "
-                              "evaluator sends 3 RGB images (head, left wrist, right wrist); serve a 3-camera checkpoint")
+                              "evaluator sends 3 RGB images (head, left wrist, right wrist); serve a checkpoint "
+                              "trained on at most 3 cameras")
     return {c: EVALUATOR_RGB_KEYS[r] for c, r in zip(cameras, CAMERA_ROLES, strict=False)}
 
 

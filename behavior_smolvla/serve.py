@@ -367,7 +367,8 @@ class PolicyServer:
         try:
             request = unpackb(message)
             if not isinstance(request, dict):
-                raise ObservationError(f"a request must be a msgpack map (the observation), got {type(request).__name__}")
+                raise ObservationError(f"a request must be a msgpack map (the observation), got "
+                                       f"{type(request).__name__}")
             if RESET_KEY in request:
                 session.reset()
                 self.stats.resets += 1

@@ -75,6 +75,7 @@ class TrainResult:
     first_loss: float
     final_loss: float
     stopped_by_signal: bool = False
+    is_main_process: bool = True
 
 
 # --- configuration --------------------------------------------------------------------------------------------
@@ -111,6 +112,8 @@ def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> Train
 def apply_demo_defaults(cfg: TrainConfig, given: set[str]) -> None:
     """Fill the demo's built-in settings for every option the user did not set (``given``: flat option names)."""
     apply_overrides(cfg, {k: v for k, v in DEMO_DEFAULTS.items() if k not in given}, "demo defaults")
+    if "decay_steps" not in given:
+        cfg.optim.decay_steps = cfg.optim.max_steps or cfg.optim.decay_steps
     cfg.policy.from_scratch = True
     if "device" not in given:
         cfg.optim.device = "cpu"
@@ -281,8 +284,9 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         mixed_precision=_precision(cfg, device),
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         step_scheduler_with_optimizer=False,
-        # SmolVLA leaves some parameters unused in a step (frozen VLM layers, unused cameras' paths).
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # Frozen parameters (requires_grad=False) are not DDP's concern, and every trainable SmolVLA parameter takes
+        # part in each forward, so the extra autograd-graph walk of find_unused_parameters is not needed.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     is_main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -343,6 +347,12 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         state_map=state_map,
     )
     transform = build_image_transform(cfg)
+    val_dataset = None
+    if val_eps and cfg.eval.eval_steps and accelerator.is_main_process:
+        val_dataset = BehaviorDataset(
+            dataset_path, episodes=val_eps, cameras=cameras, chunk_size=cfg.policy.chunk_size,
+            image_size=cfg.data.image_size, frame_stride=cfg.data.frame_stride, state_map=state_map,
+        )
 
     def make_stream(epoch: int, batch: int) -> TrainingStream:
         return TrainingStream(
@@ -370,7 +380,8 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         vlm_model=cfg.policy.vlm_model,
         train_expert_only=cfg.policy.train_expert_only,
         freeze_vision_encoder=cfg.policy.freeze_vision_encoder,
-        device=str(accelerator.device),
+        # lerobot accepts "cpu" but not "cpu:0" (what accelerate reports under multi-process CPU runs).
+        device="cpu" if accelerator.device.type == "cpu" else str(accelerator.device),
     )
     torch.manual_seed(cfg.optim.seed)
     bundle = create_policy(spec, floor_std(dataset.stats))
@@ -474,10 +485,38 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         accelerator.wait_for_everyone()
         return path
 
+    def run_validation(at_step: int) -> bool:
+        """Validation loss and offline metrics on the held-out episodes (rank 0); True when the best so far."""
+        from behavior_smolvla.evaluate import validate
+
+        result = validate(bundle, val_dataset, max_frames=cfg.eval.eval_max_frames, seed=cfg.optim.seed,
+                          output_dir=run_dir / "eval" / f"step_{at_step:06d}")
+        plots = result.pop("plots", {})
+        record = {"step": at_step, **{f"val_{k.replace('/', '_')}": v for k, v in result.items()}}
+        metrics.write(record)
+        tracker.log({f"val/{k}": v for k, v in result.items()}, step=at_step)
+        tracker.log_images({f"val/{name}": path for name, path in plots.items()}, step=at_step)
+        score = float(result["first_action_mae"])
+        say(f"validation at step {at_step}: loss {result['val_loss']:.4f}, first-action MAE {score:.4g} "
+            f"(mean-action predictor {result['mean_action_first_action_mae']:.4g}), "
+            f"percent close {result['percent_close']:.3f}")
+        if state.best_metric is None or score < state.best_metric:
+            state.best_metric = score
+            return True
+        return False
+
     stream = _batches(loader_for, state.epoch, state.batch)
     step = state.step
     first_loss = final_loss = float("nan")
-    window: dict[str, float] = {"loss": 0.0, "n": 0, "data_s": 0.0, "t0": time.perf_counter(), "samples": 0}
+    # Per-window sums; the step-time split (data wait / forward+backward / optimizer / logging+checkpoints) is logged
+    # per step so bench/train_step.py can compare the trainer with a bare loop. On CUDA these are host-side times.
+    window: dict[str, float] = {}
+
+    def reset_window() -> None:
+        window.update(loss=0.0, n=0, data_s=0.0, compute_s=0.0, optim_s=0.0, other_s=0.0, samples=0,
+                      t0=time.perf_counter())
+
+    reset_window()
     last_path = Path(cfg.output.resume) if resuming else None
     progress = Progress(
         TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -502,7 +541,8 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                 for _ in range(cfg.optim.grad_accum_steps):
                     t_wait = time.perf_counter()
                     epoch, k, batch = next(stream)
-                    window["data_s"] += time.perf_counter() - t_wait
+                    t_got = time.perf_counter()
+                    window["data_s"] += t_got - t_wait
                     window["samples"] += len(batch["task"]) * world
                     with accelerator.accumulate(policy):
                         with accelerator.autocast():
@@ -515,11 +555,14 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                                 "lower --lr or --grad-clip-norm, or check the data around that batch"
                             )
                         accelerator.backward(loss)
+                        t_optim = time.perf_counter()
+                        window["compute_s"] += t_optim - t_got
                         if accelerator.sync_gradients:
                             clip = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
                             grad_norm = accelerator.clip_grad_norm_(policy.parameters(), clip)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
+                        window["optim_s"] += time.perf_counter() - t_optim
                     step_loss += loss_value / cfg.optim.grad_accum_steps
                 scheduler.step()
                 step += 1
@@ -545,25 +588,44 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                         "grad_norm": float(grad_norm),
                         "samples_per_s": window["samples"] / elapsed if elapsed > 0 else float("nan"),
                         "data_wait_frac": window["data_s"] / elapsed if elapsed > 0 else float("nan"),
+                        "time_data_s": window["data_s"] / window["n"],
+                        "time_forward_backward_s": window["compute_s"] / window["n"],
+                        "time_optimizer_s": window["optim_s"] / window["n"],
+                        "time_log_checkpoint_s": window["other_s"] / window["n"],
                     }
                     if accelerator.device.type == "cuda":
                         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+                    t_log = time.perf_counter()
                     if is_main:
                         metrics.write(record)
                         tracker.log({f"train/{k_}": v for k_, v in record.items() if k_ != "step"}, step=step)
                         progress.console.print(
-                            " ".join(f"{k_} {v:.4g}" if isinstance(v, float) else f"{k_} {v}" for k_, v in record.items()),
+                            " ".join(f"{k_} {v:.4g}" if isinstance(v, float) else f"{k_} {v}"
+                                     for k_, v in record.items() if not k_.startswith("time_")),
                             highlight=False, soft_wrap=True,
                         )
-                    window.update(loss=0.0, n=0, data_s=0.0, t0=time.perf_counter(), samples=0)
+                    reset_window()
+                    window["other_s"] += time.perf_counter() - t_log  # counted in the next window
+                improved = False
+                if val_dataset is not None and (step % cfg.eval.eval_steps == 0 or step == total_steps):
+                    t_val = time.perf_counter()
+                    improved = run_validation(step)
+                    window["t0"] += time.perf_counter() - t_val
+                if cfg.eval.eval_steps and world > 1:  # rank 0 decides; all ranks take part in a save
+                    flag = accelerator.reduce(torch.tensor(float(improved), device=accelerator.device), "max")
+                    improved = flag.item() > 0
                 stop_now = stop["signal"] != 0
                 if world > 1:  # every rank must stop at the same step
                     flag = torch.tensor(float(stop_now), device=accelerator.device)
                     stop_now = accelerator.reduce(flag, "max").item() > 0
-                if step % cfg.output.save_steps == 0 or step == total_steps or stop_now:
+                if step % cfg.output.save_steps == 0 or step == total_steps or stop_now or improved:
                     t_save = time.perf_counter()
                     last_path = save(state) or last_path
-                    window["t0"] += time.perf_counter() - t_save  # throughput figures exclude checkpoint writes
+                    if improved and is_main:
+                        ckpt.mark_best(run_dir, step)
+                    save_s = time.perf_counter() - t_save
+                    window["t0"] += save_s  # throughput figures exclude checkpoint writes
+                    window["other_s"] += save_s
                 if stop_now:
                     stopped = True
                     say(f"stopped by signal at step {step}; checkpoint {last_path}; continue with "
@@ -582,4 +644,4 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     if is_main:
         say(f"done: {step} steps, loss {first_loss:.4f} -> {final_loss:.4f}; checkpoints in {run_dir / ckpt.CHECKPOINTS_DIR}")
     return TrainResult(run_dir=run_dir, last_checkpoint=last, steps=step, first_loss=first_loss, final_loss=final_loss,
-                       stopped_by_signal=stopped)
+                       stopped_by_signal=stopped, is_main_process=is_main)

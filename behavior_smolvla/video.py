@@ -195,6 +195,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
+_FORK_ORPHANS: list = []
+"""FFmpeg objects inherited through fork, kept referenced for the life of the child process. Freeing one there
+would close a decoder whose worker threads only exist in the parent (the child waits for them forever); fork children
+end with ``os._exit`` (multiprocessing, DataLoader workers), so nothing here is ever freed."""
+
+
 class VideoFile:
     """Frames of one video file, decoded on demand with a reused, forward-moving decoder.
 
@@ -254,9 +260,18 @@ class VideoFile:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
+    def _abandon_inherited(self) -> None:
+        """Forget FFmpeg state opened by another process (fork parent) without freeing it here."""
+        if self._container is not None:
+            _FORK_ORPHANS.append((self._container, self._stream, self._frames, self._last_frame))
+        self._reset_state()
+
     def close(self) -> None:
         """Close the container (a later read reopens it)."""
-        if self._container is not None and self._pid == os.getpid():
+        if self._container is not None and self._pid != os.getpid():
+            self._abandon_inherited()
+            return
+        if self._container is not None:
             self._frames = None
             self._last_frame = None
             self._container.close()
@@ -278,7 +293,7 @@ class VideoFile:
         if self._container is not None and self._pid == os.getpid():
             return
         # A container inherited through fork belongs to the parent: forget it, never touch it.
-        self._reset_state()
+        self._abandon_inherited()
         container = _open(self.path)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -308,8 +323,9 @@ class VideoFile:
         return math.floor(pts * self._index_scale + 0.5)
 
     def _seek(self, frame_index: int) -> None:
-        # The lowest pts that still rounds to frame_index; the demuxer lands on the keyframe at or before it.
-        target = math.ceil((frame_index - 0.5) / self._index_scale)
+        # The highest pts that still rounds to frame_index; the demuxer lands on the keyframe at or before it, so a
+        # keyframe AT frame_index is found (the lowest such pts would land a whole GOP earlier and decode it).
+        target = math.ceil((frame_index + 0.5) / self._index_scale) - 1
         try:
             self._container.seek(max(target, 0), stream=self._stream, backward=True, any_frame=False)
             self.seeks += 1
@@ -451,6 +467,7 @@ class DecoderCache:
             keyframe_interval: int | None = None) -> VideoFile:
         """The cached :class:`VideoFile` for ``path`` at ``image_size`` (created on first use)."""
         if self._pid != os.getpid():
+            _FORK_ORPHANS.append(self._files)  # the parent's decoders: see _FORK_ORPHANS
             self._files = OrderedDict()
             self._pid = os.getpid()
         size_key = tuple(image_size) if isinstance(image_size, Sequence) else image_size
@@ -471,6 +488,8 @@ class DecoderCache:
         if self._pid == os.getpid():
             for video in self._files.values():
                 video.close()
+        else:
+            _FORK_ORPHANS.append(self._files)
         self._files = OrderedDict()
 
     def __len__(self) -> int:

@@ -28,8 +28,9 @@ def demo_ckpt_run(request, tmp_path_factory) -> Path:
         return request.getfixturevalue("demo_run")
     except pytest.FixtureLookupError:
         out = tmp_path_factory.mktemp("eval_cli") / "run"
-        proc = subprocess.run([str(BIN / "smolvla-train"), "--demo", "--max-steps", "10", "--output-dir", str(out),
-                               "--wandb-disable"], capture_output=True, text=True, env=ENV, timeout=1800)
+        args = ["--demo", "--max-steps", "5", "--num-workers", "0", "--output-dir", str(out), "--wandb-disable"]
+        proc = subprocess.run([str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV,
+                              timeout=1800)
         assert proc.returncode == 0, f"smolvla-train --demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return out
 
@@ -43,8 +44,8 @@ def copied_checkpoint(demo_ckpt_run, tmp_path) -> Path:
     return dest
 
 
-def dataset_facts(run: Path) -> dict:
-    path = run / "checkpoints" / "last" / "pretrained_model" / "train_config.yaml"
+def dataset_facts(checkpoint: Path) -> dict:
+    path = checkpoint / "pretrained_model" / "train_config.yaml"
     return yaml.safe_load(path.read_text())["dataset"]
 
 
@@ -58,7 +59,7 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 def test_eval_default_output_folder_table_and_report(copied_checkpoint):
-    facts = dataset_facts(copied_checkpoint.parent.parent)
+    facts = dataset_facts(copied_checkpoint)
     episodes = ",".join(str(e) for e in facts["val_episodes"])
     proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", facts["path"], "--episodes", episodes,
                     "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu")
@@ -76,7 +77,7 @@ def test_eval_default_output_folder_table_and_report(copied_checkpoint):
 
 
 def test_eval_explicit_output_dir_and_training_episode_warning(demo_ckpt_run, tmp_path):
-    facts = dataset_facts(demo_ckpt_run)
+    facts = dataset_facts(demo_ckpt_run / "checkpoints" / "last")
     seen = facts["train_episodes"][0]
     proc = run_eval("--checkpoint", str(demo_ckpt_run), "--dataset-path", facts["path"], "--episodes", str(seen),
                     "--max-frames", "4", "--frame-stride", "5", "--output-dir", str(tmp_path / "ev"), "--device", "cpu")

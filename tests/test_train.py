@@ -38,7 +38,7 @@ def base_args(dataset: Path, vlm: Path, out: Path, *extra: str) -> list[str]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
 def assert_lerobot_loads(checkpoint: Path, vlm: Path) -> None:
@@ -60,12 +60,20 @@ def assert_lerobot_loads(checkpoint: Path, vlm: Path) -> None:
 @pytest.mark.slow
 def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, tmp_path):
     out = tmp_path / "run"
-    proc = run_train(*base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "30", "--save-steps", "15"))
+    proc = run_train(*base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "60", "--save-steps", "30",
+                                "--val-episodes", "10020", "--eval-steps", "30"))
     assert "effective batch 4" in proc.stdout
     ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["000015", "000030", "last"]
-    assert (ckpts / "last").is_symlink() and os.readlink(ckpts / "last") == "000030"
-    for step in ("000015", "000030"):
+    assert {"000030", "000060", "last", "best"} <= {p.name for p in ckpts.iterdir()}
+    # Validation ran on the held-out episode at steps 30 and 60 and `best` points at the better one.
+    val = [r for r in read_metrics(out) if "val_loss" in r]
+    assert [r["step"] for r in val] == [30, 60]
+    best_step = min(val, key=lambda r: r["val_first_action_mae"])["step"]
+    assert os.readlink(ckpts / "best") == f"{best_step:06d}"
+    assert (out / "eval" / "step_000060" / "error_vs_chunk_step.png").is_file()
+    assert load_train_config(ckpts / "last")["dataset"]["val_episodes"] == [10020]
+    assert (ckpts / "last").is_symlink() and os.readlink(ckpts / "last") == "000060"
+    for step in ("000030", "000060"):
         pm = ckpts / step / "pretrained_model"
         for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json",
                      "train_config.yaml"):
@@ -79,12 +87,13 @@ def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, 
     assert saved["dataset"]["cameras"] == [
         "observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"
     ]
-    assert saved["run"]["optim"]["max_steps"] == 30
+    assert saved["run"]["optim"]["max_steps"] == 60
     loss = losses(out)
-    assert sorted(loss) == list(range(1, 31))
-    first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(26, 31)) / 5
-    assert last < 0.8 * first, (first, last)
-    record = read_metrics(out)[-1]
+    assert sorted(loss) == list(range(1, 61))
+    # Flow-matching loss is noisy at batch 4: compare 10-step means (the run is seeded, so this is repeatable).
+    first, last = sum(loss[s] for s in range(1, 11)) / 10, sum(loss[s] for s in range(51, 61)) / 10
+    assert last < 0.9 * first, (first, last)
+    record = [r for r in read_metrics(out) if "loss" in r][-1]
     for key in ("step", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_frac"):
         assert key in record
     assert_lerobot_loads(ckpts / "last", tiny_vlm)
@@ -190,10 +199,14 @@ def test_wandb_offline_run_holds_metrics_and_config(synthetic_2025, tiny_vlm, tm
     run_train(*args, "--wandb-mode", "online", "--wandb-project", "test-proj", "--wandb-tags", "a,b")
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    config = yaml.safe_load((runs[0] / "files" / "config.yaml").read_text())
-    assert config["run"]["value"]["optim"]["max_steps"] == 4
-    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
-    assert "train/loss" in summary and summary["_step"] == 4
+    # wandb 0.31 keeps an offline run in one protobuf log (run-<id>.wandb, what `wandb sync` uploads) and has no
+    # public reader for it: check that the config and the logged metric names and values are in that log.
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for needle in (b"test-proj", b"max_steps", b"r1pro-2025-top32", b"train/loss", b"train/grad_norm",
+                   b"train/samples_per_s"):
+        assert needle in log, needle
+    last_loss = [r for r in read_metrics(out) if "loss" in r][-1]["loss"]
+    assert repr(last_loss).encode()[:8] in log  # the value metrics.jsonl holds was logged too
 
 
 @pytest.mark.slow

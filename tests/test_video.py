@@ -237,3 +237,24 @@ def test_decoder_cache_is_bounded_and_keyed_by_size(hevc_clip, tmp_path):
     clone = pickle.loads(pickle.dumps(cache))
     assert len(clone) == 0
     cache.close()
+
+
+def _read_in_child(video: VideoFile, cache: DecoderCache, path: Path, queue) -> None:
+    queue.put((read_bar_code(video.read_frames([77])[0]), read_bar_code(cache.get(path).read_frames([78])[0])))
+
+
+def test_decoders_opened_before_a_fork_are_left_to_the_parent(hevc_clip):
+    import multiprocessing
+
+    video = VideoFile(hevc_clip)  # FFmpeg's default threading: decoder threads that exist only in this process
+    cache = DecoderCache()
+    assert read_bar_code(video.read_frames([5])[0]) == 5
+    assert read_bar_code(cache.get(hevc_clip).read_frames([6])[0]) == 6
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(video, cache, hevc_clip, queue))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == (77, 78)
+    assert read_bar_code(video.read_frames([6])[0]) == 6  # the parent's decoder still works

@@ -1,0 +1,418 @@
+"""Data-loading benchmark on BEHAVIOR-2025-like long-GOP HEVC video (issue 2, section 6). Prints a table; not a test.
+
+Three ways to feed training, measured on the same generated data (three cameras 720x720 / 480x480 / 480x480, HEVC,
+one keyframe per 250 frames, like the 2025 release), chunk 50, batch 8, frames resized to 224x224:
+
+(a) this project's ``TrainingStream`` (locality-aware plan) through a ``DataLoader`` with ``--workers`` workers;
+(b) lerobot's ``LeRobotDataset(video_backend="pyav")`` with a shuffling ``DataLoader`` (``--workers`` workers) on
+    the same data converted to LeRobot v3.0 by lerobot's own converter (what a 2025-era user does);
+(c) the decode limit: PyAV decoding every frame of the same videos once, sequentially, at 224x224, in one process
+    with ``--workers`` FFmpeg threads (as many as (a) has decoding processes). One sample = one frame of each camera.
+
+Each measurement runs in its own process; its peak RSS is the largest sum of resident memory over that process and
+its children (DataLoader workers), sampled every 0.1 s. Throughput excludes start-up: samples/s is every sample
+received divided by the time from the moment the last worker was ready (``worker_init_fn``) to the last arrival.
+(b) is slow (every sample decodes ~125 frames per camera), so it runs ``--lerobot-batches`` batches.
+On a shared machine other processes steal CPU, so (a) and (c) alternate ``--repeat`` times and the best run of each
+is reported, together with samples per CPU-second (the process tree's user + system time), which load disturbs less.
+
+The dataset is generated once and cached under ``--root`` (default ``outputs/bench``); generating 2 x 1500 frames
+of three HEVC cameras takes several minutes on two cores.
+
+    python bench/loader.py                     # generate if needed, measure (a), (b), (c), print the table
+    python bench/loader.py --seconds 30 --lerobot-batches 2 --repeat 1 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SIZES = {"head": (720, 720), "left_wrist": (480, 480), "right_wrist": (480, 480)}
+"""Camera resolutions of the BEHAVIOR 2025 release (``../shared/reference/behavior_r1pro.md``)."""
+GOP = 250
+"""Keyframe interval of the 2025 release's libx265 videos (same source)."""
+REPO_ID = "bench/behavior2025"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench", help="cache folder for the datasets")
+    p.add_argument("--episodes", type=int, default=2, help="episodes to generate (>= 2)")
+    p.add_argument("--frames", type=int, default=1500, help="frames per episode")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=50)
+    p.add_argument("--image-size", type=int, default=224, help="frames are resized to this square size")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for (a) and (b)")
+    p.add_argument("--seconds", type=float, default=60.0, help="time budget of (a) (it also stops after one epoch)")
+    p.add_argument("--lerobot-batches", type=int, default=4, help="batches of (b) to time")
+    p.add_argument("--only", default="abc", help="which measurements to run, e.g. 'ac'")
+    p.add_argument("--repeat", type=int, default=2, help="runs of (a) and (c), alternating; the best is reported")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table instead of a rich one")
+    p.add_argument("--measure", choices=["a", "b", "c"], help=argparse.SUPPRESS)  # internal: one measurement
+    return p.parse_args(argv)
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+
+
+def ensure_datasets(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The v2.1 (2025 layout) dataset and its lerobot-converted v3.0 copy, generated on first use."""
+    from behavior_smolvla.synthetic import write_behavior_2025
+
+    tag = f"e{args.episodes}_f{args.frames}_gop{GOP}"
+    v21 = args.root / f"behavior2025_{tag}"
+    v30 = args.root / f"behavior2025_{tag}_v30"
+    if not (v21 / ".complete").is_file():
+        print(f"generating {v21} ({args.episodes} episodes x {args.frames} frames, 720/480/480 HEVC, GOP {GOP}) ...",
+              flush=True)
+        t0 = time.perf_counter()
+        write_behavior_2025(v21, episodes=args.episodes, frames=args.frames, tasks=1, image_size=SIZES,
+                            codec="libx265", gop=GOP, overwrite=True)
+        (v21 / ".complete").touch()
+        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not (v30 / ".complete").is_file():
+        convert_to_v30(v21, v30)
+        (v30 / ".complete").touch()
+    return v21, v30
+
+
+def convert_to_v30(v21: Path, v30: Path) -> None:
+    """Convert with lerobot's ``convert_dataset_v21_to_v30``, as a 2025-era user does.
+
+    The BEHAVIOR 2025 layout needs a staging copy first (videos hard-linked, frames untouched), because
+    * the converter needs episodes numbered 0..N-1 (it checks each index against its position; BEHAVIOR's are
+      ``task * 10000 + 10 * i``) and the v2.1 ``total_chunks`` field;
+    * lerobot's reader needs a dataset-wide ``index``, ``frame_index`` and a declared ``task_index`` column (the
+      release has a per-episode ``index``, no ``frame_index``, an undeclared ``task_index``), and fails on the
+      variable-length ``observation.task_info`` (``shape [None]``: pyarrow's ``list_`` wants an int), which is
+      dropped (it is privileged information a policy must not use anyway).
+    The converter's globs ``data/*/*.parquet`` and ``videos/*/<key>/*.mp4`` accept the ``task-XXXX`` folders; it
+    concatenates the videos by stream copy.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from lerobot.scripts.convert_dataset_v21_to_v30 import convert_dataset
+
+    print(f"converting to LeRobot v3.0 with lerobot's converter -> {v30} ...", flush=True)
+    work = v30.with_name(v30.name + "_work")
+    for path in (work, work.with_name(work.name + "_old"), work.with_name(work.name + "_v30"), v30):
+        shutil.rmtree(path, ignore_errors=True)
+    info = json.loads((v21 / "meta" / "info.json").read_text())
+    episodes = [json.loads(line) for line in (v21 / "meta" / "episodes.jsonl").read_text().splitlines() if line]
+    stats = {row["episode_index"]: row for row in
+             (json.loads(line) for line in (v21 / "meta" / "episodes_stats.jsonl").read_text().splitlines() if line)}
+    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    new_episodes, new_stats, offset = [], [], 0
+    for new_index, row in enumerate(sorted(episodes, key=lambda r: r["episode_index"])):
+        old = row["episode_index"]
+        chunk = old // info["chunks_size"]
+        table = pq.read_table(v21 / info["data_path"].format(episode_chunk=chunk, episode_index=old))
+        n = table.num_rows
+        table = table.set_column(table.schema.get_field_index("episode_index"), "episode_index",
+                                 pa.array([new_index] * n, pa.int64()))
+        table = table.set_column(table.schema.get_field_index("index"), "index",
+                                 pa.array(range(offset, offset + n), pa.int64()))
+        table = table.drop_columns(["observation.task_info"]).append_column("frame_index",
+                                                                            pa.array(range(n), pa.int64()))
+        target = work / info["data_path"].format(episode_chunk=0, episode_index=new_index)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target)
+        for key in video_keys:
+            source = v21 / info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=old)
+            link = work / info["video_path"].format(episode_chunk=0, video_key=key, episode_index=new_index)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, link)
+        new_episodes.append({**row, "episode_index": new_index})
+        new_stats.append({**stats[old], "episode_index": new_index})
+        offset += n
+    info.update(total_chunks=1, total_videos=len(episodes) * len(video_keys), splits={"train": f"0:{len(episodes)}"})
+    info["features"].pop("observation.task_info", None)
+    for name in ("frame_index", "task_index"):
+        info["features"][name] = {"dtype": "int64", "shape": [1], "names": None}
+    (work / "meta").mkdir(parents=True, exist_ok=True)
+    (work / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    shutil.copy(v21 / "meta" / "tasks.jsonl", work / "meta" / "tasks.jsonl")
+    for name, rows in (("episodes.jsonl", new_episodes), ("episodes_stats.jsonl", new_stats)):
+        (work / "meta" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    convert_dataset(repo_id=REPO_ID, root=work, push_to_hub=False, force_conversion=True)
+    work.rename(v30)
+    shutil.rmtree(work.with_name(work.name + "_old"), ignore_errors=True)
+
+
+# -- measurements (each in its own process) ---------------------------------------------------------------------
+
+
+def measure_ours(args: argparse.Namespace, v21: Path) -> dict:
+    from torch.utils.data import DataLoader
+
+    from behavior_smolvla.dataset import BehaviorDataset
+    from behavior_smolvla.sampler import TrainingStream
+
+    ds = BehaviorDataset(v21, chunk_size=args.chunk_size, image_size=args.image_size)
+    stream = TrainingStream(ds, seed=0, batch_size=args.batch_size)
+    ready = _ReadyClock(args.workers)
+    loader = DataLoader(stream, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
+                        multiprocessing_context=ready.context, worker_init_fn=ready.worker_init_fn)
+    return _time_loader(loader, ready, seconds=args.seconds, max_batches=None,
+                        note=f"streams={stream.streams}, open_spans={stream.open_spans}, span={stream.span_frames} "
+                             f"frames, 1 epoch = {len(stream)} batches")
+
+
+def measure_lerobot(args: argparse.Namespace, v30: Path) -> dict:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+
+    resize = v2.Resize((args.image_size, args.image_size), antialias=True)
+    probe = LeRobotDataset(REPO_ID, root=v30, video_backend="pyav")
+    fps = probe.meta.fps
+    ds = LeRobotDataset(REPO_ID, root=v30, video_backend="pyav", image_transforms=resize,
+                        delta_timestamps={"action": [i / fps for i in range(args.chunk_size)]})
+    ready = _ReadyClock(args.workers)
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        generator=torch.Generator().manual_seed(0), multiprocessing_context=ready.context,
+                        worker_init_fn=ready.worker_init_fn)
+    return _time_loader(loader, ready, seconds=None, max_batches=args.lerobot_batches,
+                        note=f"{args.lerobot_batches} batches, random access")
+
+
+def measure_decode(args: argparse.Namespace, v21: Path) -> dict:
+    import av
+
+    from behavior_smolvla.dataset import DatasetMeta
+
+    meta = DatasetMeta.load(v21)
+    paths = [info.videos[key][0] for info in meta.episodes.values() for key in meta.camera_keys]
+    frames = 0
+    t0 = time.perf_counter()
+    cpu0 = _tree_cpu_seconds()
+    for path in paths:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.thread_count = max(1, args.workers)  # as many decoding threads as (a) has worker processes
+            for frame in container.decode(stream):
+                frame.to_ndarray(format="rgb24", width=args.image_size, height=args.image_size, interpolation="AREA")
+                frames += 1
+    seconds = time.perf_counter() - t0
+    samples = frames / len(meta.camera_keys)
+    return {"samples": samples, "seconds": seconds, "cpu_seconds": _tree_cpu_seconds() - cpu0, "cpu_samples": samples,
+            "startup_s": 0.0,
+            "note": f"{len(paths)} files, {frames} frames, 1 process, {max(1, args.workers)} FFmpeg threads"}
+
+
+_CPU_SEEN: dict[int, float] = {}
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU time (user + system, seconds) used so far by this process and its children (DataLoader workers); a child
+    that has exited counts with the last value read, so call this often (every batch)."""
+    import psutil
+
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            _CPU_SEEN[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return sum(_CPU_SEEN.values())
+
+
+class _ReadyClock:
+    """Records when each DataLoader worker is ready (``worker_init_fn``), so throughput excludes process start-up
+    without letting batches the workers prefetched during start-up count as free."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+
+        self.workers = workers
+        self.context = multiprocessing.get_context("spawn") if workers else None
+        self.times = self.context.Array("d", workers) if workers else None
+        self.worker_init_fn = functools.partial(_mark_ready, self.times) if workers else None
+        self.created = time.time()
+
+    def ready_at(self) -> float:
+        """Wall-clock time (``time.time``) when the last worker became ready (creation time without workers)."""
+        return max(self.times[:]) if self.workers else self.created
+
+
+def _mark_ready(times, worker_id: int) -> None:
+    times[worker_id] = time.time()
+
+
+def _time_loader(loader, ready: _ReadyClock, seconds: float | None, max_batches: int | None, note: str) -> dict:
+    """Iterate ``loader``; samples/s = every sample received / (last arrival - all workers ready)."""
+    t_start = time.time()
+    cpu_ready = None
+    samples = batches = 0
+    for batch in loader:
+        if cpu_ready is None:
+            cpu_ready = _tree_cpu_seconds()  # CPU per sample counts the batches after the first (no start-up)
+        else:
+            _tree_cpu_seconds()
+        samples += len(batch["task"])
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            break
+        if seconds is not None and time.time() - ready.ready_at() >= seconds:
+            break
+    t_end = time.time()
+    cpu = _tree_cpu_seconds() - (cpu_ready or 0.0)
+    t_ready = ready.ready_at()
+    first = len(batch["task"]) if batches else 0
+    return {"samples": samples, "seconds": t_end - t_ready, "cpu_seconds": cpu, "cpu_samples": samples - first,
+            "startup_s": t_ready - t_start, "note": note}
+
+
+def run_measurement(mode: str, argv: list[str]) -> dict:
+    """Run one measurement in a child process; return its result with ``peak_rss_mib`` (child + its children)."""
+    import psutil
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--measure", mode]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                total = 0
+                for p in tree:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            done.wait(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate()
+    done.set()
+    watcher.join()
+    if proc.returncode != 0:
+        return {"error": f"exit code {proc.returncode} (see the messages above)"}
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mib"] = peak / 2**20
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+LABELS = {
+    "a": "(a) behavior_smolvla TrainingStream + DataLoader",
+    "b": "(b) lerobot LeRobotDataset (pyav) + shuffling DataLoader",
+    "c": "(c) decode limit: PyAV, every frame once, sequential",
+}
+
+
+def print_report(results: dict[str, dict], args: argparse.Namespace, markdown: bool) -> None:
+    ok_results = {m: r for m, r in results.items() if "error" not in r and r["seconds"] > 0}
+    rate = {m: r["samples"] / r["seconds"] for m, r in ok_results.items()}
+    per_cpu = {m: r["cpu_samples"] / r["cpu_seconds"] for m, r in ok_results.items()
+               if r.get("cpu_seconds", 0) > 0 and r.get("cpu_samples", 0) > 0}
+    header = ["method", "samples/s", "x (b)", "x (c)", "samples/CPU-s", "x (c) per CPU-s", "peak RSS MiB",
+              "start-up s", "notes"]
+    rows = []
+    for mode in sorted(results):
+        r = results[mode]
+        if "error" in r:
+            rows.append([LABELS[mode], "failed", "", "", "", "", "", "", r["error"]])
+            continue
+        rows.append([
+            LABELS[mode], f"{rate[mode]:.2f}",
+            f"{rate[mode] / rate['b']:.0f}" if "b" in rate else "",
+            f"{rate[mode] / rate['c']:.2f}" if "c" in rate else "",
+            f"{per_cpu[mode]:.1f}" if mode in per_cpu else "",
+            f"{per_cpu[mode] / per_cpu['c']:.2f}" if mode in per_cpu and "c" in per_cpu else "",
+            f"{r['peak_rss_mib']:.0f}", f"{r['startup_s']:.1f}", r["note"]])
+    title = (f"{args.episodes} episodes x {args.frames} frames, HEVC 720/480/480, GOP {GOP}, chunk {args.chunk_size}, "
+             f"batch {args.batch_size}, {args.workers} workers, {args.image_size}x{args.image_size}, "
+             f"{os.cpu_count()} CPUs, best of {args.repeat} runs for (a) and (c)")
+    targets = []
+    if "a" in rate and "b" in rate:
+        ok = rate["a"] >= 100 * rate["b"]
+        targets.append(f"target (a) >= 100x (b): {rate['a'] / rate['b']:.0f}x -> {'met' if ok else 'NOT met'}")
+    if "a" in rate and "c" in rate:
+        ok = rate["a"] >= 0.7 * rate["c"]
+        line = f"target (a) >= 0.7x (c): {rate['a'] / rate['c']:.2f}x -> {'met' if ok else 'NOT met'}"
+        if "a" in per_cpu and "c" in per_cpu:
+            line += f" (per CPU-second: {per_cpu['a'] / per_cpu['c']:.2f}x)"
+        targets.append(line)
+    if markdown:
+        print(f"\n{title}\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print()
+        for line in targets:
+            print(f"- {line}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if 0 < i < len(header) - 1 else "left")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for line in targets:
+        console.print(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.episodes < 2 or args.frames < 1:
+        raise SystemExit("--episodes must be >= 2 and --frames >= 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.measure:
+        v21, v30 = ensure_datasets(args)
+        fn = {"a": lambda: measure_ours(args, v21), "b": lambda: measure_lerobot(args, v30),
+              "c": lambda: measure_decode(args, v21)}[args.measure]
+        print(json.dumps(fn()), flush=True)
+        return
+    ensure_datasets(args)
+    results: dict[str, dict] = {}
+    # (a) and (c) alternate and the best run of each is kept: on a shared machine other load only slows a run down.
+    schedule = [m for _ in range(args.repeat) for m in "ca" if m in args.only] + (["b"] if "b" in args.only else [])
+    for mode in schedule:
+        print(f"measuring {LABELS[mode]} ...", flush=True)
+        r = run_measurement(mode, argv)
+        if "error" in r:
+            results.setdefault(mode, r)
+            continue
+        print(f"  {r['samples'] / r['seconds']:.2f} samples/s, {r['cpu_samples'] / max(r['cpu_seconds'], 1e-9):.1f} "
+              f"samples per CPU-second, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        best = results.get(mode)
+        if best is None or "error" in best or r["samples"] / r["seconds"] > best["samples"] / best["seconds"]:
+            results[mode] = r
+    print_report(results, args, args.markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The locality-aware training order: TrainingPlan (pure numpy) and TrainingStream (real PyAV decoding of HEVC
+video, real DataLoader workers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from behavior_smolvla.dataset import BehaviorDataset
+from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.sampler import TrainingPlan, TrainingStream, default_span_frames, make_spans
+
+GOP = 30
+"""Keyframe interval of the module's dataset: several GOPs per episode, so spans and seeks matter."""
+FRAMES = [130, 100, 75]
+
+
+@pytest.fixture(scope="module")
+def long_gop(tmp_path_factory: pytest.TempPathFactory):
+    """BEHAVIOR-2025-layout HEVC dataset with a 30-frame GOP (a scaled-down 250-frame one) and 3 episodes."""
+    from behavior_smolvla.synthetic import write_behavior_2025
+
+    return write_behavior_2025(tmp_path_factory.mktemp("sampler") / "long_gop", episodes=3, frames=FRAMES, tasks=2,
+                               image_size={"head": (32, 32), "left_wrist": (24, 32), "right_wrist": (24, 32)},
+                               codec="libx265", gop=GOP, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(long_gop):
+    return BehaviorDataset(long_gop, chunk_size=4)
+
+
+def _stream(ds, **kw):
+    defaults = {"seed": 7, "batch_size": 4, "streams": 2, "open_spans": 3, "span_frames": GOP}
+    return TrainingStream(ds, **{**defaults, **kw})
+
+
+def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], torch.Tensor):
+                assert torch.equal(x[key], y[key]), key
+            else:
+                assert x[key] == y[key], key
+
+
+def _indices(batches: list[dict]) -> list[int]:
+    return torch.cat([b["index"] for b in batches]).tolist()
+
+
+# -- the plan (pure numpy) --------------------------------------------------------------------------------------
+
+
+def _table(lengths, stride=1):
+    episode = np.concatenate([np.full(len(range(0, n, stride)), e) for e, n in enumerate(lengths)])
+    frame = np.concatenate([np.arange(0, n, stride) for n in lengths])
+    return episode, frame
+
+
+def test_spans_align_to_keyframe_intervals_and_never_cross_episodes():
+    episode, frame = _table([130, 100, 75], stride=4)
+    spans = make_spans(episode, frame, 30)
+    assert spans[0, 0] == 0 and spans[-1, 1] == len(episode)
+    assert np.array_equal(spans[1:, 0], spans[:-1, 1])  # contiguous, covering
+    for start, stop in spans:
+        assert len(set(episode[start:stop])) == 1
+        assert len(set(frame[start:stop] // 30)) == 1
+    # a new span exactly where the 30-frame block or the episode changes: ceil(n / 30) spans per episode
+    assert len(spans) == 5 + 4 + 3
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("streams,open_spans,batch", [(1, 1, 5), (4, 3, 8), (3, 8, 7), (8, 16, 16)])
+def test_plan_covers_every_sample_exactly_once(stride, streams, open_spans, batch):
+    episode, frame = _table([1500, 730, 40, 999], stride)
+    spans = make_spans(episode, frame, 250)
+    plan = TrainingPlan(spans, batch_size=batch, seed=3, epoch=2, streams=streams, open_spans=open_spans)
+    order = np.concatenate([plan.batch(k).index for k in range(len(plan))])
+    assert np.array_equal(np.sort(order), np.arange(len(episode)))
+    assert len(plan) == -(-len(episode) // batch)
+    assert all(len(plan.batch(k).index) == batch for k in range(len(plan) - 1))
+    # every slot reads forward: its samples come in increasing dataset order within each span
+    slots = np.concatenate([plan.batch(k).slot for k in range(len(plan))])
+    span_of = np.searchsorted(spans[:, 0], order, side="right") - 1
+    for slot in np.unique(slots):
+        mine, their_spans = order[slots == slot], span_of[slots == slot]
+        for span in np.unique(their_spans):
+            run = mine[their_spans == span]
+            assert np.all(np.diff(run) == 1)  # consecutive samples of the span, none skipped, none repeated
+            assert np.ptp(np.flatnonzero(their_spans == span)) == len(run) - 1  # a span is finished before the next
+
+
+def test_plan_batches_come_from_lane_k_mod_streams_and_mix_spans():
+    episode, frame = _table([3000, 3000, 3000, 3000])
+    spans = make_spans(episode, frame, 250)
+    plan = TrainingPlan(spans, batch_size=16, seed=0, streams=4, open_spans=8)
+    main = [k for k in range(len(plan)) if plan.batch(k).lane >= 0]
+    assert len(main) > 0.9 * len(plan)
+    for k in main:
+        b = plan.batch(k)
+        assert b.lane == k % 4 and np.all(b.slot // 8 == b.lane)
+    spans_per_batch = [len(np.unique(np.searchsorted(spans[:, 0], plan.batch(k).index, side="right"))) for k in main]
+    assert np.mean(spans_per_batch) > 5  # a batch mixes most of its lane's 8 open spans
+
+
+def test_plan_is_seeded_by_seed_and_epoch():
+    episode, frame = _table([900, 800, 700])
+    spans = make_spans(episode, frame, 250)
+
+    def order(seed, epoch):
+        return TrainingPlan(spans, batch_size=8, seed=seed, epoch=epoch).sample_order()
+
+    assert np.array_equal(order(1, 0), order(1, 0))
+    assert not np.array_equal(order(1, 0), order(2, 0))
+    assert not np.array_equal(order(1, 0), order(1, 1))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_get_disjoint_shards_and_equal_batch_counts(world):
+    episode, frame = _table([1500, 1200, 900, 600, 300], stride=3)
+    spans = make_spans(episode, frame, 250)
+    plans = [TrainingPlan(spans, batch_size=8, seed=5, epoch=1, rank=r, world_size=world) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1
+    assert all(len(p.batch(k).index) == 8 for p in plans for k in range(len(p)))
+    orders = [p.sample_order() for p in plans]
+    everything = np.concatenate(orders)
+    assert len(np.unique(everything)) == len(everything)  # disjoint
+    assert len(everything) >= len(episode) - world * (8 + 2 * 84)  # only the uneven remainder is cut
+    # the spans are dealt whole: no span is split between ranks
+    span_of = np.searchsorted(spans[:, 0], everything, side="right") - 1
+    owner = np.concatenate([np.full(len(o), r) for r, o in enumerate(orders)])
+    for span in np.unique(span_of):
+        assert len(np.unique(owner[span_of == span])) == 1
+
+
+def test_bad_plan_arguments_raise_config_errors():
+    spans = make_spans(*_table([100]), 30)
+    for kwargs in ({"batch_size": 0}, {"streams": 0}, {"open_spans": 0}, {"rank": 2, "world_size": 2},
+                   {"seed": -1}):
+        with pytest.raises(ConfigError):
+            TrainingPlan(spans, **{"batch_size": 4, "seed": 0, **kwargs})
+    with pytest.raises(ConfigError, match="increase"):
+        make_spans(np.array([0, 0]), np.array([5, 3]), 30)
+    with pytest.raises(ConfigError, match="adjacent"):
+        make_spans(np.array([0, 1, 0]), np.array([0, 0, 1]), 30)
+
+
+# -- the stream (real decoding) ---------------------------------------------------------------------------------
+
+
+def test_batches_equal_random_access_samples(dataset):
+    stream = _stream(dataset)
+    batches = list(stream)
+    assert sorted(_indices(batches)) == list(range(len(dataset)))
+    first = batches[0]
+    assert first["observation.images.rgb.head"].shape == (4, 3, 32, 32)
+    assert first["observation.images.rgb.head"].dtype == torch.float32
+    assert first["action"].shape == (4, 4, 23) and first["action_is_pad"].dtype == torch.bool
+    assert isinstance(first["task"], list) and all(isinstance(t, str) for t in first["task"])
+    for batch in (batches[0], batches[len(batches) // 2], batches[-1]):
+        for j, index in enumerate(batch["index"].tolist()):
+            sample = dataset[index]
+            for key, value in sample.items():
+                got = batch[key][j]
+                assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, key
+
+
+def test_decoding_is_sequential(dataset):
+    """Every frame of a span is decoded once: decodes ~= frames spanned, not ~GOP/2 per sample per camera."""
+    stream = _stream(dataset)
+    for _ in stream:
+        pass
+    stats = stream.decode_stats()
+    cameras = len(dataset.cameras)
+    assert stats["samples"] == len(dataset) == sum(FRAMES)
+    spanned = sum(FRAMES) * cameras
+    assert spanned <= stats["decoded_frames"] <= spanned + 2 * cameras  # a frame or two past a span's end at most
+    assert stats["seeks"] <= stats["files_opened"]  # a file is entered once per span, at its keyframe
+
+    # the same samples read in a shuffled order with random access (what a shuffling DataLoader does)
+    decoders: dict = {}
+    for index in np.random.default_rng(0).permutation(len(dataset))[:40]:
+        dataset.load_sample(int(index), decoders=decoders)
+    decoded = sum(v.decoded_frames for v in decoders.values())
+    assert decoded / 40 > 5 * stats["decoded_frames"] / stats["samples"]
+
+
+def test_decoding_with_a_frame_stride_spans_the_frames_once(long_gop):
+    ds = BehaviorDataset(long_gop, chunk_size=4, frame_stride=3)
+    stream = _stream(ds)
+    batches = list(stream)
+    assert sorted(_indices(batches)) == list(range(len(ds)))
+    assert set(torch.cat([b["frame_index"] for b in batches]).tolist()) <= set(range(0, max(FRAMES), 3))
+    last_frames = sum(len(range(0, n, 3)) * 3 - 2 for n in FRAMES)  # frames from 0 to each episode's last sample
+    assert stream.decode_stats()["decoded_frames"] <= (last_frames + 2) * len(ds.cameras)
+
+
+def test_zero_and_two_spawned_workers_give_identical_batches_with_augmentation(dataset):
+    from torchvision.transforms import v2
+
+    jitter = v2.ColorJitter(brightness=0.5, contrast=0.5)
+    plain = list(_stream(dataset))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    in_process = list(_stream(dataset, transform=jitter))
+    assert torch.equal(torch.get_rng_state(), before)  # the augmentation leaves the caller's RNG alone
+    loader = DataLoader(_stream(dataset, transform=jitter), batch_size=None, num_workers=2,
+                        multiprocessing_context="spawn")
+    _assert_batches_equal(in_process, list(loader))
+    key = "observation.images.rgb.head"
+    assert not torch.equal(plain[0][key], in_process[0][key])  # the transform ran
+    assert torch.equal(plain[0]["action"], in_process[0]["action"])
+
+
+# Forked workers (torch's default on Linux) must open their own decoders: the parent closes its files first so no
+# FFmpeg thread is alive at the fork; Python's warning about forking a threaded process concerns torch's idle pool.
+FORK_OK = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+@FORK_OK
+def test_worker_count_not_dividing_streams_keeps_the_order(dataset):
+    reference = list(_stream(dataset, streams=3))
+    dataset.close()
+    loader = DataLoader(_stream(dataset, streams=3), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    _assert_batches_equal(reference, list(loader))
+    with pytest.warns(UserWarning, match="do not divide streams=3"):
+        _stream(dataset, streams=3)._warn_if_lanes_shared(2)
+
+
+@FORK_OK
+def test_resume_from_epoch_and_batch_yields_the_tail(dataset):
+    stream = _stream(dataset)
+    epoch0 = list(stream)
+    epoch1 = list(stream)  # the second iteration runs the next epoch
+    assert _indices(epoch0) != _indices(epoch1)
+    assert sorted(_indices(epoch1)) == list(range(len(dataset)))
+    resumed = _stream(dataset, start_epoch=1, start_batch=9)
+    _assert_batches_equal(epoch1[9:], list(resumed))
+    dataset.close()
+    loader = DataLoader(_stream(dataset, start_epoch=1, start_batch=9), batch_size=None, num_workers=2,
+                        multiprocessing_context="fork")
+    _assert_batches_equal(epoch1[9:], list(loader))
+    again = _stream(dataset)
+    again.set_epoch(1)
+    _assert_batches_equal(epoch1, list(again))
+
+
+def test_seeds_and_epochs_change_the_order(dataset):
+    a = _indices(list(_stream(dataset, seed=1)))
+    assert a == _indices(list(_stream(dataset, seed=1)))
+    assert a != _indices(list(_stream(dataset, seed=2)))
+    assert a != _indices(list(_stream(dataset, seed=1, start_epoch=3)))
+
+
+def test_two_ranks_read_disjoint_shards_with_equal_batch_counts(dataset):
+    ranks = [_stream(dataset, rank=r, world_size=2, span_frames=GOP // 2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) > 0
+    shards = [_indices(list(s)) for s in ranks]
+    assert len(shards[0]) == len(shards[1]) == len(ranks[0]) * 4
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_v30_files_with_several_episodes_match_random_access(synthetic_2026):
+    ds = BehaviorDataset(synthetic_2026, chunk_size=3)
+    stream = TrainingStream(ds, seed=0, batch_size=5)
+    assert stream.keyframe_interval == 8 and stream.span_frames == default_span_frames(8) == 120
+    batches = list(stream)
+    assert sorted(_indices(batches)) == list(range(len(ds)))
+    batch = batches[1]
+    for j, index in enumerate(batch["index"].tolist()):
+        sample = ds[index]
+        for key in ds.cameras:
+            assert torch.equal(batch[key][j], sample[key])
+
+
+def test_stream_rejects_bad_numbers(dataset):
+    with pytest.raises(ConfigError, match="start_batch"):
+        _stream(dataset, start_batch=-1)
+    with pytest.raises(ConfigError, match="batch_size"):
+        _stream(dataset, batch_size=0)
+    with pytest.raises(ConfigError, match="span_frames"):
+        _stream(dataset, span_frames=0)
