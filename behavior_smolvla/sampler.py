@@ -409,13 +409,17 @@ class TrainingStream(IterableDataset):
         readahead: samples of a span decoded in one go per camera (>= 1); decoding a few frames in a row per
             decoder instead of alternating between all of a worker's decoders on every sample saves CPU cache
             misses.
+        uint8_images: yield camera images as uint8 ``[B, 3, H, W]`` (0-255) instead of float32 in [0, 1]: a quarter
+            of the bytes to build, hand from the workers to the main process and copy to the GPU, where
+            ``x.float().div_(255)`` gives exactly the float32 batch. Not combinable with ``transform``.
 
     Attributes:
         stats: per-process counters (``batches``, ``samples``, ``decoded_frames``, ``seeks``, ``files_opened``);
             with ``num_workers=0`` they describe the whole run, see :meth:`decode_stats`.
 
     Raises:
-        ConfigError: invalid numbers (see :class:`TrainingPlan`), a negative ``start_batch``, ``readahead`` < 1.
+        ConfigError: invalid numbers (see :class:`TrainingPlan`), a negative ``start_batch``, ``readahead`` < 1,
+            ``uint8_images`` with a ``transform``.
         VideoError: (while iterating) a missing, truncated or undecodable video.
     """
 
@@ -435,6 +439,7 @@ class TrainingStream(IterableDataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         decoder_threads: int | None = None,
         readahead: int = 8,
+        uint8_images: bool = False,
     ) -> None:
         super().__init__()
         if int(start_batch) < 0:
@@ -443,6 +448,9 @@ class TrainingStream(IterableDataset):
             raise ConfigError(f"batch_size={batch_size}: must be >= 1")
         if int(readahead) < 1:
             raise ConfigError(f"readahead={readahead}: must be >= 1 sample")
+        if uint8_images and transform is not None:
+            raise ConfigError("uint8_images=True cannot be combined with a transform (it works on float32 images); "
+                              "augment on the device after converting, or keep float32 images")
         self.dataset = dataset
         self.seed = int(seed)
         self.batch_size = int(batch_size)
@@ -455,6 +463,7 @@ class TrainingStream(IterableDataset):
         self.transform = transform
         self.decoder_threads = decoder_threads
         self.readahead = int(readahead)
+        self.uint8_images = bool(uint8_images)
         table = dataset.frame_table
         self.spans = make_spans(table["episode_index"], table["frame_index"], self.span_frames)
         self._epoch = int(start_epoch)
@@ -556,12 +565,17 @@ class TrainingStream(IterableDataset):
         batch = default_collate(numeric)
         in_worker = get_worker_info() is not None
         for camera, images in frames.items():
-            # The same arithmetic as BehaviorDataset.load_sample (uint8 -> float32, / 255), once per batch; the
-            # HWC -> CHW transpose is done on the uint8 frames (a quarter of the bytes).
+            # HWC -> CHW on the uint8 frames (a quarter of the bytes), then the same arithmetic as
+            # BehaviorDataset.load_sample (uint8 -> float32, / 255) once per batch.
             chw = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+            if self.uint8_images:
+                batch[camera] = chw
+                continue
             out = torch.empty(chw.shape, dtype=torch.float32)
-            if in_worker and not os.environ.get("NOSHM"):
-                out.share_memory_()  # written in place and sent to the main process without another copy
+            if in_worker:
+                # Written straight into shared memory (as torch's default_collate does in workers), so handing the
+                # batch to the main process copies nothing.
+                out = out.new(out._typed_storage()._new_shared(chw.numel(), device=out.device)).resize_(chw.shape)
             batch[camera] = torch.div(chw, 255.0, out=out)
         if self.transform is not None:
             for j in range(len(numeric)):

@@ -167,6 +167,13 @@ def test_batches_equal_random_access_samples(dataset):
             for key, value in sample.items():
                 got = batch[key][j]
                 assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, key
+    # uint8 frames are the same pixels: converting them on the consumer's side gives the float32 batch exactly
+    as_uint8 = list(_stream(dataset, uint8_images=True))
+    assert _indices(as_uint8) == _indices(batches)
+    for key in dataset.cameras:
+        assert as_uint8[0][key].dtype == torch.uint8
+        for float_batch, uint8_batch in zip(batches, as_uint8, strict=True):
+            assert torch.equal(uint8_batch[key].float().div_(255), float_batch[key])
 
 
 def test_decoding_is_sequential(dataset):
@@ -249,6 +256,18 @@ def test_resume_from_epoch_and_batch_yields_the_tail(dataset):
     _assert_batches_equal(epoch1, list(again))
 
 
+@FORK_OK
+def test_persistent_workers_run_consecutive_epochs(dataset):
+    """The trainer keeps its workers across epochs: each pass over the loader is the stream's next epoch."""
+    stream = _stream(dataset, start_epoch=2, start_batch=5)
+    expected = [list(stream), list(stream)]  # epoch 2 from batch 5, then all of epoch 3
+    dataset.close()
+    loader = DataLoader(_stream(dataset, start_epoch=2, start_batch=5), batch_size=None, num_workers=2,
+                        persistent_workers=True, multiprocessing_context="fork")
+    for epoch in expected:
+        _assert_batches_equal(epoch, list(loader))
+
+
 def test_seeds_and_epochs_change_the_order(dataset):
     a = _indices(list(_stream(dataset, seed=1)))
     assert a == _indices(list(_stream(dataset, seed=1)))
@@ -284,3 +303,5 @@ def test_stream_rejects_bad_numbers(dataset):
         _stream(dataset, batch_size=0)
     with pytest.raises(ConfigError, match="span_frames"):
         _stream(dataset, span_frames=0)
+    with pytest.raises(ConfigError, match="uint8_images"):
+        _stream(dataset, uint8_images=True, transform=torch.nn.Identity())

@@ -264,7 +264,7 @@ def test_content_is_learnable():
 def test_demo_dataset(tmp_path):
     root = S.write_demo_dataset(tmp_path / "demo")
     meta = DatasetMeta.load(root)
-    assert meta.version == "v2.1" and len(meta.episodes) == 8 and meta.total_frames == 8 * 90
+    assert meta.version == "v2.1" and len(meta.episodes) == 24 and meta.total_frames == 24 * 60
     assert meta.state_dim == 256 and meta.action_dim == 23
     assert [meta.features[k]["shape"][:2] for k in meta.camera_keys] == [[64, 64], [64, 64], [96, 96]]
 
