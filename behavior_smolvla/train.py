@@ -364,10 +364,14 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
             image_size=cfg.data.image_size, frame_stride=cfg.data.frame_stride, state_map=state_map,
         )
 
+    # Without augmentation the workers hand frames over as uint8 (a quarter of the bytes through shared memory) and
+    # they become float32 in [0, 1] on the training device; augmentation works on float images in the workers.
+    uint8_frames = transform is None
+
     def make_stream(epoch: int, batch: int) -> TrainingStream:
         return TrainingStream(
             dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=rank, world_size=world,
-            start_epoch=epoch, start_batch=batch, transform=transform,
+            start_epoch=epoch, start_batch=batch, transform=transform, uint8_images=uint8_frames,
         )
 
     batches_per_epoch = len(make_stream(0, 0))
@@ -556,8 +560,12 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                     window["data_s"] += t_got - t_wait
                     window["samples"] += len(batch["task"]) * world
                     with accelerator.accumulate(policy):
+                        inputs = bundle.preprocessor(to_policy_batch(batch, camera_map))
+                        if uint8_frames:
+                            for key in camera_map.values():
+                                inputs[key] = inputs[key].float().div_(255)
                         with accelerator.autocast():
-                            loss, _ = policy(bundle.preprocessor(to_policy_batch(batch, camera_map)))
+                            loss, _ = policy(inputs)
                         loss_value = loss.item()
                         if not math.isfinite(loss_value):
                             good = f"; the last good checkpoint is {last_path}" if last_path else ""
