@@ -39,22 +39,11 @@ import numpy as np
 import torch
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, StateMapError
+from behavior_smolvla.r1pro import ACTION_DIM, ACTION_GROUPS, ACTION_NAMES
 
 EVAL_BATCH_SIZE = 16
 """Frames per model call. Each batch ``b`` draws its flow-matching noise from seed ``seed + b``, so a run is exactly
 repeatable for the same frames, batch size and seed."""
-
-R1PRO_ACTION_DIM = 23
-R1PRO_ACTION_GROUPS: tuple[tuple[str, int, int], ...] = (
-    ("base", 0, 3), ("torso", 3, 7), ("left_arm", 7, 14), ("left_gripper", 14, 15), ("right_arm", 15, 22),
-    ("right_gripper", 22, 23),
-)
-"""R1Pro action groups ``(name, start, stop)``: source ``shared/reference/behavior_r1pro.md`` (action table)."""
-R1PRO_ACTION_NAMES: tuple[str, ...] = (
-    "base.vx", "base.vy", "base.wz", *(f"torso.{i}" for i in range(4)), *(f"left_arm.{i}" for i in range(7)),
-    "left_gripper", *(f"right_arm.{i}" for i in range(7)), "right_gripper",
-)
-"""Names given to the R1Pro action dims when the dataset declares none (the BEHAVIOR releases declare none)."""
 
 ALL_DIMS = "all dims"
 REFERENCE_PREDICTORS = ("hold", "mean_action")
@@ -72,14 +61,14 @@ def action_layout(action_dim: int, action_names: Sequence[str] | None = None) ->
 
     Returns:
         ``(names, groups)``: A unique dim names, and group name -> list of dims. A 23-dim action is the R1Pro's
-        (:data:`R1PRO_ACTION_GROUPS`); any other action has one group per dim, named like the dim.
+        (:data:`behavior_smolvla.r1pro.ACTION_GROUPS`); any other action has one group per dim, named like the dim.
     """
     names = list(action_names) if action_names is not None and len(action_names) == action_dim else None
     if names is not None and len(set(names)) != len(names):
         names = None  # duplicated names cannot key per-dim metrics
-    if action_dim == R1PRO_ACTION_DIM:
-        names = names or list(R1PRO_ACTION_NAMES)
-        return names, {g: list(range(a, b)) for g, a, b in R1PRO_ACTION_GROUPS}
+    if action_dim == ACTION_DIM:
+        names = names or list(ACTION_NAMES)
+        return names, {g: list(range(a, b)) for g, a, b in ACTION_GROUPS}
     names = names or [f"action.{i}" for i in range(action_dim)]
     return names, {name: [i] for i, name in enumerate(names)}
 

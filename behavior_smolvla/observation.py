@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from behavior_smolvla.errors import CheckpointError, ObservationError
+from behavior_smolvla.r1pro import CAMERA_ROLES, EVALUATOR_RGB_KEYS, camera_role
 
 # The reader's resize policy (video.py): same target-size rule and the same swscale filters.
 from behavior_smolvla.video import _DOWNSCALE_INTERPOLATION, _UPSCALE_INTERPOLATION, output_size
@@ -56,30 +57,6 @@ logger = logging.getLogger(__name__)
 
 PROPRIO_KEY = "robot_r1::proprio"
 TASK_ID_KEY = "task_id"
-CAMERA_ROLES = ("head", "left_wrist", "right_wrist")
-"""BEHAVIOR's SmolVLA camera order: camera1 = head, camera2 = left wrist, camera3 = right wrist."""
-EVALUATOR_RGB_KEYS = {
-    "head": "robot_r1::robot_r1:zed_link:Camera:0::rgb",
-    "left_wrist": "robot_r1::robot_r1:left_realsense_link:Camera:0::rgb",
-    "right_wrist": "robot_r1::robot_r1:right_realsense_link:Camera:0::rgb",
-}
-"""Evaluator observation key of each camera role (OmniGibson ``ROBOT_CAMERA_NAMES["R1Pro"]`` + ``::rgb``)."""
-
-# Substrings that name a role in dataset camera keys: 2025 ``rgb.head`` / ``rgb.left_wrist``; 2026 and the
-# evaluator ``zed_link`` / ``left_realsense_link``.
-_ROLE_MARKERS = {
-    "head": ("head", "zed_link"),
-    "left_wrist": ("left_wrist", "left_realsense"),
-    "right_wrist": ("right_wrist", "right_realsense"),
-}
-
-
-def camera_role(camera_key: str) -> str | None:
-    """``"head"``, ``"left_wrist"`` or ``"right_wrist"`` when the key names exactly one of them, else None."""
-    roles = [role for role, marks in _ROLE_MARKERS.items() if any(m in camera_key for m in marks)]
-    return roles[0] if len(roles) == 1 else None
-
-
 def evaluator_camera_sources(cameras: Sequence[str]) -> dict[str, str]:
     """Which evaluator RGB key feeds each checkpoint camera.
 

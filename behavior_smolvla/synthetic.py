@@ -61,28 +61,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.r1pro import ACTION_DIM, CAMERA_ROLES, CAMERAS_2025, CAMERAS_2026
 
 SPEC_FILE = "meta/synthetic_spec.json"
 """Where a generated dataset records the :class:`SyntheticSpec` it was written from."""
 
-CAMERA_ROLES = ("head", "left_wrist", "right_wrist")
-"""Camera roles of the R1Pro; ``image_size`` dicts are keyed by these."""
 
-CAMERAS_2025 = {
-    "left_wrist": "observation.images.rgb.left_wrist",
-    "right_wrist": "observation.images.rgb.right_wrist",
-    "head": "observation.images.rgb.head",
-}
-"""2025 RGB video keys by role, in the order the release's ``info.json`` lists them."""
-
-CAMERAS_2026 = {
-    "head": "observation.rgb.zed_link_camera_0",
-    "left_wrist": "observation.rgb.left_realsense_link_camera_0",
-    "right_wrist": "observation.rgb.right_realsense_link_camera_0",
-}
-"""2026 RGB video keys by role."""
-
-ACTION_DIM = 23
 FPS = 30
 CHUNKS_SIZE_2025 = 10_000  # the 2025 release's chunks_size: episode_chunk = episode_index // 10000 = task id
 CHUNKS_SIZE_2026 = 1000  # lerobot's default chunks_size (one chunk per task, far fewer files than this)

@@ -187,18 +187,11 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def default_cameras(camera_keys: list[str]) -> list[str]:
-    """The three RGB cameras in SmolVLA's order (head, left wrist, right wrist) for BEHAVIOR; all cameras otherwise.
+    """The three RGB cameras in SmolVLA's order (head, left wrist, right wrist) for BEHAVIOR data
+    (``r1pro.CAMERAS_2025`` / ``CAMERAS_2026``); every camera otherwise."""
+    from behavior_smolvla.r1pro import behavior_rgb_cameras
 
-    BEHAVIOR keys: 2025 ``observation.images.rgb.{head,left_wrist,right_wrist}``; 2026
-    ``observation.rgb.{zed_link,left_realsense_link,right_realsense_link}_camera_0`` (behavior_r1pro.md).
-    """
-    for names in (
-        ["observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"],
-        [f"observation.rgb.{n}_camera_0" for n in ("zed_link", "left_realsense_link", "right_realsense_link")],
-    ):
-        if all(n in camera_keys for n in names):
-            return names
-    return list(camera_keys)
+    return behavior_rgb_cameras(camera_keys) or list(camera_keys)
 
 
 def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> tuple[list[int], list[int]]:

@@ -19,7 +19,6 @@ import torch
 import yaml
 
 from behavior_smolvla.evaluate import (
-    R1PRO_ACTION_GROUPS,
     action_layout,
     chunk_metrics,
     ensemble_disagreement,
@@ -29,6 +28,7 @@ from behavior_smolvla.evaluate import (
     spread_evenly,
     validate,
 )
+from behavior_smolvla.r1pro import ACTION_GROUPS
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -116,7 +116,7 @@ def test_action_layout_r1pro_and_named_dims(g1_v30):
     from behavior_smolvla.dataset import DatasetMeta
 
     names, groups = action_layout(23, None)
-    assert list(groups) == [g for g, _, _ in R1PRO_ACTION_GROUPS]
+    assert list(groups) == [g for g, _, _ in ACTION_GROUPS]
     assert groups["left_gripper"] == [14] and groups["right_arm"] == list(range(15, 22)) and len(names) == 23
     meta = DatasetMeta.load(g1_v30)  # a real 26-dim action with names: one group per named dim
     names, groups = action_layout(meta.action_dim, meta.action_names)
@@ -144,7 +144,7 @@ def test_report_holds_every_metric_finite(single_report):
     out = Path(single_report["output_dir"])
     report = json.loads((out / "report.json").read_text())
     assert set(report["predictors"]) == {"policy", "hold", "mean_action"} and report["primary"] == "policy"
-    groups = [g for g, _, _ in R1PRO_ACTION_GROUPS]
+    groups = [g for g, _, _ in ACTION_GROUPS]
     for name, m in report["predictors"].items():
         for metric in ("first_action_mae", "chunk_mae", "percent_close", "percent_close_chunk"):
             assert list(m[metric]["per_group"]) == groups, (name, metric)

@@ -254,3 +254,32 @@ def test_errors_are_one_line(synthetic_2025, tiny_vlm, tmp_path):
     (existing / "checkpoints").mkdir(parents=True)
     _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False),
                     "--resume", str(existing))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(synthetic_2025, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    # An absurd learning rate without clipping turns the weights to inf after the first update.
+    args = base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "20", "--save-steps", "1", "--lr", "1e12",
+                     "--warmup-steps", "0", "--grad-clip-norm", "0")
+    proc = run_train(*args, check=False)
+    _one_line_error(proc, "loss is nan at step 2", "000001")
+    assert os.readlink(out / "checkpoints" / "last") == "000001"
+    assert_lerobot_loads(out / "checkpoints" / "last", tiny_vlm)
+
+
+@pytest.mark.slow
+def test_config_file_with_flag_overrides_and_keep_last(g1_v30, tiny_vlm, tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    # Nested sections and flat flag names (dashes or underscores) mix; the command line wins over the file.
+    cfg.write_text(yaml.safe_dump({
+        "data": {"dataset_path": str(g1_v30), "frame_stride": 5},
+        "policy": {"from_scratch": True, "vlm_model": str(tiny_vlm), "chunk_size": 8},
+        "max_steps": 50, "batch-size": 4, "image_size": 64, "num_workers": 0, "device": "cpu",
+        "wandb_disable": True, "save_steps": 2, "keep_last": 2,
+    }))
+    run_train("--config", str(cfg), "--max-steps", "7", "--output-dir", str(out))
+    saved = load_train_config(resolve_checkpoint(out))["run"]
+    assert saved["optim"]["max_steps"] == 7 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
+    # --keep-last 2: only the two newest step folders survive.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000006", "000007", "last"]
