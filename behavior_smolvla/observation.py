@@ -39,7 +39,7 @@ from behavior_smolvla.errors import CheckpointError, ObservationError
 from behavior_smolvla.r1pro import CAMERA_ROLES, EVALUATOR_RGB_KEYS, camera_role
 
 # The reader's resize policy (video.py): same target-size rule and the same swscale filters.
-from behavior_smolvla.video import _DOWNSCALE_INTERPOLATION, _UPSCALE_INTERPOLATION, output_size
+from behavior_smolvla.video import frame_to_rgb, output_size
 
 __all__ = [
     "CAMERA_ROLES",
@@ -101,11 +101,7 @@ def training_frame(image: np.ndarray, image_size: int | tuple[int, int] | None) 
     height, width = image.shape[:2]
     out_h, out_w = output_size(width, height, image_size)
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p")
-    if (out_h, out_w) == (height, width):
-        return frame.to_ndarray(format="rgb24")
-    downscale = out_h * out_w < height * width
-    return frame.to_ndarray(format="rgb24", width=out_w, height=out_h,
-                            interpolation=_DOWNSCALE_INTERPOLATION if downscale else _UPSCALE_INTERPOLATION)
+    return frame_to_rgb(frame, out_h, out_w)
 
 
 @dataclass

@@ -35,6 +35,17 @@ _DOWNSCALE_INTERPOLATION = "AREA"
 _UPSCALE_INTERPOLATION = "BILINEAR"
 
 
+def frame_to_rgb(frame: av.VideoFrame, out_height: int, out_width: int) -> np.ndarray:
+    """A decoded frame as uint8 RGB ``[out_height, out_width, 3]``: swscale's area filter when shrinking, bilinear
+    when enlarging, no resize when the size already matches. The one conversion the reader (and the policy server,
+    which must feed the model exactly what training saw) uses."""
+    if (out_height, out_width) == (frame.height, frame.width):
+        return frame.to_ndarray(format="rgb24")
+    downscale = out_height * out_width < frame.height * frame.width
+    return frame.to_ndarray(format="rgb24", width=out_width, height=out_height,
+                            interpolation=_DOWNSCALE_INTERPOLATION if downscale else _UPSCALE_INTERPOLATION)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe_video` measures about a video file.
@@ -392,12 +403,7 @@ class VideoFile:
                     f"are more than half a frame away; the video's timestamps do not match the dataset")
 
     def _convert(self, frame) -> np.ndarray:
-        if (self.out_height, self.out_width) == (self.height, self.width):
-            return frame.to_ndarray(format="rgb24")
-        downscale = self.out_height * self.out_width < self.height * self.width
-        return frame.to_ndarray(
-            format="rgb24", width=self.out_width, height=self.out_height,
-            interpolation=_DOWNSCALE_INTERPOLATION if downscale else _UPSCALE_INTERPOLATION)
+        return frame_to_rgb(frame, self.out_height, self.out_width)
 
     def read_frames(self, frame_indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Decode frames by index.
