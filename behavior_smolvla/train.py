@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -233,6 +233,24 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
     return {"fp32": "no"}.get(cfg.optim.precision, cfg.optim.precision)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_decoder_threads(num_workers: int, world_size: int, device_type: str) -> int | None:
+    """FFmpeg threads per decoder in each DataLoader worker: the cores this rank does not use, shared by its workers.
+
+    The training process keeps ``torch.get_num_threads()`` cores on CPU (one on an accelerator, for the Python loop
+    and kernel launches); each of ``num_workers`` workers gets an equal share of the rest, 1 to 4 threads, so that
+    decoding does not compete with the step for its cores (the sampler's own rule, ``cpus // workers``, gives the
+    one worker of a 2-core machine both cores). None when the data is read in the training process.
+    """
+    if num_workers <= 0:
+        return None
+    main = torch.get_num_threads() if device_type == "cpu" else 1
+    return max(1, min(4, (_cores() // max(world_size, 1) - main) // num_workers))
+
+
 def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict]]:
     """Yield ``(epoch, batch_index, batch)`` forever from the resume position.
 
@@ -248,13 +266,18 @@ def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, 
         epoch, first = epoch + 1, 0
 
 
-def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | None = None) -> TrainResult:
+def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train SmolVLA as ``cfg`` says; return where the checkpoints are.
 
     Args:
         cfg: the resolved run config (``config_for_run``).
         given: flat option names set explicitly (flags or config file); used by ``--demo`` to keep user overrides.
         console: rich console for progress and messages (rank 0 only prints).
+        on_step: called on every rank with the step number after each optimizer step and that step's logging,
+            validation and checkpoint. Its time is left out of the logged step times and throughput (like
+            validation's), so it can do its own work in between: ``bench/train_step.py`` runs its bare-loop windows
+            there, interleaved with the trainer's.
 
     Raises:
         ConfigError, DatasetError, StateMapError, PolicyLoadError, CheckpointError: bad input, one line each.
@@ -291,8 +314,8 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Leave a core to each DataLoader worker (and each rank): oversubscribed OpenMP threads spin-wait on a
         # busy core and made CPU steps ~10x slower in measurements on a 2-core machine.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // world - cfg.data.num_workers))
+        torch.set_num_threads(max(1, _cores() // world - cfg.data.num_workers))
+    decoder_threads = worker_decoder_threads(cfg.data.num_workers, world, accelerator.device.type)
 
     def say(msg: str) -> None:
         if is_main:
@@ -365,6 +388,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         return TrainingStream(
             dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=rank, world_size=world,
             start_epoch=epoch, start_batch=batch, transform=transform, uint8_images=uint8_frames,
+            decoder_threads=decoder_threads,
         )
 
     batches_per_epoch = len(make_stream(0, 0))
@@ -519,11 +543,13 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     # per step so bench/train_step.py can compare the trainer with a bare loop. On CUDA these are host-side times.
     window: dict[str, float] = {}
 
-    def reset_window() -> None:
+    def reset_window(t0: float) -> None:
+        # paused_s: validation and on_step time, not training; save_s: checkpoint writes, part of the step time
+        # (time_step_s) but left out of the throughput figures.
         window.update(loss=0.0, n=0, data_s=0.0, compute_s=0.0, optim_s=0.0, other_s=0.0, samples=0,
-                      t0=time.perf_counter())
+                      paused_s=0.0, save_s=0.0, t0=t0)
 
-    reset_window()
+    reset_window(time.perf_counter())
     last_path = Path(cfg.output.resume) if resuming else None
     progress = Progress(
         TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -591,7 +617,9 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                 if is_main:
                     progress.update(task, completed=step, info=f"loss {step_loss:.4f}")
                 if step % cfg.logging.log_steps == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window["t0"]
+                    t_log = time.perf_counter()
+                    wall = t_log - window["t0"] - window["paused_s"]
+                    elapsed = wall - window["save_s"]
                     record = {
                         "step": step,
                         "epoch": state.epoch,
@@ -600,6 +628,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                         "grad_norm": float(grad_norm),
                         "samples_per_s": window["samples"] / elapsed if elapsed > 0 else float("nan"),
                         "data_wait_frac": window["data_s"] / elapsed if elapsed > 0 else float("nan"),
+                        "time_step_s": wall / window["n"],
                         "time_data_s": window["data_s"] / window["n"],
                         "time_forward_backward_s": window["compute_s"] / window["n"],
                         "time_optimizer_s": window["optim_s"] / window["n"],
@@ -607,7 +636,6 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                     }
                     if accelerator.device.type == "cuda":
                         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1024**3
-                    t_log = time.perf_counter()
                     if is_main:
                         metrics.write(record)
                         tracker.log({f"train/{k_}": v for k_, v in record.items() if k_ != "step"}, step=step)
@@ -616,13 +644,13 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                                      for k_, v in record.items() if not k_.startswith("time_")),
                             highlight=False, soft_wrap=True,
                         )
-                    reset_window()
-                    window["other_s"] += time.perf_counter() - t_log  # counted in the next window
+                    reset_window(t_log)  # writing this record counts in the next window
+                    window["other_s"] += time.perf_counter() - t_log
                 improved = False
                 if val_dataset is not None and (step % cfg.eval.eval_steps == 0 or step == total_steps):
                     t_val = time.perf_counter()
                     improved = run_validation(step)
-                    window["t0"] += time.perf_counter() - t_val
+                    window["paused_s"] += time.perf_counter() - t_val
                 if cfg.eval.eval_steps and world > 1:  # rank 0 decides; all ranks take part in a save
                     flag = accelerator.reduce(torch.tensor(float(improved), device=accelerator.device), "max")
                     improved = flag.item() > 0
@@ -636,8 +664,12 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                     if improved and is_main:
                         ckpt.mark_best(run_dir, step)
                     save_s = time.perf_counter() - t_save
-                    window["t0"] += save_s  # throughput figures exclude checkpoint writes
+                    window["save_s"] += save_s
                     window["other_s"] += save_s
+                if on_step is not None:
+                    t_hook = time.perf_counter()
+                    on_step(step)
+                    window["paused_s"] += time.perf_counter() - t_hook
                 if stop_now:
                     stopped = True
                     say(f"stopped by signal at step {step}; checkpoint {last_path}; continue with "

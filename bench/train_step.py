@@ -8,48 +8,48 @@ cosine-with-warmup scheduler, built as ``train()`` builds them), precision, seed
   (``TrainingStream``, same seed), passed through the same pre-processor once and kept in memory (cycled when there
   are more steps than ``--preload-batches``). The floor: no data loading, no pre-processing, no logging.
 * ``bare + preprocessor``: the same loop running the pre-processor (tokenise the task, normalise state and action,
-  move to the device) inside the step on the kept raw batches: per-step work any loop must do.
+  move to the device) inside the step on the kept raw batches: per-step work any SmolVLA loop does (lerobot's own
+  training loop included).
 * ``bare + preprocessor + DataLoader``: the same loop fed by a ``DataLoader`` with the trainer's settings
   (``--num-workers`` spawned workers, prefetch 4, same stream): the minimal hand-written training loop. Its data
-  wait includes fetching a ready batch from a worker (unpickling its tensors from shared memory), which is not zero
-  even when the workers are ahead; on a small CPU machine the workers' decoding also competes with the compute.
+  wait includes fetching a ready batch from a worker (one shared-memory storage per batch), which is not zero even
+  when the workers are ahead.
 * ``trainer``: ``behavior_smolvla.train.train()`` run **in this process** on the same dataset (accelerate,
   DataLoader workers, ``metrics.jsonl``, checkpoints every ``--save-steps``, its rich progress display rendered to
-  a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off). Its
-  data wait / forward+backward / optimizer / logging+checkpoint split is the trainer's own, read from
-  ``metrics.jsonl`` (``time_*_s``, host seconds per step averaged over each ``--log-steps`` window); its total wall
-  time per step comes from the moments the trainer prints each logged step, so it includes everything the loop does
-  (data, compute, logging, checkpoint writes, progress display).
+  a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off).
+
+**Interleaving.** On a shared or small machine the speed of the CPU drifts by tens of percent over seconds (other
+tenants, frequency), more than the 5% to be resolved, so runs measured one after the other cannot be compared. Here
+every row is measured in windows of ``--log-steps`` steps that take turns: ``train()`` calls this script back after
+each step (its ``on_step`` hook, whose time it leaves out of its own figures), and after each trainer window the
+script runs one window of each bare loop, on its own copy of the policy, before the trainer goes on. Each overhead is
+the **median over windows of the ratio to the bare window run next to it** (paired), so drift cancels; the columns
+of milliseconds are medians over windows. While the bare windows run, the trainer's DataLoader workers keep
+prefetching (and the bare loader's workers while the trainer runs): data is not the bottleneck, the target's
+condition.
+
+Per row: total wall time per step (the trainer's from this script's clock, between its ``on_step`` calls, so it
+includes everything: data, compute, logging, checkpoint writes, progress display); the split into data wait /
+forward+backward / optimizer / logging+checkpoint (the trainer's own, from ``metrics.jsonl``: ``time_*_s``, host
+seconds per step averaged over each window); CPU time of this process per step (``time.process_time``: all its
+threads, not the DataLoader worker processes). Overheads are given on the total, on the total without the data wait
+(what the target measures: no data wait is what "data is not the bottleneck" means) and on CPU time.
 
 Every run is warmed up first (``--warmup`` steps, rounded up to a multiple of ``--log-steps``: the trainer's first
-windows include spawning its DataLoader workers and the first allocations, and are dropped). Each figure is the
-median over windows of ``--log-steps`` steps, pooled over ``--repeat`` alternating bare/trainer runs, so a burst of
-load from another process moves one window, not the result. The three bare rows take turns window by window on one
-policy. Overhead = row / bare - 1, for:
-
-* the total wall time per step (what a user waits for; includes the data wait);
-* forward+backward + optimizer + logging/checkpoint (without the data wait, zero when data is not the bottleneck);
-* the best (fastest) window of each row: on a shared machine other processes only ever slow a window down, so the
-  fastest one is the least disturbed estimate of the intrinsic cost;
-* CPU time of this process per step (``time.process_time``: all its threads, e.g. the progress display's refresh
-  thread and torch's intra-op pool, but not the DataLoader worker processes). Waiting for a CPU that another process
-  holds does not count, so this is the steadiest figure on a loaded machine; it still moves with cache and
-  frequency effects, and it misses work that overlaps in other processes.
-
-A line under the table compares the trainer with the DataLoader-fed bare loop: what the trainer's own machinery
-costs beyond loading data. The checkpoint written at the last step is outside the measured steps; its time is
-printed separately (lower ``--save-steps`` to put checkpoint writes inside the measurement).
+windows include spawning its DataLoader workers and the first allocations). The checkpoint written at the last step
+is outside the measured steps (lower ``--save-steps`` to put checkpoint writes inside the measurement). Both loops
+run with ``--threads`` torch threads (``OMP_NUM_THREADS`` is set, so the trainer keeps its own CPU rule out).
 
 On CUDA the per-phase split is host-side time (kernels run asynchronously; ``loss.item()`` in the trainer
-synchronises once per step); the bare loops synchronise at window boundaries, so their totals are device-true.
+synchronises once per step); windows start and end with a device synchronisation, so totals are device-true.
 
 Default: the tiny SmolVLM backbone (``tiny_vlm.py``) from scratch at 64 px on a small generated BEHAVIOR-2025-shaped
 dataset, CPU, one torch thread, one DataLoader worker (a 2-core machine: one core computes, one decodes). Both are
 built once and cached under ``--root``. ``--dataset-path`` takes any LeRobot dataset instead (it needs at least
-``(warmup + steps) * batch_size`` samples, so that no run crosses an epoch boundary).
+``(warmup + steps + 1) * batch_size`` samples, so that no run crosses an epoch boundary).
 
-    python bench/train_step.py                                   # tiny backbone, CPU, ~1.5-3 minutes on 2 cores
-    python bench/train_step.py --steps 100 --repeat 5 --markdown
+    python bench/train_step.py                                   # tiny backbone, CPU, ~1-2 minutes on 2 cores
+    python bench/train_step.py --steps 200 --repeat 2 --markdown
     python bench/train_step.py --device cuda --threads 8 --num-workers 8 --image-size 512 \\
         --policy-path /path/to/smolvla_base                      # the real model (local pretrained_model folder)
     python bench/train_step.py --device cuda --image-size 512 --from-scratch \\
@@ -62,7 +62,6 @@ import argparse
 import io
 import math
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -92,9 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vlm-model", help="VLM backbone for --from-scratch (default: the tiny VLM, built under --root)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere (the trainer's rule)")
-    p.add_argument("--steps", type=int, default=40, help="measured steps per run (after the warm-up)")
+    p.add_argument("--steps", type=int, default=60, help="measured steps per run (after the warm-up)")
     p.add_argument("--warmup", type=int, default=10, help="steps run before measuring (rounded up to --log-steps)")
-    p.add_argument("--repeat", type=int, default=3, help="alternating bare/trainer runs; medians are pooled")
+    p.add_argument("--repeat", type=int, default=2, help="trainer runs (each with its bare windows); windows are pooled")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=50, help="action chunk (SmolVLA's default 50)")
     p.add_argument("--num-workers", type=int, default=1, help="the trainer's DataLoader workers")
@@ -138,7 +137,7 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
     dataset = args.dataset_path
     if dataset is None:
-        needed = (args.warmup + args.steps) * args.batch_size
+        needed = (args.warmup + args.steps + 1) * args.batch_size
         frames = max(120, math.ceil(1.25 * needed / SYNTHETIC_EPISODES / 50) * 50)
         dataset = args.root / f"behavior2025_e{SYNTHETIC_EPISODES}_f{frames}_{args.image_size}px_gop{SYNTHETIC_GOP}"
         if not (dataset / ".complete").is_file():
@@ -165,7 +164,7 @@ def train_config(args: argparse.Namespace, inputs: dict[str, Any], output_dir: P
     values = {
         **inputs,
         "image_size": args.image_size, "chunk_size": args.chunk_size, "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "max_steps": args.warmup + args.steps, "save_steps": args.save_steps,
+        "num_workers": args.num_workers, "max_steps": args.warmup + args.steps + 1, "save_steps": args.save_steps,
         "log_steps": args.log_steps, "device": args.device, "precision": args.precision, "seed": args.seed,
         "output_dir": str(output_dir), "wandb_disable": True, "run_name": "bench",
     }
@@ -180,7 +179,7 @@ def train_config(args: argparse.Namespace, inputs: dict[str, Any], output_dir: P
 
 @dataclass
 class Windows:
-    """Per-window measurements (milliseconds per step), one entry per ``--log-steps`` window."""
+    """Per-window measurements (milliseconds per step), one entry per ``--log-steps`` window, in the order run."""
 
     total: list[float] = field(default_factory=list)
     data: list[float] = field(default_factory=list)
@@ -195,6 +194,9 @@ class Windows:
         for name, value in (("total", total), ("data", data), ("fb", fb), ("optim", optim), ("other", other),
                             ("cpu", cpu)):
             getattr(self, name).append(1000.0 * value)
+
+    def without_data(self) -> list[float]:
+        return [t - d for t, d in zip(self.total, self.data)]
 
 
 def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
@@ -212,132 +214,149 @@ def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
     return meta, state_map, cameras, dataset
 
 
-def bare_loop(args: argparse.Namespace, inputs: dict[str, Any], plain: Windows, with_pre: Windows,
-              with_loader: Windows) -> dict:
-    """Build the trainer's policy/optimizer/scheduler outside the trainer and time the three bare loops, window by
-    window in turn (see the module docstring)."""
-    import torch
-    from lerobot.optim.optimizers import AdamWConfig
-    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
-    from torch.utils.data import DataLoader
+class BareLoops:
+    """The trainer's policy, optimizer and scheduler built outside the trainer, and the three bare loops on them,
+    run one window at a time (see the module docstring)."""
 
-    from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device, to_policy_batch
-    from behavior_smolvla.sampler import TrainingStream
-    from behavior_smolvla.train import floor_std
+    MODES = ("plain", "pre", "loader")
 
-    cfg = train_config(args, inputs, args.root / "runs" / "unused")
-    device = resolve_device(cfg.optim.device)
-    meta, state_map, cameras, dataset = training_data(cfg)
-    spec = PolicySpec(
-        cameras=list(cameras), image_size=cfg.data.image_size, state_dim=state_map.output_dim,
-        action_dim=meta.action_dim, chunk_size=cfg.policy.chunk_size, n_action_steps=cfg.policy.chunk_size,
-        max_state_dim=cfg.policy.state_dim, policy_path=cfg.policy.policy_path,
-        from_scratch=cfg.policy.from_scratch, vlm_model=cfg.policy.vlm_model,
-        train_expert_only=cfg.policy.train_expert_only, freeze_vision_encoder=cfg.policy.freeze_vision_encoder,
-        device=str(device),
-    )
-    torch.manual_seed(cfg.optim.seed)
-    bundle = create_policy(spec, floor_std(dataset.stats))
-    policy, pre = bundle.policy, bundle.preprocessor
-    optimizer = AdamWConfig(lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
-                            grad_clip_norm=cfg.optim.grad_clip_norm).build(policy.get_optim_params())
-    scheduler = CosineDecayWithWarmupSchedulerConfig(
-        peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr, num_warmup_steps=cfg.optim.warmup_steps,
-        num_decay_steps=cfg.optim.decay_steps,
-    ).build(optimizer, cfg.optim.max_steps)
-    precision = cfg.optim.precision if cfg.optim.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    def __init__(self, args: argparse.Namespace, inputs: dict[str, Any]) -> None:
+        import torch
+        from lerobot.optim.optimizers import AdamWConfig
+        from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+        from torch.utils.data import DataLoader
 
-    camera_map = policy_camera_keys(cameras)
-
-    def stream() -> TrainingStream:
-        return TrainingStream(dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=0, world_size=1)
-
-    if len(stream()) < args.warmup + args.steps:
         from behavior_smolvla.errors import ConfigError
+        from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device
+        from behavior_smolvla.sampler import TrainingStream
+        from behavior_smolvla.train import floor_std, worker_decoder_threads
 
-        raise ConfigError(
-            f"--dataset-path {cfg.data.dataset_path}: {len(stream())} batches of {args.batch_size} per epoch, fewer than "
-            f"the {args.warmup + args.steps} steps of one run (an epoch boundary would stall the trainer); lower "
-            "--steps, --warmup or --batch-size"
+        self.args = args
+        cfg = train_config(args, inputs, args.root / "runs" / "unused")
+        self.cfg = cfg
+        self.device = device = resolve_device(cfg.optim.device)
+        meta, state_map, cameras, dataset = training_data(cfg)
+        spec = PolicySpec(
+            cameras=list(cameras), image_size=cfg.data.image_size, state_dim=state_map.output_dim,
+            action_dim=meta.action_dim, chunk_size=cfg.policy.chunk_size, n_action_steps=cfg.policy.chunk_size,
+            max_state_dim=cfg.policy.state_dim, policy_path=cfg.policy.policy_path,
+            from_scratch=cfg.policy.from_scratch, vlm_model=cfg.policy.vlm_model,
+            train_expert_only=cfg.policy.train_expert_only, freeze_vision_encoder=cfg.policy.freeze_vision_encoder,
+            device=str(device),
         )
-    raw: list[dict] = []
-    for batch in DataLoader(stream(), batch_size=None, num_workers=0):
-        raw.append(to_policy_batch(batch, camera_map))
-        if len(raw) == min(args.preload_batches, args.warmup + args.steps):
-            break
-    ready = [pre(dict(b)) for b in raw]
-    # The trainer's DataLoader settings (train.loader_for), on the same data order.
-    workers = cfg.data.num_workers
-    live = iter(DataLoader(stream(), batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                           multiprocessing_context="spawn" if workers > 0 else None,
-                           prefetch_factor=4 if workers > 0 else None))
+        torch.manual_seed(cfg.optim.seed)
+        bundle = create_policy(spec, floor_std(dataset.stats))
+        self.policy, self.pre = bundle.policy, bundle.preprocessor
+        self.optimizer = AdamWConfig(
+            lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
+            grad_clip_norm=cfg.optim.grad_clip_norm,
+        ).build(self.policy.get_optim_params())
+        self.scheduler = CosineDecayWithWarmupSchedulerConfig(
+            peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr, num_warmup_steps=cfg.optim.warmup_steps,
+            num_decay_steps=cfg.optim.decay_steps,
+        ).build(self.optimizer, cfg.optim.max_steps)
+        precision = cfg.optim.precision
+        self.precision = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        self.camera_map = policy_camera_keys(cameras)
+        # The trainer's stream: uint8 frames when not augmenting (this benchmark does not augment).
+        stream_kw = {"seed": cfg.optim.seed, "batch_size": cfg.optim.batch_size, "rank": 0, "world_size": 1,
+                     "uint8_images": True,
+                     "decoder_threads": worker_decoder_threads(cfg.data.num_workers, 1, device.type)}
+        needed = args.warmup + args.steps + 1
+        per_epoch = len(TrainingStream(dataset, **stream_kw))
+        if per_epoch < needed:
+            raise ConfigError(
+                f"--dataset-path {cfg.data.dataset_path}: {per_epoch} batches of {args.batch_size} per epoch, fewer "
+                f"than the {needed} steps of one run (an epoch boundary would stall the trainer); lower --steps, "
+                "--warmup or --batch-size"
+            )
+        self.raw: list[dict] = []
+        for batch in DataLoader(TrainingStream(dataset, **stream_kw), batch_size=None, num_workers=0):
+            self.raw.append(batch)
+            if len(self.raw) == min(args.preload_batches, needed):
+                break
+        self.ready = [self._preprocess(b) for b in self.raw]
+        workers = cfg.data.num_workers
+        # The trainer's DataLoader settings (train.py), on the same data order.
+        self.live = iter(DataLoader(
+            TrainingStream(dataset, **stream_kw), batch_size=None, num_workers=workers,
+            pin_memory=device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
+            prefetch_factor=4 if workers > 0 else None,
+        ))
+        self.i = 0
+        self.policy.train()
+        for _ in range(args.warmup):
+            for mode in self.MODES:
+                self._step(mode)
+        self.facts = {
+            "params": sum(p.numel() for p in self.policy.parameters()),
+            "trainable": sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
+            "cameras": cameras, "state_map": state_map.name, "device": str(device), "precision": self.precision,
+        }
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def _preprocess(self, batch: dict) -> dict:
+        """What the trainer does to a loader batch: rename keys, run the pre-processor, uint8 frames -> [0, 1]."""
+        from behavior_smolvla.policy import to_policy_batch
 
-    def step(i: int, mode: str) -> tuple[float, float, float]:
+        inputs = self.pre(to_policy_batch(batch, self.camera_map))
+        for key in self.camera_map.values():
+            inputs[key] = inputs[key].float().div_(255)
+        return inputs
+
+    def _step(self, mode: str) -> tuple[float, float, float]:
+        import torch
+
         t_wait = time.perf_counter()
-        if mode == "loader":
-            fetched = to_policy_batch(next(live), camera_map)
+        fetched = next(self.live) if mode == "loader" else None
         t0 = time.perf_counter()
-        if mode == "loader":
-            batch = pre(fetched)
+        if mode == "plain":
+            batch = self.ready[self.i % len(self.ready)]
         else:
-            batch = pre(dict(raw[i % len(raw)])) if mode == "pre" else ready[i % len(ready)]
-        if autocast is None:
-            loss, _ = policy.forward(batch)
+            batch = self._preprocess(fetched if fetched is not None else dict(self.raw[self.i % len(self.raw)]))
+        self.i += 1
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                loss, _ = self.policy.forward(batch)
         else:
-            with autocast():
-                loss, _ = policy.forward(batch)
+            loss, _ = self.policy.forward(batch)
         loss.backward()
         t1 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.grad_clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
         return t0 - t_wait, t1 - t0, time.perf_counter() - t1
 
-    modes = (("plain", plain), ("pre", with_pre), ("loader", with_loader))
-    policy.train()
-    for i in range(args.warmup):
-        step(i, modes[i % len(modes)][0])
-    i = args.warmup
-    for _ in range(args.steps // args.log_steps):
-        for mode, out in modes:
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            data = fb = opt = 0.0
-            for _ in range(args.log_steps):
-                d, f, o = step(i, mode)
-                data, fb, opt, i = data + d, fb + f, opt + o, i + 1
-            sync()
-            n = args.log_steps
-            out.add(n, (time.perf_counter() - t0) / n, data / n, fb / n, opt / n, 0.0, (time.process_time() - c0) / n)
-    del live  # stops the workers
-    params = sum(p.numel() for p in policy.parameters())
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    return {"params": params, "trainable": trainable, "cameras": cameras, "state_map": state_map.name,
-            "device": str(device), "precision": precision}
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def window(self, mode: str, out: Windows) -> None:
+        """Run ``--log-steps`` steps of ``mode`` and add their per-step figures to ``out``."""
+        n = self.args.log_steps
+        self._sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        data = fb = opt = 0.0
+        for _ in range(n):
+            d, f, o = self._step(mode)
+            data, fb, opt = data + d, fb + f, opt + o
+        self._sync()
+        out.add(n, (time.perf_counter() - t0) / n, data / n, fb / n, opt / n, 0.0, (time.process_time() - c0) / n)
+
+    def close(self) -> None:
+        del self.live  # stops the workers
 
 
-class _StampedSink(io.TextIOBase):
-    """The trainer console's file: records when each logged step's line ("step N epoch ...") is written."""
-
-    _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-    _LINE = re.compile(r"step (\d+) epoch \d+ loss")
+class _NullTerminal(io.TextIOBase):
+    """The trainer console's file: a terminal that shows nothing (or echoes with ``--verbose``)."""
 
     def __init__(self, echo: bool) -> None:
         super().__init__()
-        self.stamps: dict[int, tuple[float, float]] = {}
         self.echo = echo
 
     def write(self, s: str) -> int:
-        wall = time.perf_counter()
-        # The progress display writes here ~10 times a second; read the (costly) process CPU clock only for step lines.
-        for m in self._LINE.finditer(self._ANSI.sub("", s)):
-            self.stamps.setdefault(int(m.group(1)), (wall, time.process_time()))
         if self.echo:
             sys.stdout.write(s)
         return len(s)
@@ -346,8 +365,10 @@ class _StampedSink(io.TextIOBase):
         return True
 
 
-def trainer_run(args: argparse.Namespace, inputs: dict[str, Any], run_dir: Path, out: Windows) -> dict:
-    """Run ``train()`` in this process and add its post-warm-up windows to ``out``."""
+def interleaved_run(args: argparse.Namespace, inputs: dict[str, Any], run_dir: Path, bare: BareLoops,
+                    rows: dict[str, Windows], trainer: Windows) -> dict:
+    """Run ``train()`` in this process; after each of its measured windows run one window of each bare loop."""
+    import torch
     from rich.console import Console
 
     from behavior_smolvla.tracking import read_metrics
@@ -355,29 +376,37 @@ def trainer_run(args: argparse.Namespace, inputs: dict[str, Any], run_dir: Path,
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = train_config(args, inputs, run_dir)
-    sink = _StampedSink(args.verbose)
-    console = Console(file=sink, force_terminal=True, width=150)
+    last = args.warmup + args.steps
+    marks: dict[int, tuple[float, float, float, float]] = {}  # step -> (wall in, cpu in, wall out, cpu out)
+    order = list(BareLoops.MODES)
+
+    def on_step(step: int) -> None:
+        if step < args.warmup or step > last or (step - args.warmup) % args.log_steps:
+            return
+        if bare.device.type == "cuda":
+            torch.cuda.synchronize(bare.device)
+        wall_in, cpu_in = time.perf_counter(), time.process_time()
+        if step < last:
+            for mode in order:
+                bare.window(mode, rows[mode])
+            order.append(order.pop(0))  # each bare loop takes each place in turn
+        marks[step] = (wall_in, cpu_in, time.perf_counter(), time.process_time())
+
     t0 = time.perf_counter()
-    train(cfg, given=set(), console=console)
-    t_end = time.perf_counter()
-    records = [r for r in read_metrics(run_dir) if "time_data_s" in r]
-    total = args.warmup + args.steps
-    previous = args.warmup
-    missing = [s for s in range(args.warmup, total + 1, args.log_steps) if s not in sink.stamps]
-    if missing:
-        raise RuntimeError(f"the trainer printed no line for logged step(s) {missing}; its console format changed?")
+    # The bare loops built their policy with the same seed; train() seeds itself again.
+    train(cfg, given=set(), console=Console(file=_NullTerminal(args.verbose), force_terminal=True, width=150),
+          on_step=on_step)
+    records = {r["step"]: r for r in read_metrics(run_dir) if "time_data_s" in r}
+    n = args.log_steps
     wait_fracs = []
-    for r in records:
-        if r["step"] <= args.warmup:
-            continue
-        n = r["step"] - previous
-        (wall1, cpu1), (wall0, cpu0) = sink.stamps[r["step"]], sink.stamps[previous]
-        out.add(n, (wall1 - wall0) / n, r["time_data_s"], r["time_forward_backward_s"], r["time_optimizer_s"],
-                r["time_log_checkpoint_s"], (cpu1 - cpu0) / n)
+    for start in range(args.warmup, last, n):
+        r = records[start + n]
+        wall = marks[start + n][0] - marks[start][2]
+        cpu = marks[start + n][1] - marks[start][3]
+        trainer.add(n, wall / n, r["time_data_s"], r["time_forward_backward_s"], r["time_optimizer_s"],
+                    r["time_log_checkpoint_s"], cpu / n)
         wait_fracs.append(r["data_wait_frac"])
-        previous = r["step"]
-    return {"setup_s": sink.stamps[args.log_steps][0] - t0, "final_s": t_end - sink.stamps[total][0],
-            "data_wait_frac": wait_fracs}
+    return {"setup_s": marks[args.warmup][0] - t0, "data_wait_frac": wait_fracs}
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -387,33 +416,35 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _paired(row: list[float], base: list[float]) -> float:
+    """Median over windows of row/base - 1, in percent (windows run next to each other)."""
+    return 100.0 * (_median([r / b for r, b in zip(row, base, strict=True)]) - 1.0)
+
+
 def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dict, trainer_facts: list[dict]) -> None:
     """Print the comparison table and the notes under it."""
-    base = rows[0][1]
-    base_total, base_cpu = _median(base.total), _median(base.cpu)
-    base_best = min(base.total)
-    header = ["run", "steps", "ms/step total", "best window", "data wait", "forward+backward", "optimizer",
-              "log/ckpt", "samples/s", "overhead vs bare (total)", "overhead vs bare (fb+opt+log/ckpt)",
-              "overhead vs bare (best windows)", "CPU ms/step", "overhead vs bare (CPU)"]
+    base, with_pre = rows[0][1], rows[1][1]
+    header = ["run", "steps", "ms/step total", "data wait", "forward+backward", "optimizer", "log/ckpt",
+              "samples/s", "CPU ms/step", "vs bare: total", "vs bare: without data wait", "vs bare: CPU",
+              "vs bare+pre: without data wait"]
     table = []
     for name, w in rows:
-        total, cpu = _median(w.total), _median(w.cpu)
-        compute = _median([f + o + c for f, o, c in zip(w.fb, w.optim, w.other)])
+        total = _median(w.total)
         table.append([
-            name, str(w.steps), f"{total:.1f}", f"{min(w.total):.1f}", f"{_median(w.data):.2f}", f"{_median(w.fb):.1f}",
+            name, str(w.steps), f"{total:.1f}", f"{_median(w.data):.2f}", f"{_median(w.fb):.1f}",
             f"{_median(w.optim):.1f}", f"{_median(w.other):.2f}", f"{1000.0 * args.batch_size / total:.1f}",
-            "-" if w is base else f"{100.0 * (total / base_total - 1):+.1f}%",
-            "-" if w is base else f"{100.0 * (compute / base_total - 1):+.1f}%",
-            "-" if w is base else f"{100.0 * (min(w.total) / base_best - 1):+.1f}%",
-            f"{cpu:.1f}", "-" if w is base else f"{100.0 * (cpu / base_cpu - 1):+.1f}%",
+            f"{_median(w.cpu):.1f}",
+            "-" if w is base else f"{_paired(w.total, base.total):+.1f}%",
+            "-" if w is base else f"{_paired(w.without_data(), base.total):+.1f}%",
+            "-" if w is base else f"{_paired(w.cpu, base.cpu):+.1f}%",
+            "-" if w in (base, with_pre) else f"{_paired(w.without_data(), with_pre.total):+.1f}%",
         ])
     title = (f"train step: {facts['device']} {facts['precision']}, {args.threads} thread(s), batch {args.batch_size}, "
              f"chunk {args.chunk_size}, {args.image_size} px x {len(facts['cameras'])} cameras, "
              f"{facts['trainable'] / 1e6:.2f} M of {facts['params'] / 1e6:.2f} M params trained; "
              f"trainer: {args.num_workers} worker(s), log every {args.log_steps}, save every {args.save_steps}")
-    subtitle = (f"ms per step, medians over {args.log_steps}-step windows of {args.repeat} run(s); best window = the "
-                "fastest window (least disturbed by other processes); CPU = this process's CPU time per step (all its "
-                "threads, not the DataLoader workers)")
+    subtitle = (f"ms per step: medians over {args.log_steps}-step windows of {args.repeat} run(s), the rows' windows "
+                "interleaved; overheads: median over windows of the ratio to the bare window run next to it")
     if args.markdown:
         print(f"\n**{title}**\n\n{subtitle}\n")
         print("| " + " | ".join(header) + " |")
@@ -434,46 +465,41 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
             console = Console(width=220)
         console.print(t)
     loop, trained = rows[-2][1], rows[-1][1]
-
-    def vs_loop(metric) -> str:
-        return f"{100.0 * (_median(metric(trained)) / _median(metric(loop)) - 1):+.1f}%"
-
     print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only): total "
-          f"{vs_loop(lambda w: w.total)}, fb+opt+log/ckpt "
-          f"{vs_loop(lambda w: [f + o + c for f, o, c in zip(w.fb, w.optim, w.other)])}, "
-          f"best window {100.0 * (min(trained.total) / min(loop.total) - 1):+.1f}%, CPU {vs_loop(lambda w: w.cpu)}")
+          f"{_paired(trained.total, loop.total):+.1f}%, without data wait "
+          f"{_paired(trained.without_data(), loop.without_data()):+.1f}%, CPU {_paired(trained.cpu, loop.cpu):+.1f}%")
     fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
-    final_s = _median([tf["final_s"] for tf in trainer_facts])
     print(f"trainer data_wait_frac: median {_median(fracs):.3f} (max {max(fracs, default=float('nan')):.3f}); "
-          f"set-up to first log {_median([tf['setup_s'] for tf in trainer_facts]):.1f} s; final checkpoint + "
-          f"shutdown {final_s:.2f} s (= {1000.0 * final_s / args.save_steps:.2f} ms/step at --save-steps "
-          f"{args.save_steps})")
+          f"set-up to the first measured step {_median([tf['setup_s'] for tf in trainer_facts]):.1f} s")
     print(f"load average (1 min) before/after: {facts['load_before']:.2f} / {facts['load_after']:.2f} "
           f"on {os.cpu_count()} CPUs")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Both loops run with --threads torch threads: train() keeps its own CPU thread rule out when this is set.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
     args.root.mkdir(parents=True, exist_ok=True)
     inputs = prepare_inputs(args)
     load_before = os.getloadavg()[0]
-    plain, with_pre, with_loader, trainer = Windows(), Windows(), Windows(), Windows()
+    rows = {mode: Windows() for mode in BareLoops.MODES}
+    trainer = Windows()
     trainer_facts: list[dict] = []
     facts: dict[str, Any] = {}
     for r in range(args.repeat):
         t0 = time.perf_counter()
-        facts = bare_loop(args, inputs, plain, with_pre, with_loader)
-        print(f"run {r + 1}/{args.repeat}: bare loops {time.perf_counter() - t0:.0f} s", flush=True)
-        t0 = time.perf_counter()
-        trainer_facts.append(trainer_run(args, inputs, args.root / "runs" / f"trainer_{r}", trainer))
-        print(f"run {r + 1}/{args.repeat}: trainer {time.perf_counter() - t0:.0f} s", flush=True)
+        bare = BareLoops(args, inputs)
+        facts = bare.facts
+        trainer_facts.append(interleaved_run(args, inputs, args.root / "runs" / f"trainer_{r}", bare, rows, trainer))
+        bare.close()
+        print(f"run {r + 1}/{args.repeat}: {time.perf_counter() - t0:.0f} s", flush=True)
     facts["load_before"], facts["load_after"] = load_before, os.getloadavg()[0]
-    rows = [("bare (preprocessed once)", plain), ("bare + preprocessor", with_pre),
-            (f"bare + preprocessor + DataLoader ({args.num_workers} worker(s))", with_loader), ("trainer", trainer)]
-    report(args, rows, facts, trainer_facts)
+    report(args, [("bare (preprocessed once)", rows["plain"]), ("bare + preprocessor", rows["pre"]),
+                  (f"bare + preprocessor + DataLoader ({args.num_workers} worker(s))", rows["loader"]),
+                  ("trainer", trainer)], facts, trainer_facts)
 
 
 if __name__ == "__main__":

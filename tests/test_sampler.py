@@ -223,6 +223,24 @@ def test_zero_and_two_spawned_workers_give_identical_batches_with_augmentation(d
     assert torch.equal(plain[0]["action"], in_process[0]["action"])
 
 
+def test_a_worker_batch_crosses_as_one_shared_storage(dataset):
+    """Every tensor of a worker's batch is a view of one shared-memory storage (one hand-over per batch, not one per
+    tensor), with the values, dtypes and shapes of the in-process batch, uint8 and float32 frames alike."""
+    for uint8 in (True, False):
+        in_process = list(_stream(dataset, uint8_images=uint8))[:3]
+        loader = DataLoader(_stream(dataset, uint8_images=uint8), batch_size=None, num_workers=1,
+                            multiprocessing_context="spawn")
+        from_worker = [b for _, b in zip(range(3), loader)]
+        _assert_batches_equal(in_process, from_worker)
+        for batch in from_worker:
+            tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+            assert len(tensors) == 10  # state, action, pad, episode/frame/index, timestamp, 3 cameras (task: a list)
+            storages = {t.untyped_storage().data_ptr() for t in tensors}
+            assert len(storages) == 1 and tensors[0].untyped_storage().is_shared()
+            assert all(t.is_contiguous() for t in tensors)
+        assert from_worker[0]["observation.images.rgb.head"].dtype == (torch.uint8 if uint8 else torch.float32)
+
+
 # Forked workers (torch's default on Linux) must open their own decoders: the parent closes its files first so no
 # FFmpeg thread is alive at the fork; Python's warning about forking a threaded process concerns torch's idle pool.
 FORK_OK = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

@@ -283,3 +283,34 @@ def test_config_file_with_flag_overrides_and_keep_last(g1_v30, tiny_vlm, tmp_pat
     assert saved["optim"]["max_steps"] == 7 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
     # --keep-last 2: only the two newest step folders survive.
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000006", "000007", "last"]
+
+
+def test_train_from_python_calls_on_step_and_leaves_its_time_out(synthetic_2025, tiny_vlm, tmp_path):
+    """``train()`` used as a library: ``on_step`` sees every step once, in order, after that step's checkpoint; the
+    time it takes is not counted in the logged step times, which add up to the split."""
+    from behavior_smolvla.config import TrainConfig, apply_overrides
+    from behavior_smolvla.train import train
+
+    out = tmp_path / "run"
+    cfg = TrainConfig()
+    apply_overrides(cfg, {
+        "dataset_path": str(synthetic_2025), "from_scratch": True, "vlm_model": str(tiny_vlm), "output_dir": str(out),
+        "image_size": 32, "chunk_size": 4, "batch_size": 2, "num_workers": 0, "device": "cpu", "max_steps": 6,
+        "log_steps": 2, "save_steps": 3, "wandb_disable": True,
+    }, "test")
+    seen: list[tuple[int, bool]] = []
+    pause = 0.3
+
+    def on_step(step: int) -> None:
+        seen.append((step, (out / "checkpoints" / f"{step:06d}").is_dir()))
+        time.sleep(pause)
+
+    result = train(cfg, on_step=on_step)
+    assert result.steps == 6 and [s for s, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, saved in seen if saved] == [3, 6]
+    records = [r for r in read_metrics(out) if "loss" in r]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        split = r["time_data_s"] + r["time_forward_backward_s"] + r["time_optimizer_s"] + r["time_log_checkpoint_s"]
+        # The split's parts are disjoint stretches of the step; what is left is bookkeeping, far below the pause.
+        assert split <= r["time_step_s"] < split + pause / 2, r
