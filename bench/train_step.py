@@ -1,6 +1,6 @@
 """Training-step benchmark (issue 4): the trainer's per-step time against a bare loop. Prints a table; not a test.
 
-Four rows, same model config, batch size, optimizer (SmolVLA's AdamW preset with grad-norm clipping and the
+Five rows, same model config, batch size, optimizer (SmolVLA's AdamW preset with grad-norm clipping and the
 cosine-with-warmup scheduler, built as ``train()`` builds them), precision, seed and number of measured steps:
 
 * ``bare (preprocessed once)``: ``policy.forward`` -> ``loss.backward()`` -> clip -> ``optimizer.step()`` ->
@@ -10,10 +10,13 @@ cosine-with-warmup scheduler, built as ``train()`` builds them), precision, seed
 * ``bare + preprocessor``: the same loop running the pre-processor (tokenise the task, normalise state and action,
   move to the device) inside the step on the kept raw batches: per-step work any SmolVLA loop does (lerobot's own
   training loop included).
-* ``bare + preprocessor + DataLoader``: the same loop fed by a ``DataLoader`` with the trainer's settings
-  (``--num-workers`` spawned workers, prefetch 4, same stream): the minimal hand-written training loop. Its data
-  wait includes fetching a ready batch from a worker (one shared-memory storage per batch), which is not zero even
-  when the workers are ahead.
+* ``bare + preprocessor, DataLoader busy alongside``: the previous loop while a ``DataLoader`` with the trainer's
+  settings (``--num-workers`` spawned workers, prefetch 4, same stream) keeps producing batches: each step fetches
+  one (its time is the data wait) and discards it. What the data pipeline running next to the step costs the step,
+  on a machine where workers and the step share cores.
+* ``bare + preprocessor + DataLoader``: the same loop computing on the batches that ``DataLoader`` hands it: the
+  minimal hand-written training loop. Its data wait includes fetching a ready batch from a worker (one
+  shared-memory storage per batch), which is not zero even when the workers are ahead.
 * ``trainer``: ``behavior_smolvla.train.train()`` run **in this process** on the same dataset (accelerate,
   DataLoader workers, ``metrics.jsonl``, checkpoints every ``--save-steps``, its rich progress display rendered to
   a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off).
@@ -46,7 +49,7 @@ synchronises once per step); windows start and end with a device synchronisation
 Default: the tiny SmolVLM backbone (``tiny_vlm.py``) from scratch at 64 px on a small generated BEHAVIOR-2025-shaped
 dataset, CPU, one torch thread, one DataLoader worker (a 2-core machine: one core computes, one decodes). Both are
 built once and cached under ``--root``. ``--dataset-path`` takes any LeRobot dataset instead (it needs at least
-``(warmup + steps + 1) * batch_size`` samples, so that no run crosses an epoch boundary).
+``2 * (warmup + steps) * batch_size`` samples, so that no run crosses an epoch boundary).
 
     python bench/train_step.py                                   # tiny backbone, CPU, ~1-2 minutes on 2 cores
     python bench/train_step.py --steps 200 --repeat 2 --markdown
@@ -137,7 +140,7 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
     dataset = args.dataset_path
     if dataset is None:
-        needed = (args.warmup + args.steps + 1) * args.batch_size
+        needed = bare_batches_needed(args) * args.batch_size
         frames = max(120, math.ceil(1.25 * needed / SYNTHETIC_EPISODES / 50) * 50)
         dataset = args.root / f"behavior2025_e{SYNTHETIC_EPISODES}_f{frames}_{args.image_size}px_gop{SYNTHETIC_GOP}"
         if not (dataset / ".complete").is_file():
@@ -214,11 +217,17 @@ def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
     return meta, state_map, cameras, dataset
 
 
+def bare_batches_needed(args: argparse.Namespace) -> int:
+    """Batches of one epoch that one run needs: the bare DataLoader feeds two rows (warm-up and measured steps each);
+    the trainer's own DataLoader needs ``warmup + steps + 1``."""
+    return max(2 * (args.warmup + args.steps), args.warmup + args.steps + 1)
+
+
 class BareLoops:
     """The trainer's policy, optimizer and scheduler built outside the trainer, and the three bare loops on them,
     run one window at a time (see the module docstring)."""
 
-    MODES = ("plain", "pre", "loader")
+    MODES = ("plain", "pre", "alongside", "loader")
 
     def __init__(self, args: argparse.Namespace, inputs: dict[str, Any]) -> None:
         import torch
@@ -262,12 +271,12 @@ class BareLoops:
         stream_kw = {"seed": cfg.optim.seed, "batch_size": cfg.optim.batch_size, "rank": 0, "world_size": 1,
                      "uint8_images": True,
                      "decoder_threads": worker_decoder_threads(cfg.data.num_workers, 1, device.type)}
-        needed = args.warmup + args.steps + 1
+        needed = bare_batches_needed(args)
         per_epoch = len(TrainingStream(dataset, **stream_kw))
         if per_epoch < needed:
             raise ConfigError(
                 f"--dataset-path {cfg.data.dataset_path}: {per_epoch} batches of {args.batch_size} per epoch, fewer "
-                f"than the {needed} steps of one run (an epoch boundary would stall the trainer); lower --steps, "
+                f"than the {needed} batches one run takes (an epoch boundary would stall the loops); lower --steps, "
                 "--warmup or --batch-size"
             )
         self.raw: list[dict] = []
@@ -307,12 +316,14 @@ class BareLoops:
         import torch
 
         t_wait = time.perf_counter()
-        fetched = next(self.live) if mode == "loader" else None
+        fetched = next(self.live) if mode in ("alongside", "loader") else None
         t0 = time.perf_counter()
         if mode == "plain":
             batch = self.ready[self.i % len(self.ready)]
-        else:
-            batch = self._preprocess(fetched if fetched is not None else dict(self.raw[self.i % len(self.raw)]))
+        elif mode == "loader":
+            batch = self._preprocess(fetched)
+        else:  # "alongside" computes on a kept batch: the DataLoader's work shows, fresh data does not
+            batch = self._preprocess(dict(self.raw[self.i % len(self.raw)]))
         self.i += 1
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -437,7 +448,7 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
             "-" if w is base else f"{_paired(w.total, base.total):+.1f}%",
             "-" if w is base else f"{_paired(w.without_data(), base.total):+.1f}%",
             "-" if w is base else f"{_paired(w.cpu, base.cpu):+.1f}%",
-            "-" if w in (base, with_pre) else f"{_paired(w.without_data(), with_pre.total):+.1f}%",
+            "-" if w is base or w is with_pre else f"{_paired(w.without_data(), with_pre.total):+.1f}%",
         ])
     title = (f"train step: {facts['device']} {facts['precision']}, {args.threads} thread(s), batch {args.batch_size}, "
              f"chunk {args.chunk_size}, {args.image_size} px x {len(facts['cameras'])} cameras, "
@@ -464,10 +475,12 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
         if not console.is_terminal:
             console = Console(width=220)
         console.print(t)
-    loop, trained = rows[-2][1], rows[-1][1]
+    alongside, loop, trained = rows[-3][1], rows[-2][1], rows[-1][1]
     print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only): total "
           f"{_paired(trained.total, loop.total):+.1f}%, without data wait "
-          f"{_paired(trained.without_data(), loop.without_data()):+.1f}%, CPU {_paired(trained.cpu, loop.cpu):+.1f}%")
+          f"{_paired(trained.without_data(), loop.without_data()):+.1f}%, CPU {_paired(trained.cpu, loop.cpu):+.1f}%; "
+          f"vs the loop with the DataLoader busy alongside: without data wait "
+          f"{_paired(trained.without_data(), alongside.without_data()):+.1f}%")
     fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
     print(f"trainer data_wait_frac: median {_median(fracs):.3f} (max {max(fracs, default=float('nan')):.3f}); "
           f"set-up to the first measured step {_median([tf['setup_s'] for tf in trainer_facts]):.1f} s")
@@ -498,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"run {r + 1}/{args.repeat}: {time.perf_counter() - t0:.0f} s", flush=True)
     facts["load_before"], facts["load_after"] = load_before, os.getloadavg()[0]
     report(args, [("bare (preprocessed once)", rows["plain"]), ("bare + preprocessor", rows["pre"]),
+                  ("bare + preprocessor, DataLoader busy alongside (batches fetched, not used)", rows["alongside"]),
                   (f"bare + preprocessor + DataLoader ({args.num_workers} worker(s))", rows["loader"]),
                   ("trainer", trainer)], facts, trainer_facts)
 
