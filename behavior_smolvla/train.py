@@ -251,6 +251,20 @@ def worker_decoder_threads(num_workers: int, world_size: int, device_type: str) 
     return max(1, min(4, (_cores() // max(world_size, 1) - main) // num_workers))
 
 
+def policy_inputs(preprocessor, batch: dict[str, Any], camera_map: dict[str, str], uint8_frames: bool
+                  ) -> dict[str, Any]:
+    """A loader batch as the policy's forward takes it: SmolVLA's keys, the pre-processor (task tokens, normalised
+    state and action, moved to the policy's device), then uint8 ``[B, 3, H, W]`` frames -> float32 in [0, 1]
+    (on the device: a quarter of the bytes cross from the workers and to the GPU)."""
+    from behavior_smolvla.policy import to_policy_batch
+
+    inputs = preprocessor(to_policy_batch(batch, camera_map))
+    if uint8_frames:
+        for key in camera_map.values():
+            inputs[key] = inputs[key].float().div_(255)
+    return inputs
+
+
 def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, int, dict]]:
     """Yield ``(epoch, batch_index, batch)`` forever from the resume position.
 
@@ -288,7 +302,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     from torch.utils.data import DataLoader
 
     from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
-    from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy, to_policy_batch
+    from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy
     from behavior_smolvla.sampler import TrainingStream
     from behavior_smolvla.state_maps import default_state_map, load_state_map, standard_track_map
 
@@ -579,10 +593,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
                     window["data_s"] += t_got - t_wait
                     window["samples"] += len(batch["task"]) * world
                     with accelerator.accumulate(policy):
-                        inputs = bundle.preprocessor(to_policy_batch(batch, camera_map))
-                        if uint8_frames:
-                            for key in camera_map.values():
-                                inputs[key] = inputs[key].float().div_(255)
+                        inputs = policy_inputs(bundle.preprocessor, batch, camera_map, uint8_frames)
                         with accelerator.autocast():
                             loss, _ = policy(inputs)
                         loss_value = loss.item()

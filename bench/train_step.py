@@ -304,13 +304,10 @@ class BareLoops:
         }
 
     def _preprocess(self, batch: dict) -> dict:
-        """What the trainer does to a loader batch: rename keys, run the pre-processor, uint8 frames -> [0, 1]."""
-        from behavior_smolvla.policy import to_policy_batch
+        """What the trainer does to a loader batch (``train.policy_inputs``; its frames are uint8)."""
+        from behavior_smolvla.train import policy_inputs
 
-        inputs = self.pre(to_policy_batch(batch, self.camera_map))
-        for key in self.camera_map.values():
-            inputs[key] = inputs[key].float().div_(255)
-        return inputs
+        return policy_inputs(self.pre, batch, self.camera_map, uint8_frames=True)
 
     def _step(self, mode: str) -> tuple[float, float, float]:
         import torch
