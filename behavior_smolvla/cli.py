@@ -58,7 +58,7 @@ def inspect_command(
     its mp4 files (size, codec, keyframe interval, frames), and missing or unreadable files (exit code 1)."""
     import json
 
-    from behavior_smolvla.inspect import inspect_dataset, print_report
+    from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
     report = inspect_dataset(dataset, probe_files=probe_files or None)
     if as_json:
@@ -111,7 +111,7 @@ def _print_state_map_list(as_json: bool) -> None:
 
     from rich.table import Table
 
-    from behavior_smolvla.state_maps import list_state_maps
+    from behavior_smolvla.state_maps.maps import list_state_maps
 
     maps = list_state_maps()
     if as_json:
@@ -191,7 +191,7 @@ def filter_state_command(
     """Choose, inspect and check the R1Pro proprioception a policy sees (state maps)."""
     import json
 
-    from behavior_smolvla.state_maps import state_map_report
+    from behavior_smolvla.state_maps.maps import state_map_report
 
     if list_maps:
         _print_state_map_list(as_json)
@@ -288,7 +288,7 @@ def train_command(
     """Train lerobot's SmolVLA on a LeRobot / BEHAVIOR dataset, with checkpoints, exact resume and wandb."""
     values = {k: v for k, v in locals().items() if k != "config"}
     from behavior_smolvla.config import load_config_file
-    from behavior_smolvla.train import config_for_run, train
+    from behavior_smolvla.training.loop import config_for_run, train
 
     cfg = config_for_run(config, values)
     given = {k for k, v in values.items() if v is not None}
@@ -341,7 +341,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
 ) -> None:
     """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
-    from behavior_smolvla.evaluate import evaluate_checkpoints, summary_table
+    from behavior_smolvla.evaluation.engine import evaluate_checkpoints, summary_table
 
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
@@ -374,7 +374,7 @@ def serve_command(
     noise_seed: int = typer.Option(None, "--noise-seed", help="Fixed flow-matching noise seed per model call (default: fresh noise)."),
 ) -> None:
     """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
-    from behavior_smolvla.serve import load_policy, serve
+    from behavior_smolvla.serving.server import load_policy, serve
 
     out = Console(soft_wrap=True, highlight=False)
     policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed)

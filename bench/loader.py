@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ensure_datasets(args: argparse.Namespace) -> tuple[Path, Path]:
     """The v2.1 (2025 layout) dataset and its lerobot-converted v3.0 copy, generated on first use."""
-    from behavior_smolvla.synthetic import write_behavior_2025
+    from behavior_smolvla.data.synthetic import write_behavior_2025
 
     tag = f"e{args.episodes}_f{args.frames}_gop{GOP}"
     v21 = args.root / f"behavior2025_{tag}"
@@ -160,8 +160,8 @@ def convert_to_v30(v21: Path, v30: Path) -> None:
 def measure_ours(args: argparse.Namespace, v21: Path, uint8_images: bool = False) -> dict:
     from torch.utils.data import DataLoader
 
-    from behavior_smolvla.dataset import BehaviorDataset
-    from behavior_smolvla.sampler import TrainingStream
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.sampler import TrainingStream
 
     ds = BehaviorDataset(v21, chunk_size=args.chunk_size, image_size=args.image_size)
     options = {"streams": args.streams} if args.streams else {}
@@ -197,7 +197,7 @@ def measure_lerobot(args: argparse.Namespace, v30: Path) -> dict:
 def measure_decode(args: argparse.Namespace, v21: Path) -> dict:
     import av
 
-    from behavior_smolvla.dataset import DatasetMeta
+    from behavior_smolvla.data.dataset import DatasetMeta
 
     meta = DatasetMeta.load(v21)
     paths = [info.videos[key][0] for info in meta.episodes.values() for key in meta.camera_keys]

@@ -17,7 +17,7 @@ cosine-with-warmup scheduler, built as ``train()`` builds them), precision, seed
 * ``bare + preprocessor + DataLoader``: the same loop computing on the batches that ``DataLoader`` hands it: the
   minimal hand-written training loop. Its data wait includes fetching a ready batch from a worker (one
   shared-memory storage per batch), which is not zero even when the workers are ahead.
-* ``trainer``: ``behavior_smolvla.train.train()`` run **in this process** on the same dataset (accelerate,
+* ``trainer``: ``behavior_smolvla.training.loop.train()`` run **in this process** on the same dataset (accelerate,
   DataLoader workers, ``metrics.jsonl``, checkpoints every ``--save-steps``, its rich progress display rendered to
   a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off).
 
@@ -135,8 +135,8 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
     The generated dataset holds enough frames that one run never crosses an epoch boundary (a new epoch starts new
     DataLoader workers, a data stall that is not a per-step cost).
     """
-    from behavior_smolvla.synthetic import write_behavior_2025
-    from behavior_smolvla.tiny_vlm import build_tiny_vlm
+    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.policy.backbone import build_tiny_vlm
 
     dataset = args.dataset_path
     if dataset is None:
@@ -205,9 +205,9 @@ class Windows:
 def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
     """``(meta, state_map, cameras, dataset)`` exactly as ``train()`` resolves them with no --episodes,
     --val-episodes, --cameras or --state-map given (every episode, default cameras and state map)."""
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
-    from behavior_smolvla.state_maps import default_state_map
-    from behavior_smolvla.train import default_cameras
+    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.state_maps.maps import default_state_map
+    from behavior_smolvla.training.loop import default_cameras
 
     meta = DatasetMeta.load(cfg.data.dataset_path)
     state_map = default_state_map(meta.state_dim).bind(meta.state_dim, meta.state_names)
@@ -236,9 +236,9 @@ class BareLoops:
         from torch.utils.data import DataLoader
 
         from behavior_smolvla.errors import ConfigError
-        from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device
-        from behavior_smolvla.sampler import TrainingStream
-        from behavior_smolvla.train import floor_std, worker_decoder_threads
+        from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device
+        from behavior_smolvla.data.sampler import TrainingStream
+        from behavior_smolvla.training.loop import floor_std, worker_decoder_threads
 
         self.args = args
         cfg = train_config(args, inputs, args.root / "runs" / "unused")
@@ -305,7 +305,7 @@ class BareLoops:
 
     def _preprocess(self, batch: dict) -> dict:
         """What the trainer does to a loader batch (``train.policy_inputs``; its frames are uint8)."""
-        from behavior_smolvla.train import policy_inputs
+        from behavior_smolvla.training.loop import policy_inputs
 
         return policy_inputs(self.pre, batch, self.camera_map, uint8_frames=True)
 
@@ -379,8 +379,8 @@ def interleaved_run(args: argparse.Namespace, inputs: dict[str, Any], run_dir: P
     import torch
     from rich.console import Console
 
-    from behavior_smolvla.tracking import read_metrics
-    from behavior_smolvla.train import train
+    from behavior_smolvla.training.tracking import read_metrics
+    from behavior_smolvla.training.loop import train
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = train_config(args, inputs, run_dir)

@@ -1,4 +1,4 @@
-"""behavior_smolvla.dataset on real data: the shared G1 datasets (v3.0 checked sample by sample against lerobot's own
+"""behavior_smolvla.data.dataset on real data: the shared G1 datasets (v3.0 checked sample by sample against lerobot's own
 ``LeRobotDataset``), mirrors of them with files removed or damaged, and tiny parquet datasets written here in the
 BEHAVIOR 2025 layout."""
 
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta, parse_episode_spec
+from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta, parse_episode_spec
 from behavior_smolvla.errors import ConfigError, DatasetError, VideoError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

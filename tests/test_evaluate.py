@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from behavior_smolvla.evaluate import (
+from behavior_smolvla.evaluation.engine import (
     action_layout,
     chunk_metrics,
     ensemble_disagreement,
@@ -113,7 +113,7 @@ def test_reference_predictors_and_ensemble_helpers():
 
 
 def test_action_layout_r1pro_and_named_dims(g1_v30):
-    from behavior_smolvla.dataset import DatasetMeta
+    from behavior_smolvla.data.dataset import DatasetMeta
 
     names, groups = action_layout(23, None)
     assert list(groups) == [g for g, _, _ in ACTION_GROUPS]
@@ -251,8 +251,8 @@ def test_training_episodes_give_a_warning_not_an_error(demo_ckpt_run, tmp_path):
 
 
 def test_validate_is_repeatable_and_leaves_the_rng_alone(demo_ckpt_run, tmp_path):
-    from behavior_smolvla.dataset import BehaviorDataset
-    from behavior_smolvla.inference import load_checkpoint
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.policy.trained import load_checkpoint
 
     cp = load_checkpoint(demo_ckpt_run, device="cpu")
     d = cp.train_config["dataset"]

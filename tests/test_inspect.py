@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from behavior_smolvla import synthetic as S
-from behavior_smolvla.inspect import inspect_dataset, print_report
+from behavior_smolvla.data import synthetic as S
+from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
 INSPECT = Path(sys.executable).parent / "smolvla-inspect"
 

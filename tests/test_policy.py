@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from behavior_smolvla.errors import ConfigError, DatasetError, PolicyLoadError
-from behavior_smolvla.policy import (
+from behavior_smolvla.policy.smolvla import (
     PolicySpec,
     create_policy,
     load_policy_bundle,
@@ -25,7 +25,7 @@ from behavior_smolvla.policy import (
     save_policy,
     to_policy_batch,
 )
-from behavior_smolvla.tiny_vlm import build_tiny_vlm, tiny_vlm_vocabulary
+from behavior_smolvla.policy.backbone import build_tiny_vlm, tiny_vlm_vocabulary
 
 CAMERAS = ["observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"]
 CHUNK, STATE, ACTION, B = 10, 32, 23, 4

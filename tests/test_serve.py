@@ -28,7 +28,7 @@ import torch
 from websockets.sync.client import connect
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, ObservationError
-from behavior_smolvla.observation import (
+from behavior_smolvla.serving.observation import (
     EVALUATOR_RGB_KEYS,
     PROPRIO_KEY,
     TASK_ID_KEY,
@@ -36,7 +36,7 @@ from behavior_smolvla.observation import (
     evaluator_camera_sources,
     training_frame,
 )
-from behavior_smolvla.serve import BehaviorPolicy, load_policy
+from behavior_smolvla.serving.server import BehaviorPolicy, load_policy
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
@@ -65,7 +65,7 @@ def demo_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 @pytest.fixture(scope="module")
 def model(demo_checkpoint: Path):
-    from behavior_smolvla.inference import load_checkpoint
+    from behavior_smolvla.policy.trained import load_checkpoint
 
     return load_checkpoint(demo_checkpoint, device="cpu")
 
@@ -105,7 +105,7 @@ def test_evaluator_observation_gives_the_training_readers_prediction(model):
     the full demo over every third held-out frame: mean 0.3%, max 2.0%, the max always on the gripper command,
     whose switch the policy reads from the progress stripe in the head image.
     """
-    from behavior_smolvla.dataset import BehaviorDataset
+    from behavior_smolvla.data.dataset import BehaviorDataset
 
     data = model.train_config["dataset"]
     kwargs = {"episodes": data["val_episodes"][:1] or data["train_episodes"][:1], "cameras": model.cameras,

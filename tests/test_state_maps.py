@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from behavior_smolvla.errors import StateMapError
-from behavior_smolvla.state_maps import (
+from behavior_smolvla.state_maps.maps import (
     StateMap,
     default_state_map,
     list_layouts,
@@ -363,8 +363,8 @@ def read_raw_state(root: Path, meta, episodes) -> dict[int, np.ndarray]:
 
 
 def test_dataset_samples_are_mapped_states(synthetic_2025):
-    from behavior_smolvla.dataset import BehaviorDataset
-    from behavior_smolvla.synthetic import load_ground_truth
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.synthetic import load_ground_truth
 
     truth = load_ground_truth(synthetic_2025)
     ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=2, state_map="r1pro-2025-b1k23")
@@ -389,7 +389,7 @@ def test_dataset_samples_are_mapped_states(synthetic_2025):
 
 
 def test_dataset_stats_of_the_mapped_state_equal_direct_stats(synthetic_2025):
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
 
     meta = DatasetMeta.load(synthetic_2025)
     for name in ("r1pro-2025-b1k23", "r1pro-2025-legal32", "r1pro-2025-standard"):
@@ -409,8 +409,8 @@ def test_dataset_stats_of_the_mapped_state_equal_direct_stats(synthetic_2025):
 
 
 def test_2026_dataset_samples_are_mapped_states(synthetic_2026):
-    from behavior_smolvla.dataset import BehaviorDataset
-    from behavior_smolvla.synthetic import load_ground_truth
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.synthetic import load_ground_truth
 
     truth = load_ground_truth(synthetic_2026)
     ds = BehaviorDataset(synthetic_2026, cameras=[], chunk_size=1, state_map="r1pro-2026-b1k25")
@@ -429,7 +429,7 @@ def test_2026_dataset_samples_are_mapped_states(synthetic_2026):
 
 
 def test_dataset_with_the_wrong_layout_is_refused(synthetic_2025):
-    from behavior_smolvla.dataset import BehaviorDataset
+    from behavior_smolvla.data.dataset import BehaviorDataset
 
     with pytest.raises(StateMapError, match="for layout r1pro-2026 with 61 state dims, but the dataset's "
                                             "observation.state has 256"):
@@ -459,7 +459,7 @@ def test_yaml_files_ship_in_the_wheel_and_load_from_it(tmp_path):
         target = tmp_path / "site"
         z.extractall(target)
     # Import from the unpacked wheel only (cwd elsewhere, no editable finder), then list and load every map.
-    code = ("import json, behavior_smolvla.state_maps as s; "
+    code = ("import json, behavior_smolvla.state_maps.maps as s; "
             "print(json.dumps([s.__file__, [(m.name, m.output_dim) for m in s.list_state_maps()]]))")
     # -S: no site processing, so the checkout's editable-install finder is not active; numpy/yaml come from the
     # venv's site-packages appended after the unpacked wheel.

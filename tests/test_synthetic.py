@@ -1,4 +1,4 @@
-"""behavior_smolvla.synthetic: the two BEHAVIOR layouts on disk, their round trip through the reader (and, for
+"""behavior_smolvla.data.synthetic: the two BEHAVIOR layouts on disk, their round trip through the reader (and, for
 v3.0, through lerobot's own LeRobotDataset), the R1Pro state's internal consistency, and learnability."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from behavior_smolvla import synthetic as S
-from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
+from behavior_smolvla.data import synthetic as S
+from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
 from behavior_smolvla.errors import ConfigError
 
 CHUNK = 8

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from behavior_smolvla.checkpoint import load_train_config, resolve_checkpoint
-from behavior_smolvla.tracking import read_metrics
+from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
+from behavior_smolvla.training.tracking import read_metrics
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -289,7 +289,7 @@ def test_train_from_python_calls_on_step_and_leaves_its_time_out(synthetic_2025,
     """``train()`` used as a library: ``on_step`` sees every step once, in order, after that step's checkpoint; the
     time it takes is not counted in the logged step times, which add up to the split."""
     from behavior_smolvla.config import TrainConfig, apply_overrides
-    from behavior_smolvla.train import train
+    from behavior_smolvla.training.loop import train
 
     out = tmp_path / "run"
     cfg = TrainConfig()

@@ -1,4 +1,4 @@
-"""behavior_smolvla.video on real files: the AV1 videos of the shared G1 datasets and small HEVC / H.264 files
+"""behavior_smolvla.data.video on real files: the AV1 videos of the shared G1 datasets and small HEVC / H.264 files
 written here with PyAV, whose frames carry their own index as a bar code so every decoded frame can be identified."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from behavior_smolvla.errors import VideoError
-from behavior_smolvla.video import (
+from behavior_smolvla.data.video import (
     DecoderCache,
     VideoFile,
     frame_index_for,

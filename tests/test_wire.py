@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from behavior_smolvla.errors import ObservationError
-from behavior_smolvla.wire import packb, unpackb
+from behavior_smolvla.serving.wire import packb, unpackb
 
 
 def _evaluator_encode(obj):

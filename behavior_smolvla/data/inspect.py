@@ -1,9 +1,9 @@
 """The dataset report behind ``smolvla-inspect``: what a LeRobot dataset folder holds and whether its files are whole.
 
-:func:`inspect_dataset` reads the metadata with :class:`~behavior_smolvla.dataset.DatasetMeta` (v3.0, v2.1 and the
+:func:`inspect_dataset` reads the metadata with :class:`~behavior_smolvla.data.dataset.DatasetMeta` (v3.0, v2.1 and the
 BEHAVIOR 2025 release layout), checks that every data and video file the metadata names exists, and measures a
 spread sample of the files: parquet row counts, and for each camera the codec, resolution, pixel format, frame
-rate, frame count and keyframe interval as found in the mp4 packets (:func:`~behavior_smolvla.video.probe_video`),
+rate, frame count and keyframe interval as found in the mp4 packets (:func:`~behavior_smolvla.data.video.probe_video`),
 not as ``info.json`` declares them. Missing, unreadable or inconsistent files are listed in the report, never
 raised: a partly downloaded dataset still gets a full report. :func:`print_report` renders it with rich.
 """
@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from behavior_smolvla.dataset import ACTION_KEY, STATE_KEY, DatasetMeta, format_indices
+from behavior_smolvla.data.dataset import ACTION_KEY, STATE_KEY, DatasetMeta, format_indices
 from behavior_smolvla.errors import VideoError
-from behavior_smolvla.video import probe_video
+from behavior_smolvla.data.video import probe_video
 
 DEFAULT_PROBE_FILES = 8
 """Files measured per camera (and data files whose row counts are read) unless told otherwise: enough to see

@@ -826,7 +826,7 @@ def state_map_report(
 
     Args:
         state_map: a shipped name, a YAML file or a StateMap; None = :func:`default_state_map` of the dataset.
-        dataset: a LeRobot dataset folder (read with :class:`behavior_smolvla.dataset.BehaviorDataset`, no video
+        dataset: a LeRobot dataset folder (read with :class:`behavior_smolvla.data.dataset.BehaviorDataset`, no video
             decoding); the map is bound to (and checked against) its state dim.
         episodes: episode spec for the stats (``"0-39,45"``); None = all.
     Returns: a :class:`StateMapReport`.
@@ -839,7 +839,7 @@ def state_map_report(
         if episodes is not None:
             raise StateMapError("--episodes selects dataset episodes for the stats: also pass --dataset PATH")
         return StateMapReport(load_state_map(state_map))
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta  # lazy: dataset.py imports this module
+    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta  # lazy: dataset.py imports this module
 
     meta = DatasetMeta.load(dataset)
     chosen = default_state_map(meta.state_dim) if state_map is None else load_state_map(state_map)

@@ -9,7 +9,7 @@ The evaluator (OmniGibson ``eval.py``; ``../shared/reference/behavior_r1pro.md``
 * newer evaluators add a leading batch dimension of 1 to every value.
 
 :class:`ObservationSpec` turns that into what :meth:`CheckpointPolicy.predict_chunk` takes, through the same steps
-the training reader (:class:`~behavior_smolvla.dataset.BehaviorDataset`) applies to a dataset frame:
+the training reader (:class:`~behavior_smolvla.data.dataset.BehaviorDataset`) applies to a dataset frame:
 
 * state: the checkpoint's state map applied to the full float32 proprio vector (the same ``StateMap.apply``);
 * images: RGB (alpha dropped), taken through the colour path of the training videos (yuv420p) and resized by
@@ -39,7 +39,7 @@ from behavior_smolvla.errors import CheckpointError, ObservationError
 from behavior_smolvla.r1pro import CAMERA_ROLES, EVALUATOR_RGB_KEYS, camera_role
 
 # The reader's resize policy (video.py): same target-size rule and the same swscale filters.
-from behavior_smolvla.video import frame_to_rgb, output_size
+from behavior_smolvla.data.video import frame_to_rgb, output_size
 
 __all__ = [
     "CAMERA_ROLES",
@@ -92,7 +92,7 @@ def training_frame(image: np.ndarray, image_size: int | tuple[int, int] | None) 
 
     Args:
         image: uint8 [H, W, 3] RGB, C-contiguous or not.
-        image_size: as :data:`behavior_smolvla.video.ImageSize`: an int scales the longer side to it keeping the
+        image_size: as :data:`behavior_smolvla.data.video.ImageSize`: an int scales the longer side to it keeping the
             aspect ratio, ``(H, W)`` is exact, None keeps the size.
 
     Returns:
@@ -145,7 +145,7 @@ class ObservationSpec:
 
     @classmethod
     def from_checkpoint(cls, model: Any, task: str | None = None) -> ObservationSpec:
-        """Build the spec of a :class:`~behavior_smolvla.inference.CheckpointPolicy`.
+        """Build the spec of a :class:`~behavior_smolvla.policy.trained.CheckpointPolicy`.
 
         Raises:
             CheckpointError: the checkpoint's cameras cannot be fed from the evaluator's three RGB images.

@@ -25,10 +25,10 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 
-from behavior_smolvla import checkpoint as ckpt
+from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file
 from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, DatasetError
-from behavior_smolvla.tracking import MetricsLog, WandbTracker
+from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
 
 DEMO_DEFAULTS: dict[str, Any] = {
     # Sized so that `make demo` finishes in a few minutes on 2 CPU cores with the loss clearly down.
@@ -125,8 +125,8 @@ def apply_demo_defaults(cfg: TrainConfig, given: set[str]) -> None:
 
 def prepare_demo(cfg: TrainConfig, run_dir: Path, say) -> None:
     """Generate the demo's BEHAVIOR-2025-shaped dataset and tiny SmolVLM backbone under ``run_dir`` (reused if there)."""
-    from behavior_smolvla.synthetic import write_demo_dataset
-    from behavior_smolvla.tiny_vlm import build_tiny_vlm
+    from behavior_smolvla.data.synthetic import write_demo_dataset
+    from behavior_smolvla.policy.backbone import build_tiny_vlm
 
     data_dir = run_dir / "demo_data"
     vlm_dir = run_dir / "tiny_vlm"
@@ -140,7 +140,7 @@ def prepare_demo(cfg: TrainConfig, run_dir: Path, say) -> None:
         cfg.policy.vlm_model = str(vlm_dir)
     if cfg.data.val_episodes is None and cfg.data.episodes is None:
         # Hold out the last episode of every task (BEHAVIOR indices: task_id * 10000 + ...), for smolvla-eval.
-        from behavior_smolvla.dataset import DatasetMeta
+        from behavior_smolvla.data.dataset import DatasetMeta
 
         last_per_task: dict[int, int] = {}
         for e in sorted(DatasetMeta.load(cfg.data.dataset_path).episodes):
@@ -200,7 +200,7 @@ def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> t
     Raises:
         ConfigError: the two overlap, or nothing is left to train on.
     """
-    from behavior_smolvla.dataset import parse_episode_spec
+    from behavior_smolvla.data.dataset import parse_episode_spec
 
     available = sorted(meta.episodes)
     val = parse_episode_spec(val_spec, available) if val_spec else []
@@ -256,7 +256,7 @@ def policy_inputs(preprocessor, batch: dict[str, Any], camera_map: dict[str, str
     """A loader batch as the policy's forward takes it: SmolVLA's keys, the pre-processor (task tokens, normalised
     state and action, moved to the policy's device), then uint8 ``[B, 3, H, W]`` frames -> float32 in [0, 1]
     (on the device: a quarter of the bytes cross from the workers and to the GPU)."""
-    from behavior_smolvla.policy import to_policy_batch
+    from behavior_smolvla.policy.smolvla import to_policy_batch
 
     inputs = preprocessor(to_policy_batch(batch, camera_map))
     if uint8_frames:
@@ -301,10 +301,10 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     from accelerate.utils import DistributedDataParallelKwargs
     from torch.utils.data import DataLoader
 
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta
-    from behavior_smolvla.policy import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy
-    from behavior_smolvla.sampler import TrainingStream
-    from behavior_smolvla.state_maps import default_state_map, load_state_map, standard_track_map
+    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy
+    from behavior_smolvla.data.sampler import TrainingStream
+    from behavior_smolvla.state_maps.maps import default_state_map, load_state_map, standard_track_map
 
     console = console or Console()
     given = given or set()
@@ -532,7 +532,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
 
     def run_validation(at_step: int) -> bool:
         """Validation loss and offline metrics on the held-out episodes (rank 0); True when the best so far."""
-        from behavior_smolvla.evaluate import validate
+        from behavior_smolvla.evaluation.engine import validate
 
         result = validate(bundle, val_dataset, max_frames=cfg.eval.eval_max_frames, seed=cfg.optim.seed,
                           output_dir=run_dir / "eval" / f"step_{at_step:06d}")

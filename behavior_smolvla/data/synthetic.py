@@ -590,7 +590,7 @@ def load_ground_truth(root: str | Path) -> dict[int, SyntheticEpisode]:
     """
     path = Path(root) / SPEC_FILE
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: {root} was not written by behavior_smolvla.synthetic")
+        raise ConfigError(f"{path} does not exist: {root} was not written by behavior_smolvla.data.synthetic")
     spec = SyntheticSpec.from_json(json.loads(path.read_text()))
     return {ep.episode_index: ep for ep in synthesize(spec)}
 

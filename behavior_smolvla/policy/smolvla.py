@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
+from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
 
 if TYPE_CHECKING:
     from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy

@@ -11,7 +11,7 @@ Two on-disk generations are read from their ``meta/info.json`` templates:
 
 The numeric columns of the selected episodes are read once, with pyarrow, into contiguous numpy arrays (float32
 state/action), so samples cost no parquet access and the dataset pickles cheaply to DataLoader workers. Frames are
-decoded by :mod:`behavior_smolvla.video` with decoders opened lazily in the process that reads.
+decoded by :mod:`behavior_smolvla.data.video` with decoders opened lazily in the process that reads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from behavior_smolvla.errors import ConfigError, DatasetError, VideoError
-from behavior_smolvla.video import DecoderCache, ImageSize, VideoFile, output_size
+from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -595,7 +595,7 @@ def _bind_state_map(state_map: Any, state_dim: int, state_names: list[str] | Non
     if state_map is None:
         return None
     if isinstance(state_map, str | os.PathLike):
-        from behavior_smolvla.state_maps import load_state_map  # lazy: keeps the reader importable on its own
+        from behavior_smolvla.state_maps.maps import load_state_map  # lazy: keeps the reader importable on its own
 
         state_map = load_state_map(str(state_map))
     return state_map.bind(state_dim, state_names)
@@ -623,10 +623,10 @@ class BehaviorDataset(torch.utils.data.Dataset):
         cameras: camera keys, in the order wanted; None = the colour cameras (:attr:`DatasetMeta.rgb_camera_keys`);
             ``[]`` = no frames (numeric samples only).
         chunk_size: actions per sample (>= 1).
-        image_size: :data:`~behavior_smolvla.video.ImageSize` of the frames (resized at decode time).
+        image_size: :data:`~behavior_smolvla.data.video.ImageSize` of the frames (resized at decode time).
         frame_stride: take every n-th frame (>= 1); 3 turns 30 Hz data into 10 Hz samples.
         state_map: None, a state-map object with ``bind/apply/map_stats/names``, or a state-map name / YAML path
-            (loaded with :func:`behavior_smolvla.state_maps.load_state_map`).
+            (loaded with :func:`behavior_smolvla.state_maps.maps.load_state_map`).
         extra_columns: further parquet columns to return by name (e.g. ``observation.task_info``); fixed-length
             ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).

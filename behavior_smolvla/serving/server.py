@@ -3,7 +3,7 @@
 Two layers:
 
 * :func:`load_policy` -> :class:`BehaviorPolicy`: a checkpoint that takes the evaluator's raw observation dict
-  (:mod:`behavior_smolvla.observation`) and returns R1Pro actions, float32 [23] in the dataset's units (base
+  (:mod:`behavior_smolvla.serving.observation`) and returns R1Pro actions, float32 [23] in the dataset's units (base
   velocity m/s and rad/s, joint positions rad, gripper command), from an action queue refilled by one SmolVLA call
   every ``n_action_steps`` steps. Usable from Python without any server.
 * :func:`serve` / :class:`PolicyServer`: the websocket policy server the evaluator drives (OmniGibson ``eval.py``
@@ -12,7 +12,7 @@ Two layers:
 
   - ``GET /healthz`` -> 200 ``OK``; any other path opens a websocket (no compression, no message size limit);
   - on connect the server sends a metadata map (checkpoint, state map, cameras, action dim, chunk size, ...);
-  - each request is a msgpack map of the observation (:mod:`behavior_smolvla.wire`); the reply is
+  - each request is a msgpack map of the observation (:mod:`behavior_smolvla.serving.wire`); the reply is
     ``{"action": float32 [23] ([1, 23] when the request was batched), "server_timing": {"infer_ms": ...,
     "prev_total_ms": ...}}``, plus ``"action_chunk"`` [K, 23] ([1, K, 23] batched) whose first row equals
     ``action`` when the request carries ``"__action_chunk_size__": K``;
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from behavior_smolvla.errors import ConfigError, ObservationError
-from behavior_smolvla.observation import ObservationSpec
-from behavior_smolvla.wire import packb, unpackb
+from behavior_smolvla.serving.observation import ObservationSpec
+from behavior_smolvla.serving.wire import packb, unpackb
 
 __all__ = [
     "ACTION_CHUNK_REQUEST_KEY",
@@ -97,7 +97,7 @@ class BehaviorPolicy:
     is empty (SmolVLA's ``select_action`` scheme).
 
     Args:
-        model: a :class:`~behavior_smolvla.inference.CheckpointPolicy`.
+        model: a :class:`~behavior_smolvla.policy.trained.CheckpointPolicy`.
         n_action_steps: actions executed per model call, 1..chunk_size; None = the checkpoint's.
         task: a fixed instruction overriding the observation's ``task_id``.
         noise_seed: None samples fresh flow-matching noise at every model call (as lerobot does); an int uses that
@@ -234,10 +234,10 @@ def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: in
         :class:`BehaviorPolicy` with ``reset()``, ``act(obs) -> float32 [23]``, ``act_chunk(obs, k) -> [k, 23]``.
 
     Raises:
-        CheckpointError, PolicyLoadError: as :func:`behavior_smolvla.inference.load_checkpoint`.
+        CheckpointError, PolicyLoadError: as :func:`behavior_smolvla.policy.trained.load_checkpoint`.
         ConfigError: a bad device or ``n_action_steps``.
     """
-    from behavior_smolvla.inference import load_checkpoint
+    from behavior_smolvla.policy.trained import load_checkpoint
 
     return BehaviorPolicy(load_checkpoint(checkpoint, device=device), n_action_steps, task, noise_seed)
 

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError, PolicyLoadError
+from behavior_smolvla.errors import ConfigError, PolicyLoadError
 
 __all__ = ["TINY_VLM_FORMAT", "build_tiny_vlm", "tiny_vlm_vocabulary"]
 

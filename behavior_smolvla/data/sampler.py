@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from behavior_smolvla.errors import ConfigError
-from behavior_smolvla.video import VideoFile, probe_video
+from behavior_smolvla.data.video import VideoFile, probe_video
 
 DEFAULT_SPAN_FRAMES = 250
 """Fallback span length in frames: the keyframe interval of the BEHAVIOR 2025 release (libx265, one keyframe per 250
@@ -422,7 +422,7 @@ def collate_one_storage(samples: Sequence[dict[str, Any]], frames: dict[str, lis
 
 
 class TrainingStream(IterableDataset):
-    """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.dataset.BehaviorDataset`, yielding
+    """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.data.dataset.BehaviorDataset`, yielding
     collated batches; use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
 
     A batch is a dict: each camera key -> float32 ``[B, 3, H, W]`` in [0, 1]; ``observation.state`` float32

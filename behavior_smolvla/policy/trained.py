@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from behavior_smolvla import checkpoint as ckpt
+from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.errors import CheckpointError
 
 
@@ -64,7 +64,7 @@ class CheckpointPolicy:
         Returns:
             float32 [B, chunk_size, action_dim] actions in the dataset's units (radians, m/s, gripper command).
         """
-        from behavior_smolvla.policy import to_policy_batch
+        from behavior_smolvla.policy.smolvla import to_policy_batch
 
         policy = self.bundle.policy
         inputs = self.bundle.preprocessor(to_policy_batch(batch, self.camera_map))
@@ -91,8 +91,8 @@ def load_checkpoint(path: str | Path, device: str = "auto", tokenizer_name: str 
         CheckpointError: not a checkpoint, or not one of this project's (``train_config.yaml`` missing).
         PolicyLoadError: lerobot cannot load the policy or its backbone.
     """
-    from behavior_smolvla.policy import load_policy_bundle, resolve_device
-    from behavior_smolvla.state_maps import StateMap
+    from behavior_smolvla.policy.smolvla import load_policy_bundle, resolve_device
+    from behavior_smolvla.state_maps.maps import StateMap
 
     checkpoint = ckpt.resolve_checkpoint(path)
     config = ckpt.load_train_config(checkpoint)

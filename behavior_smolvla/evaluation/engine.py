@@ -199,7 +199,7 @@ def action_stats(bundle: Any) -> dict[str, np.ndarray]:
 
 
 def checkpoint_policy_from_bundle(bundle: Any, dataset: Any) -> Any:
-    """Wrap an in-memory policy (e.g. the one being trained) as a :class:`~behavior_smolvla.inference.CheckpointPolicy`
+    """Wrap an in-memory policy (e.g. the one being trained) as a :class:`~behavior_smolvla.policy.trained.CheckpointPolicy`
     without writing or reading a checkpoint.
 
     Args:
@@ -211,8 +211,8 @@ def checkpoint_policy_from_bundle(bundle: Any, dataset: Any) -> Any:
     Returns:
         A ``CheckpointPolicy`` whose ``checkpoint`` is None and ``train_config`` is empty.
     """
-    from behavior_smolvla.inference import CheckpointPolicy
-    from behavior_smolvla.policy import policy_camera_keys
+    from behavior_smolvla.policy.trained import CheckpointPolicy
+    from behavior_smolvla.policy.smolvla import policy_camera_keys
 
     cfg = bundle.policy.config
     return CheckpointPolicy(
@@ -332,7 +332,7 @@ def default_output_dir(checkpoints: Sequence[str | Path]) -> Path:
     """``<run>/eval/<YYYY-MM-DD_HH-MM-SS>_<step>`` of the first checkpoint (``..._ensemble<K>`` for several), or
     ``<checkpoint>/eval/...`` when the checkpoint does not sit in a run's ``checkpoints/`` folder. Never an existing
     folder (a ``-2``, ``-3``... suffix is added)."""
-    from behavior_smolvla.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
+    from behavior_smolvla.policy.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
 
     first = resolve_checkpoint(checkpoints[0])
     base = first.parent.parent if first.parent.name == CHECKPOINTS_DIR else first
@@ -455,9 +455,9 @@ def evaluate_checkpoints(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from behavior_smolvla.checkpoint import load_train_config, resolve_checkpoint
-    from behavior_smolvla.dataset import BehaviorDataset, DatasetMeta, format_indices, parse_episode_spec
-    from behavior_smolvla.inference import load_checkpoint
+    from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
+    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta, format_indices, parse_episode_spec
+    from behavior_smolvla.policy.trained import load_checkpoint
 
     console = console or Console(stderr=True)
     if not checkpoints:
@@ -589,7 +589,7 @@ def _label(members: Sequence[Any]) -> str:
 
 def _write_plots(out: Path, report: Mapping[str, Any], frames: EvalFrames, primary_pred: np.ndarray,
                  names: Sequence[str], groups: Mapping[str, Sequence[int]], step_s: float, label: str) -> list[Path]:
-    from behavior_smolvla.plots import plot_error_vs_chunk_step, plot_first_actions
+    from behavior_smolvla.evaluation.plots import plot_error_vs_chunk_step, plot_first_actions
 
     primary = report["primary"]
     curves = {p: report["predictors"][p]["mae_by_chunk_step"] for p in (primary, *REFERENCE_PREDICTORS)}
@@ -652,7 +652,7 @@ def summary_table(report: Mapping[str, Any]) -> Any:
 
 
 def _episodes_text(episodes: Sequence[int]) -> str:
-    from behavior_smolvla.dataset import format_indices
+    from behavior_smolvla.data.dataset import format_indices
 
     return format_indices(list(episodes))
 
@@ -726,8 +726,8 @@ def validate(
     Raises:
         ConfigError: the dataset's chunk size differs from the policy's.
     """
-    from behavior_smolvla.inference import CheckpointPolicy
-    from behavior_smolvla.policy import to_policy_batch
+    from behavior_smolvla.policy.trained import CheckpointPolicy
+    from behavior_smolvla.policy.smolvla import to_policy_batch
 
     cp = policy if isinstance(policy, CheckpointPolicy) else checkpoint_policy_from_bundle(policy, dataset)
     if dataset.chunk_size != cp.chunk_size:
@@ -781,7 +781,7 @@ def validate(
         "plots": {},
     }
     if output_dir is not None:
-        from behavior_smolvla.plots import plot_error_vs_chunk_step, plot_first_actions
+        from behavior_smolvla.evaluation.plots import plot_error_vs_chunk_step, plot_first_actions
 
         out = Path(output_dir)
         episode_arr, ts_arr = np.asarray(episode), np.asarray(ts, dtype=np.float32)
