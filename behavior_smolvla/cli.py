@@ -53,6 +53,8 @@ def inspect_command(
         8, "--probe-files", min=0,
         help="Video files measured per camera (and data files whose rows are counted), spread over the dataset; "
              "0 = every file. Existence is checked for every file."),
+    state_key: str = typer.Option("observation.state", "--state-key", help="Feature to describe as the state."),
+    action_key: str = typer.Option("action", "--action-key", help="Feature to describe as the action."),
 ) -> None:
     """Report a dataset: format, fps, episodes, frames, tasks, state/action features, each camera as measured in
     its mp4 files (size, codec, keyframe interval, frames), and missing or unreadable files (exit code 1)."""
@@ -60,7 +62,7 @@ def inspect_command(
 
     from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
-    report = inspect_dataset(dataset, probe_files=probe_files or None)
+    report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -181,6 +183,9 @@ def filter_state_command(
         help="LeRobot dataset folder: add per-dim mean/std/min/max of the mapped state (default map: by state dim)."),
     episodes: str = typer.Option(
         None, "--episodes", help="Episodes for the stats, e.g. '0-39,45' (default: all)."),
+    state_key: str = typer.Option(
+        "observation.state", "--state-key", help="With --dataset: the feature read as the state."),
+    action_key: str = typer.Option("action", "--action-key", help="With --dataset: the feature read as the action."),
     check_standard_track: bool = typer.Option(
         False, "--check-standard-track",
         help="Exit 1 and list the offending dims if the map reads a dim the BEHAVIOR standard track forbids."),
@@ -191,12 +196,13 @@ def filter_state_command(
     """Choose, inspect and check the R1Pro proprioception a policy sees (state maps)."""
     import json
 
-    from behavior_smolvla.state_maps.maps import state_map_report
+    from behavior_smolvla.state_maps.report import state_map_report
 
     if list_maps:
         _print_state_map_list(as_json)
         return
-    report = state_map_report(state_map, dataset=dataset, episodes=episodes)
+    report = state_map_report(state_map, dataset=dataset, episodes=episodes, state_key=state_key,
+                              action_key=action_key)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -240,6 +246,8 @@ def train_command(
     dataset_path: str = _opt(None, "--dataset-path", help="LeRobot dataset folder (v3.0 or v2.1, BEHAVIOR 2025/2026)."),
     episodes: str = _opt(None, "--episodes", help="Training episodes, e.g. '0-39,45' (default: all but --val-episodes)."),
     val_episodes: str = _opt(None, "--val-episodes", help="Held-out episodes, never trained on."),
+    state_key: str = _opt(None, "--state-key", help="Dataset feature read as the state (observation.state)."),
+    action_key: str = _opt(None, "--action-key", help="Dataset feature read as the action (action)."),
     cameras: str = _opt(None, "--cameras", help="Comma-separated camera keys in policy order (default by layout)."),
     image_size: int = _opt(None, "--image-size", help="Square image side SmolVLA resizes-with-padding to (512)."),
     frame_stride: int = _opt(None, "--frame-stride", help="Use every n-th frame (3: 30 Hz -> 10 Hz)."),
@@ -339,6 +347,8 @@ def eval_command(
     tolerance: float = typer.Option(0.05, "--tolerance", help="'Percent close' threshold, a fraction of each dim's range."),
     seed: int = typer.Option(0, "--seed", help="Seed of the flow-matching noise."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    state_key: str = typer.Option(None, "--state-key", help="Feature read as the state (default: the checkpoint's)."),
+    action_key: str = typer.Option(None, "--action-key", help="Feature read as the action (default: the checkpoint's)."),
 ) -> None:
     """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
     from behavior_smolvla.evaluation.engine import evaluate_checkpoints, summary_table
@@ -346,6 +356,7 @@ def eval_command(
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
         tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
+        state_key=state_key, action_key=action_key,
     )
     out = Console(width=max(Console().width, 140))
     out.print(summary_table(report))

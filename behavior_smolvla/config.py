@@ -32,6 +32,10 @@ class DataConfig:
     """Training episodes, a spec such as ``0-39,45``; default: every episode not in ``val_episodes``."""
     val_episodes: str | None = None
     """Held-out episodes (never trained on), used for validation loss and metrics."""
+    state_key: str = "observation.state"
+    """Dataset feature read as the policy's ``observation.state`` (e.g. ``state`` in some third-party uploads)."""
+    action_key: str = "action"
+    """Dataset feature read as the policy's ``action`` (e.g. ``actions``)."""
     cameras: list[str] | None = None
     """Camera keys in policy order (camera1, camera2, ...); default: the three RGB cameras for BEHAVIOR
     (head, left wrist, right wrist), every video feature otherwise."""
@@ -260,3 +264,32 @@ def resolve_config(config_file: str | Path | None, cli_values: dict[str, Any]) -
         apply_overrides(cfg, load_config_file(config_file), str(config_file))
     apply_overrides(cfg, cli_values, "command line")
     return cfg
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check option values that do not depend on the data; raise ConfigError naming the flag."""
+    o, d, p = cfg.optim, cfg.data, cfg.policy
+    if o.max_steps is None and o.num_epochs is None:
+        raise ConfigError("neither --max-steps nor --num-epochs is set: pass one (e.g. --max-steps 20000)")
+    if o.max_steps is not None and o.max_steps <= 0:
+        raise ConfigError(f"--max-steps {o.max_steps}: must be positive")
+    if o.num_epochs is not None and o.num_epochs <= 0:
+        raise ConfigError(f"--num-epochs {o.num_epochs}: must be positive")
+    for flag, value in (("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
+                        ("--chunk-size", p.chunk_size), ("--frame-stride", d.frame_stride),
+                        ("--image-size", d.image_size), ("--save-steps", cfg.output.save_steps),
+                        ("--log-steps", cfg.logging.log_steps)):
+        if value <= 0:
+            raise ConfigError(f"{flag} {value}: must be positive")
+    if d.num_workers < 0:
+        raise ConfigError(f"--num-workers {d.num_workers}: must be 0 or more")
+    if p.n_action_steps is not None and not 0 < p.n_action_steps <= p.chunk_size:
+        raise ConfigError(f"--n-action-steps {p.n_action_steps}: must be between 1 and --chunk-size ({p.chunk_size})")
+    if o.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"--precision {o.precision}: use auto, fp32, bf16 or fp16")
+    if p.from_scratch and not p.vlm_model and not cfg.demo:
+        raise ConfigError("--from-scratch needs --vlm-model (a hub id or a local SmolVLM folder)")
+    if d.dataset_path is None and not cfg.demo:
+        raise ConfigError("--dataset-path is required (a LeRobot dataset folder), or use --demo for built-in data")
+    if cfg.eval.eval_steps is not None and not d.val_episodes and not cfg.demo:  # the demo picks its own
+        raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")

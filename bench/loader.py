@@ -197,7 +197,7 @@ def measure_lerobot(args: argparse.Namespace, v30: Path) -> dict:
 def measure_decode(args: argparse.Namespace, v21: Path) -> dict:
     import av
 
-    from behavior_smolvla.data.dataset import DatasetMeta
+    from behavior_smolvla.data.meta import DatasetMeta
 
     meta = DatasetMeta.load(v21)
     paths = [info.videos[key][0] for info in meta.episodes.values() for key in meta.camera_keys]

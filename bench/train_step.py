@@ -205,7 +205,8 @@ class Windows:
 def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
     """``(meta, state_map, cameras, dataset)`` exactly as ``train()`` resolves them with no --episodes,
     --val-episodes, --cameras or --state-map given (every episode, default cameras and state map)."""
-    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.meta import DatasetMeta
     from behavior_smolvla.state_maps.maps import default_state_map
     from behavior_smolvla.training.loop import default_cameras
 

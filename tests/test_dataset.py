@@ -16,8 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta, parse_episode_spec
+from behavior_smolvla.data.dataset import BehaviorDataset
+
+from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec
 from behavior_smolvla.errors import ConfigError, DatasetError, VideoError
+from behavior_smolvla.state_maps.maps import load_state_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 V30 = DATA / "g1_inspire_v30"
@@ -316,7 +319,8 @@ def test_state_map_selects_dims_and_their_stats(tmp_path):
     path.write_text("kind: map\nname: g1-arms\nlayout: any\ndescription: test map\nentries:\n"
                     "  - {slice: '0:7'}\n  - {name: left_hand_sum, slice: '14:20', reduce: sum}\n")
     raw = BehaviorDataset(V30, episodes="0-2", cameras=[])
-    mapped = BehaviorDataset(V30, episodes="0-2", cameras=[], state_map=str(path))
+    mapped = BehaviorDataset(V30, episodes="0-2", cameras=[],
+                             state_map=load_state_map(str(path)).bind(26, raw.meta.state_names))
     assert mapped.state_names == raw.meta.state_names[:7] + ["left_hand_sum"]
     for i in (0, 500, len(raw) - 1):
         state = raw[i]["observation.state"]

@@ -113,7 +113,7 @@ def test_reference_predictors_and_ensemble_helpers():
 
 
 def test_action_layout_r1pro_and_named_dims(g1_v30):
-    from behavior_smolvla.data.dataset import DatasetMeta
+    from behavior_smolvla.data.meta import DatasetMeta
 
     names, groups = action_layout(23, None)
     assert list(groups) == [g for g, _, _ in ACTION_GROUPS]

@@ -87,7 +87,7 @@ def test_bad_map_file_and_unknown_name_are_one_line_errors(tmp_path):
 
 
 def test_dataset_stats_per_output_dim(synthetic_2025):
-    from behavior_smolvla.data.dataset import DatasetMeta
+    from behavior_smolvla.data.meta import DatasetMeta
 
     meta = DatasetMeta.load(synthetic_2025)
     first = sorted(meta.episodes)[0]

@@ -367,7 +367,7 @@ def test_dataset_samples_are_mapped_states(synthetic_2025):
     from behavior_smolvla.data.synthetic import load_ground_truth
 
     truth = load_ground_truth(synthetic_2025)
-    ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=2, state_map="r1pro-2025-b1k23")
+    ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=2, state_map=load_state_map("r1pro-2025-b1k23").bind(256))
     assert ds.state_names == expected_maps()["r1pro-2025-b1k23"][1]
     for i in (0, len(ds) // 2, len(ds) - 1):
         sample = ds[i]
@@ -389,12 +389,13 @@ def test_dataset_samples_are_mapped_states(synthetic_2025):
 
 
 def test_dataset_stats_of_the_mapped_state_equal_direct_stats(synthetic_2025):
-    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.meta import DatasetMeta
 
     meta = DatasetMeta.load(synthetic_2025)
     for name in ("r1pro-2025-b1k23", "r1pro-2025-legal32", "r1pro-2025-standard"):
         m = load_state_map(name)
-        ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=1, state_map=name)
+        ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=1, state_map=load_state_map(name).bind(256))
         raw = np.concatenate(list(read_raw_state(synthetic_2025, meta, ds.episodes).values()))
         direct = exact_stats(m.apply(raw))
         stats = ds.stats["observation.state"]
@@ -402,7 +403,7 @@ def test_dataset_stats_of_the_mapped_state_equal_direct_stats(synthetic_2025):
             np.testing.assert_allclose(stats[key], direct[key], rtol=1e-4, atol=1e-5, err_msg=f"{name} {key}")
     # one episode: every stat, quantiles included, equals the direct computation
     first = sorted(meta.episodes)[0]
-    ds = BehaviorDataset(synthetic_2025, episodes=[first], cameras=[], chunk_size=1, state_map="r1pro-2025-b1k23")
+    ds = BehaviorDataset(synthetic_2025, episodes=[first], cameras=[], chunk_size=1, state_map=load_state_map("r1pro-2025-b1k23").bind(256))
     direct = exact_stats(load_state_map("r1pro-2025-b1k23").apply(read_raw_state(synthetic_2025, meta, [first])[first]))
     for key, value in direct.items():
         np.testing.assert_allclose(ds.stats["observation.state"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
@@ -413,7 +414,7 @@ def test_2026_dataset_samples_are_mapped_states(synthetic_2026):
     from behavior_smolvla.data.synthetic import load_ground_truth
 
     truth = load_ground_truth(synthetic_2026)
-    ds = BehaviorDataset(synthetic_2026, cameras=[], chunk_size=1, state_map="r1pro-2026-b1k25")
+    ds = BehaviorDataset(synthetic_2026, cameras=[], chunk_size=1, state_map=load_state_map("r1pro-2026-b1k25").bind(61))
     for i in (0, len(ds) - 1):
         sample = ds[i]
         raw = truth[int(sample["episode_index"])].state[int(sample["frame_index"])]
@@ -433,7 +434,7 @@ def test_dataset_with_the_wrong_layout_is_refused(synthetic_2025):
 
     with pytest.raises(StateMapError, match="for layout r1pro-2026 with 61 state dims, but the dataset's "
                                             "observation.state has 256"):
-        BehaviorDataset(synthetic_2025, cameras=[], state_map="r1pro-2026-b1k25")
+        BehaviorDataset(synthetic_2025, cameras=[], state_map=load_state_map("r1pro-2026-b1k25").bind(256))
 
 
 # ------------------------------------------------------------------------------------------------ packaging

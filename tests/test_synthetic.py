@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from behavior_smolvla.data import synthetic as S
-from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+from behavior_smolvla.data.dataset import BehaviorDataset
+from behavior_smolvla.data.meta import DatasetMeta
 from behavior_smolvla.errors import ConfigError
 
 CHUNK = 8

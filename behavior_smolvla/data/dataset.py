@@ -1,13 +1,5 @@
-"""LeRobot v3.0 / v2.1 datasets (BEHAVIOR releases included): metadata, episode selection, samples, statistics.
-
-Two on-disk generations are read from their ``meta/info.json`` templates:
-
-* v3.0: ``meta/episodes/*/*.parquet`` (one row per episode), ``meta/tasks.parquet``; several episodes share one
-  data parquet and one mp4 per camera. The frame of episode ``e`` at parquet ``timestamp`` ``t`` lies at
-  ``from_timestamp(e, camera) + t`` seconds in that camera's file.
-* v2.1 (and v2.0): ``meta/episodes.jsonl``, ``meta/tasks.jsonl``; one parquet and one mp4 per episode, paths from
-  templates with ``episode_chunk = episode_index // chunks_size``. Episode indices come from ``episodes.jsonl`` and
-  need not be contiguous (the BEHAVIOR 2025 release numbers them ``task_id * 10000 + instance * 10 + k``).
+"""The random-access reader: ``BehaviorDataset`` turns selected episodes of a LeRobot dataset into samples (camera
+frames, the state through a bound state map, an action chunk with its padding mask, the task).
 
 The numeric columns of the selected episodes are read once, with pyarrow, into contiguous numpy arrays (float32
 state/action), so samples cost no parquet access and the dataset pickles cheaply to DataLoader workers. Frames are
@@ -16,470 +8,22 @@ decoded by :mod:`behavior_smolvla.data.video` with decoders opened lazily in the
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from behavior_smolvla.errors import ConfigError, DatasetError, VideoError
+from behavior_smolvla.data.meta import (
+    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parquet_columns, parse_episode_spec, read_parquet,
+)
+from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
-
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-STAT_FEATURES = (STATE_KEY, ACTION_KEY)
-BASIC_STATS = ("mean", "std", "min", "max")
-QUANTILES = {"q01": 0.01, "q99": 0.99}
-"""Quantiles computed when statistics come from the data (lerobot's QUANTILES normalisation uses q01/q99)."""
-
-_QUANTILE_KEY = re.compile(r"^q\d\d$")
-
-
-# -- episode selection ------------------------------------------------------------------------------------------
-
-
-def format_indices(indices: Sequence[int], limit: int = 12) -> str:
-    """``"0-7, 10, 12-13"``: sorted indices as runs, abridged after ``limit`` runs (for error messages)."""
-    values = sorted(set(int(i) for i in indices))
-    runs: list[str] = []
-    start = prev = None
-    for value in values + [None]:
-        if start is not None and (value is None or value != prev + 1):
-            runs.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if value is not None and start is None:
-            start = value
-        prev = value
-    if len(runs) > limit:
-        runs = runs[: limit // 2] + ["..."] + runs[-(limit // 2):]
-    return ", ".join(runs) if runs else "none"
-
-
-def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
-    """Episode indices selected by ``spec``, sorted and without duplicates.
-
-    Args:
-        spec: ``None`` (all ``available``), a sequence of ints, or a string of comma-separated indices and inclusive
-            ranges such as ``"0-39,45"``. A range selects the available episodes inside it, so ranges work on
-            non-contiguous indices (BEHAVIOR 2025), but both of its ends must exist.
-        available: the dataset's episode indices.
-
-    Returns:
-        list[int].
-
-    Raises:
-        DatasetError: a malformed spec, or an index (or range end) not in ``available``; the message lists what
-            exists (abridged).
-    """
-    have = sorted(set(int(i) for i in available))
-    if spec is None:
-        return have
-    have_set = set(have)
-    wanted: set[int] = set()
-    missing: list[int] = []
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text.lower() == "all":
-            return have
-        for part in text.split(","):
-            part = part.strip()
-            match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-            if not match:
-                raise DatasetError(
-                    f"episode spec {spec!r}: cannot read {part!r}; use indices and ranges like '0-39,45'")
-            lo = int(match.group(1))
-            hi = int(match.group(2)) if match.group(2) is not None else lo
-            if hi < lo:
-                raise DatasetError(f"episode spec {spec!r}: range {part!r} is reversed; write it as '{hi}-{lo}'")
-            missing += [end for end in sorted({lo, hi}) if end not in have_set]
-            wanted.update(e for e in have if lo <= e <= hi)
-    else:
-        for value in spec:
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise DatasetError(f"episode list {list(spec)!r}: {value!r} is not an episode index")
-            if int(value) in have_set:
-                wanted.add(int(value))
-            else:
-                missing.append(int(value))
-    if missing:
-        raise DatasetError(
-            f"episode(s) {format_indices(missing)} not in the dataset; it has {len(have)} episodes: "
-            f"{format_indices(have)}")
-    if not wanted:
-        raise DatasetError(f"episode spec {spec!r} selects no episode; the dataset has: {format_indices(have)}")
-    return sorted(wanted)
-
-
-# -- metadata ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EpisodeInfo:
-    """Where one episode lives.
-
-    Attributes:
-        episode_index: the episode's index (as in the files, not necessarily contiguous).
-        length: number of frames (rows).
-        tasks: task strings of the episode.
-        data_path: the parquet file holding its rows.
-        row_start, row_stop: its rows inside ``data_path`` (half-open).
-        videos: camera key -> ``(mp4 path, from_timestamp_s)``: the episode's frame at parquet timestamp ``t`` is at
-            ``from_timestamp_s + t`` seconds in that file (0 for v2.1's one-file-per-episode layout).
-    """
-
-    episode_index: int
-    length: int
-    tasks: list[str]
-    data_path: Path
-    row_start: int
-    row_stop: int
-    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)
-
-
-def _flat_names(names: Any, dim: int | None) -> list[str] | None:
-    """Per-dimension names from info.json ``names``: a list, a nested ``[[...]]`` list or ``{"motors": [...]}``.
-
-    Names that do not give one string per dimension are dropped (None): they are labels, not data.
-    """
-    if isinstance(names, Mapping):
-        lists = [v for v in names.values() if isinstance(v, list)]
-        names = lists[0] if len(lists) == 1 else None
-    while isinstance(names, list) and len(names) == 1 and isinstance(names[0], list):
-        names = names[0]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return None
-    if dim is not None and len(names) != dim:
-        return None
-    return list(names)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-download it") from None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: a LeRobot v2.1 dataset needs it; re-download the meta/ folder")
-    rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path} line {lineno} is not valid JSON ({exc.msg}); fix or re-download it") \
-                        from None
-    return rows
-
-
-def _read_parquet(path: Path, columns: Sequence[str] | None = None, what: str = "parquet file") -> pa.Table:
-    if not path.is_file():
-        raise DatasetError(f"{what} {path} does not exist; re-download it or check the dataset's info.json templates")
-    try:
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
-
-
-def _parquet_columns(path: Path, what: str = "parquet file") -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"{what} {path} does not exist; re-download it or check the dataset's info.json templates")
-    try:
-        return pq.read_schema(path).names
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
-
-
-def _format_template(template: str, info_path: Path, key: str, **fields: Any) -> str:
-    try:
-        return template.format(**fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise DatasetError(f"{info_path}: template {key}={template!r} cannot be filled ({exc}); "
-                           f"available fields: {', '.join(sorted(fields))}") from None
-
-
-def is_rgb_camera(key: str, feature: Mapping[str, Any]) -> bool:
-    """True for a colour camera; False for depth maps and segmentation videos (``info["video.is_depth_map"]``, or
-    a key part starting with ``depth`` / ``seg`` as in BEHAVIOR's ``observation.images.depth.head``,
-    ``observation.images.seg_instance_id.head`` and ``observation.depth_linear.*``)."""
-    info = feature.get("info") or {}
-    if info.get("video.is_depth_map"):
-        return False
-    return not any(part.startswith(("depth", "seg")) for part in key.split("."))
-
-
-@dataclass
-class DatasetMeta:
-    """A LeRobot dataset's metadata (no frame data).
-
-    Attributes:
-        root: the dataset folder.
-        version: ``"v3.0"`` or ``"v2.1"`` (v2.0 files are read as v2.1; ``info["codebase_version"]`` keeps the
-            original).
-        fps: frames per second of the data (Hz).
-        features: ``info.json["features"]``.
-        camera_keys: video features in info.json order (depth and segmentation videos included).
-        state_dim, action_dim: declared shapes of ``observation.state`` and ``action``.
-        state_names, action_names: one name per dimension, or None (BEHAVIOR releases declare none).
-        episodes: episode index -> :class:`EpisodeInfo`, sorted by index.
-        tasks: task index -> task string.
-        total_frames: sum of the episodes' lengths.
-        info: the parsed ``meta/info.json``.
-    """
-
-    root: Path
-    version: str
-    fps: float
-    features: dict[str, dict]
-    camera_keys: list[str]
-    state_dim: int
-    action_dim: int
-    state_names: list[str] | None
-    action_names: list[str] | None
-    episodes: dict[int, EpisodeInfo]
-    tasks: dict[int, str]
-    total_frames: int
-    info: dict[str, Any]
-
-    @property
-    def rgb_camera_keys(self) -> list[str]:
-        """Colour cameras (see :func:`is_rgb_camera`), in info.json order: the default camera selection."""
-        return [k for k in self.camera_keys if is_rgb_camera(k, self.features[k])]
-
-    @classmethod
-    def load(cls, root: str | os.PathLike) -> DatasetMeta:
-        """Read ``meta/`` of a dataset folder.
-
-        Raises:
-            DatasetError: missing folder / info.json / episodes or tasks metadata, an unsupported codebase_version,
-                missing ``observation.state`` or ``action`` features, or templates that cannot be filled.
-        """
-        root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"dataset folder {root} does not exist; pass the folder that holds meta/info.json")
-        info_path = root / "meta" / "info.json"
-        if not info_path.is_file():
-            raise DatasetError(f"{info_path} not found: {root} is not a LeRobot dataset folder "
-                               "(expected meta/info.json, data/, videos/)")
-        info = _read_json(info_path)
-        version = str(info.get("codebase_version", ""))
-        features = info.get("features")
-        if not isinstance(features, dict):
-            raise DatasetError(f"{info_path} has no 'features' mapping; re-download meta/info.json")
-        for key in STAT_FEATURES:
-            if key not in features or not features[key].get("shape"):
-                raise DatasetError(f"{info_path} declares no {key!r} feature (features: {', '.join(features)}); "
-                                   "this toolkit trains on observation.state -> action")
-        if "fps" not in info:
-            raise DatasetError(f"{info_path} has no 'fps'")
-        if "data_path" not in info:
-            raise DatasetError(f"{info_path} has no 'data_path' template")
-        camera_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
-        if camera_keys and not info.get("video_path"):
-            raise DatasetError(f"{info_path} has video features but no 'video_path' template")
-        if version.startswith("v3"):
-            norm_version, episodes, tasks = "v3.0", *_load_v30(root, info, info_path, camera_keys)
-        elif version.startswith("v2"):
-            norm_version, episodes, tasks = "v2.1", *_load_v21(root, info, info_path, camera_keys)
-        else:
-            raise DatasetError(f"{info_path}: codebase_version {version!r} is not supported (v2.0, v2.1, v3.0); "
-                               "convert it with lerobot's dataset converters")
-        state_dim = int(features[STATE_KEY]["shape"][0])
-        action_dim = int(features[ACTION_KEY]["shape"][0])
-        return cls(
-            root=root,
-            version=norm_version,
-            fps=float(info["fps"]),
-            features=features,
-            camera_keys=camera_keys,
-            state_dim=state_dim,
-            action_dim=action_dim,
-            state_names=_flat_names(features[STATE_KEY].get("names"), state_dim),
-            action_names=_flat_names(features[ACTION_KEY].get("names"), action_dim),
-            episodes=dict(sorted(episodes.items())),
-            tasks=tasks,
-            total_frames=sum(e.length for e in episodes.values()),
-            info=info,
-        )
-
-    def episode(self, episode_index: int) -> EpisodeInfo:
-        """The :class:`EpisodeInfo` of an episode; DatasetError (listing what exists) for an unknown one."""
-        try:
-            return self.episodes[int(episode_index)]
-        except KeyError:
-            raise DatasetError(f"episode {episode_index} not in {self.root}; it has {len(self.episodes)} episodes: "
-                               f"{format_indices(list(self.episodes))}") from None
-
-    def check_camera(self, key: str) -> None:
-        """DatasetError naming ``key`` and the dataset's video keys when ``key`` is not one of them."""
-        if key not in self.camera_keys:
-            raise DatasetError(f"camera {key!r} not in {self.root}; its video keys are: "
-                               f"{', '.join(self.camera_keys) or 'none'}")
-
-    def video_path(self, episode_index: int, key: str) -> Path:
-        """The mp4 holding camera ``key`` of an episode (see :attr:`EpisodeInfo.videos` for the time offset)."""
-        self.check_camera(key)
-        return self.episode(episode_index).videos[key][0]
-
-    # -- stored statistics --------------------------------------------------------------------------------------
-
-    def episode_stats(self, episodes: Sequence[int], features: Sequence[str] = STAT_FEATURES
-                      ) -> dict[int, dict[str, dict[str, np.ndarray]]]:
-        """Per-episode statistics stored with the dataset (v3.0 ``stats/<feature>/<stat>`` columns of
-        meta/episodes; v2.1 ``meta/episodes_stats.jsonl``), for the requested episodes that have them.
-
-        Returns:
-            episode -> feature -> stat -> float64 array (``count`` included when stored).
-        """
-        wanted = set(int(e) for e in episodes)
-        out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
-        if self.version == "v3.0":
-            for path in sorted((self.root / "meta" / "episodes").glob("*/*.parquet")):
-                names = _parquet_columns(path, "episodes metadata")
-                cols = [n for n in names if n.startswith("stats/") and n.split("/")[1] in features]
-                if not cols:
-                    continue
-                table = _read_parquet(path, ["episode_index", *cols], "episodes metadata")
-                data = table.to_pydict()
-                for row, ep in enumerate(data["episode_index"]):
-                    if ep not in wanted:
-                        continue
-                    per = out.setdefault(int(ep), {})
-                    for col in cols:
-                        _, feature, stat = col.split("/", 2)
-                        if data[col][row] is not None:
-                            per.setdefault(feature, {})[stat] = np.asarray(data[col][row], dtype=np.float64)
-        else:
-            path = self.root / "meta" / "episodes_stats.jsonl"
-            if path.is_file():
-                head = re.compile(r'"episode_index"\s*:\s*(\d+)')
-                with path.open() as fh:
-                    for line in fh:
-                        # Skip unselected episodes before parsing: BEHAVIOR lines carry per-camera image stats.
-                        match = head.search(line[:200])
-                        if match and int(match.group(1)) not in wanted:
-                            continue
-                        if not line.strip():
-                            continue
-                        row = json.loads(line)
-                        ep = int(row["episode_index"])
-                        if ep not in wanted:
-                            continue
-                        stats = row.get("stats", {})
-                        out[ep] = {f: {k: np.asarray(v, dtype=np.float64) for k, v in stats[f].items()}
-                                   for f in features if f in stats}
-        return out
-
-    def global_stats(self, features: Sequence[str] = STAT_FEATURES) -> dict[str, dict[str, np.ndarray]] | None:
-        """``meta/stats.json`` (whole-dataset statistics) for ``features``, or None when absent."""
-        path = self.root / "meta" / "stats.json"
-        if not path.is_file():
-            return None
-        stats = _read_json(path)
-        if not all(f in stats for f in features):
-            return None
-        return {f: {k: np.asarray(v, dtype=np.float64) for k, v in stats[f].items()} for f in features}
-
-
-def _load_v30(root: Path, info: dict, info_path: Path, camera_keys: list[str]
-              ) -> tuple[dict[int, EpisodeInfo], dict[int, str]]:
-    ep_dir = root / "meta" / "episodes"
-    files = sorted(ep_dir.glob("*/*.parquet"))
-    if not files:
-        raise DatasetError(f"{ep_dir} holds no chunk-*/file-*.parquet: the v3.0 episode metadata is missing; "
-                           "re-download the meta/ folder")
-    tables = []
-    for path in files:
-        cols = [n for n in _parquet_columns(path, "episodes metadata") if not n.startswith("stats/")]
-        tables.append(_read_parquet(path, cols, "episodes metadata"))
-    try:
-        rows = pa.concat_tables(tables, promote_options="default").to_pydict()
-    except pa.ArrowException as exc:
-        raise DatasetError(f"{ep_dir}: the episode metadata files disagree on their columns ({exc})") from None
-    for key in ("episode_index", "length", "data/chunk_index", "data/file_index"):
-        if key not in rows:
-            raise DatasetError(f"{ep_dir}: column {key!r} missing from the episode metadata; "
-                               "the dataset was not written by lerobot v3.0")
-    n = len(rows["episode_index"])
-    data_paths = [
-        root / _format_template(info["data_path"], info_path, "data_path",
-                                chunk_index=rows["data/chunk_index"][i], file_index=rows["data/file_index"][i])
-        for i in range(n)
-    ]
-    # Rows inside a shared data file: episodes are stored back to back in global-index order.
-    from_index = rows.get("dataset_from_index")
-    order = sorted(range(n), key=lambda i: (str(data_paths[i]),
-                                             from_index[i] if from_index else rows["episode_index"][i]))
-    row_start = [0] * n
-    cursor: dict[Path, int] = {}
-    for i in order:
-        row_start[i] = cursor.get(data_paths[i], 0)
-        cursor[data_paths[i]] = row_start[i] + int(rows["length"][i])
-    episodes = {}
-    for i in range(n):
-        videos = {}
-        for key in camera_keys:
-            chunk, file = rows.get(f"videos/{key}/chunk_index"), rows.get(f"videos/{key}/file_index")
-            if chunk is None or file is None:
-                raise DatasetError(f"{ep_dir}: no videos/{key}/chunk_index / file_index columns for camera {key!r}")
-            video = root / _format_template(info["video_path"], info_path, "video_path", video_key=key,
-                                            chunk_index=chunk[i], file_index=file[i])
-            offsets = rows.get(f"videos/{key}/from_timestamp")
-            videos[key] = (video, float(offsets[i]) if offsets and offsets[i] is not None else 0.0)
-        ep = int(rows["episode_index"][i])
-        episodes[ep] = EpisodeInfo(
-            episode_index=ep, length=int(rows["length"][i]), tasks=list(rows.get("tasks", [[]] * n)[i] or []),
-            data_path=data_paths[i], row_start=row_start[i], row_stop=row_start[i] + int(rows["length"][i]),
-            videos=videos)
-    tasks_path = root / "meta" / "tasks.parquet"
-    table = _read_parquet(tasks_path, None, "task table")
-    names = table.schema.names
-    text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
-    if text_col is None or "task_index" not in names:
-        raise DatasetError(f"{tasks_path} needs a 'task_index' column and the task strings as its index "
-                           f"(columns found: {', '.join(names)})")
-    data = table.to_pydict()
-    tasks = {int(i): str(t) for i, t in zip(data["task_index"], data[text_col], strict=True)}
-    return episodes, tasks
-
-
-def _load_v21(root: Path, info: dict, info_path: Path, camera_keys: list[str]
-              ) -> tuple[dict[int, EpisodeInfo], dict[int, str]]:
-    chunks_size = int(info.get("chunks_size") or 1000)
-    episodes = {}
-    for row in _read_jsonl(root / "meta" / "episodes.jsonl"):
-        ep = int(row["episode_index"])
-        fields = {"episode_index": ep, "episode_chunk": ep // chunks_size}
-        length = int(row["length"])
-        videos = {
-            key: (root / _format_template(info["video_path"], info_path, "video_path", video_key=key, **fields), 0.0)
-            for key in camera_keys
-        }
-        episodes[ep] = EpisodeInfo(
-            episode_index=ep, length=length, tasks=list(row.get("tasks") or []),
-            data_path=root / _format_template(info["data_path"], info_path, "data_path", **fields),
-            row_start=0, row_stop=length, videos=videos)
-    if not episodes:
-        raise DatasetError(f"{root / 'meta' / 'episodes.jsonl'} lists no episode")
-    tasks = {}
-    for row in _read_jsonl(root / "meta" / "tasks.jsonl"):
-        if "task_index" not in row or "task" not in row:
-            raise DatasetError(f"{root / 'meta' / 'tasks.jsonl'}: every line needs 'task_index' and 'task'")
-        tasks[int(row["task_index"])] = str(row["task"])
-    return episodes, tasks
-
+from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
 
 # -- column decoding --------------------------------------------------------------------------------------------
 
@@ -533,72 +77,10 @@ def _extra_column(table: pa.Table, name: str) -> np.ndarray:
 # -- statistics -------------------------------------------------------------------------------------------------
 
 
-def aggregate_stats(per_episode: Sequence[Mapping[str, np.ndarray]], counts: Sequence[int]) -> dict[str, np.ndarray]:
-    """Combine per-episode statistics of one feature.
-
-    ``mean`` is count-weighted, ``std`` the pooled standard deviation (within- plus between-episode variance, exact),
-    ``min``/``max`` the extremes. Quantiles (``qNN`` present in every episode) are count-weighted averages of the
-    episodes' quantiles: an approximation (exact quantiles need the data), the same one lerobot's
-    ``aggregate_stats`` makes.
-
-    Args:
-        per_episode: one ``{stat: array [D]}`` per episode with at least mean, std, min, max.
-        counts: frames per episode.
-
-    Returns:
-        ``{stat: float32 [D]}``.
-    """
-    weights = np.asarray(counts, dtype=np.float64)[:, None]
-    total = weights.sum()
-    means = np.stack([np.asarray(s["mean"], np.float64).reshape(-1) for s in per_episode])
-    stds = np.stack([np.asarray(s["std"], np.float64).reshape(-1) for s in per_episode])
-    mean = (means * weights).sum(0) / total
-    var = ((stds ** 2 + (means - mean) ** 2) * weights).sum(0) / total
-    out = {
-        "mean": mean,
-        "std": np.sqrt(var),
-        "min": np.min(np.stack([np.asarray(s["min"]).reshape(-1) for s in per_episode]), 0),
-        "max": np.max(np.stack([np.asarray(s["max"]).reshape(-1) for s in per_episode]), 0),
-    }
-    quantile_keys = set.intersection(*({k for k in s if _QUANTILE_KEY.match(k)} for s in per_episode))
-    for key in sorted(quantile_keys):
-        values = np.stack([np.asarray(s[key], np.float64).reshape(-1) for s in per_episode])
-        out[key] = (values * weights).sum(0) / total
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def data_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """Exact statistics of ``values`` ``[N, D]``: mean, std (population), min, max, q01, q99; float32 ``[D]``."""
-    values64 = values.astype(np.float64)
-    out = {
-        "mean": values64.mean(0),
-        "std": values64.std(0),
-        "min": values64.min(0),
-        "max": values64.max(0),
-    }
-    for key, q in QUANTILES.items():
-        out[key] = np.quantile(values64, q, axis=0)
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def _stats_usable(stats: Mapping[str, Any], dim: int) -> bool:
-    return all(k in stats and np.asarray(stats[k]).size == dim for k in BASIC_STATS)
-
-
 # -- the dataset ------------------------------------------------------------------------------------------------
 
 
 FRAME_TABLE_DTYPE = np.dtype([("episode_index", np.int64), ("frame_index", np.int64), ("row", np.int64)])
-
-
-def _bind_state_map(state_map: Any, state_dim: int, state_names: list[str] | None) -> Any:
-    if state_map is None:
-        return None
-    if isinstance(state_map, str | os.PathLike):
-        from behavior_smolvla.state_maps.maps import load_state_map  # lazy: keeps the reader importable on its own
-
-        state_map = load_state_map(str(state_map))
-    return state_map.bind(state_dim, state_names)
 
 
 class BehaviorDataset(torch.utils.data.Dataset):
@@ -618,15 +100,17 @@ class BehaviorDataset(torch.utils.data.Dataset):
       ``timestamp`` float32 scalar (seconds in the episode); each of ``extra_columns`` as a tensor.
 
     Args:
-        root: the dataset folder, or an already loaded :class:`DatasetMeta`.
+        root: the dataset folder (its ``observation.state`` and ``action`` features are read), or a
+            :class:`DatasetMeta` loaded with the state and action keys to read (``DatasetMeta.load(root, state_key=...,
+            action_key=...)``). Samples carry them as ``observation.state`` and ``action`` whatever their names.
         episodes: episode spec (see :func:`parse_episode_spec`); None = all.
         cameras: camera keys, in the order wanted; None = the colour cameras (:attr:`DatasetMeta.rgb_camera_keys`);
             ``[]`` = no frames (numeric samples only).
         chunk_size: actions per sample (>= 1).
         image_size: :data:`~behavior_smolvla.data.video.ImageSize` of the frames (resized at decode time).
         frame_stride: take every n-th frame (>= 1); 3 turns 30 Hz data into 10 Hz samples.
-        state_map: None, a state-map object with ``bind/apply/map_stats/names``, or a state-map name / YAML path
-            (loaded with :func:`behavior_smolvla.state_maps.maps.load_state_map`).
+        state_map: None (the raw state), or a :class:`~behavior_smolvla.state_maps.maps.StateMap` already bound to
+            this dataset's state (``StateMap.bind``; :class:`~behavior_smolvla.inputs.PolicyInputs` does it).
         extra_columns: further parquet columns to return by name (e.g. ``observation.task_info``); fixed-length
             ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).
@@ -648,7 +132,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
         ConfigError: a non-positive ``chunk_size`` or ``frame_stride``.
-        StateMapError: a state map that is unknown or does not fit the dataset's state.
+        StateMapError: a state map that is not bound to this dataset's state size.
     """
 
     def __init__(
@@ -666,6 +150,13 @@ class BehaviorDataset(torch.utils.data.Dataset):
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
+        if meta.state_key is None or meta.action_key is None:
+            raise DatasetError(f"{meta.root}: no state or action feature selected; load it with "
+                               "DatasetMeta.load(root, state_key=..., action_key=...)")
+        if state_map is not None and getattr(state_map, "input_dim", None) != meta.state_dim:
+            raise StateMapError(f"state map {getattr(state_map, 'name', state_map)!r} is bound to a "
+                                f"{getattr(state_map, 'input_dim', None)}-dim state but {meta.state_key!r} of "
+                                f"{meta.root} has {meta.state_dim} dims; bind it with state_map.bind({meta.state_dim})")
         if int(chunk_size) < 1:
             raise ConfigError(f"chunk_size={chunk_size}: must be >= 1 action")
         if int(frame_stride) < 1:
@@ -690,7 +181,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
         raw_state = self._load_rows()
         self.stats, self.stats_source = self._compute_stats(raw_state)
-        self.state_map = _bind_state_map(state_map, meta.state_dim, meta.state_names)
+        self.state_map = state_map
         if self.state_map is None:
             self._state = raw_state
             self.state_names = meta.state_names
@@ -737,15 +228,16 @@ class BehaviorDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
                                    "folder or select other episodes")
-            schema_names = _parquet_columns(path, "data file")
-            for key in (STATE_KEY, ACTION_KEY, *self.extra_columns):
+            schema_names = parquet_columns(path, "data file")
+            for key in (meta.state_key, meta.action_key, *self.extra_columns):
                 if key not in schema_names:
                     raise DatasetError(
                         f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
             optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
-            table = _read_parquet(path, [STATE_KEY, ACTION_KEY, *optional, *self.extra_columns], "data file")
-            state = _vector_column(table, STATE_KEY, meta.state_dim, path)
-            action = _vector_column(table, ACTION_KEY, meta.action_dim, path)
+            table = read_parquet(path, list(dict.fromkeys([meta.state_key, meta.action_key, *optional,
+                                                           *self.extra_columns])), "data file")
+            state = _vector_column(table, meta.state_key, meta.state_dim, path)
+            action = _vector_column(table, meta.action_key, meta.action_dim, path)
             columns = {c: table.column(c).to_numpy() for c in optional}
             extras = {c: _extra_column(table, c) for c in self.extra_columns}
             for ep in eps:
@@ -800,7 +292,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         meta = self.meta
         dims = {STATE_KEY: meta.state_dim, ACTION_KEY: meta.action_dim}
         stored = meta.episode_stats(self.episodes)
-        if all(ep in stored and all(f in stored[ep] and _stats_usable(stored[ep][f], dims[f]) for f in dims)
+        if all(ep in stored and all(f in stored[ep] and stats_usable(stored[ep][f], dims[f]) for f in dims)
                for ep in self.episodes):
             stats = {}
             for feature in dims:
@@ -810,7 +302,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
                 stats[feature] = aggregate_stats(per, counts)
             return stats, "episode stats"
         whole = meta.global_stats() if set(self.episodes) == set(meta.episodes) else None
-        if whole is not None and all(_stats_usable(whole[f], dims[f]) for f in dims):
+        if whole is not None and all(stats_usable(whole[f], dims[f]) for f in dims):
             return ({f: {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in whole[f].items() if k != "count"}
                      for f in dims}, "meta/stats.json")
         return {STATE_KEY: data_stats(raw_state), ACTION_KEY: data_stats(self._action)}, "computed from data"

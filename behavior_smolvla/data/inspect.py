@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from behavior_smolvla.data.dataset import ACTION_KEY, STATE_KEY, DatasetMeta, format_indices
+from behavior_smolvla.data.meta import ACTION_KEY, BOOKKEEPING_COLUMNS, STATE_KEY, DatasetMeta, format_indices
 from behavior_smolvla.errors import VideoError
 from behavior_smolvla.data.video import probe_video
 
@@ -30,7 +30,6 @@ DEFAULT_PROBE_FILES = 8
 """Files measured per camera (and data files whose row counts are read) unless told otherwise: enough to see
 the encoding of a release of 10,000 episodes without demuxing all its 30,000 mp4 files."""
 
-_BOOKKEEPING_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
 def _spread(n: int, k: int | None) -> list[int]:
@@ -47,19 +46,44 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _feature_entry(meta: DatasetMeta, key: str) -> dict[str, Any] | None:
-    feature = meta.features.get(key)
+def _feature_entry(meta: DatasetMeta, key: str | None, names: Sequence[str] | None) -> dict[str, Any] | None:
+    feature = meta.features.get(key) if key else None
     if feature is None:
         return None
-    names = meta.state_names if key == STATE_KEY else meta.action_names if key == ACTION_KEY else None
     return {"dtype": feature.get("dtype"), "shape": list(feature.get("shape") or []), "names": names}
 
 
-def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAULT_PROBE_FILES) -> dict[str, Any]:
-    """Report on a dataset folder (JSON-serialisable).
+def _guess(candidates: Sequence[str], word: str, exclude: str | None = None) -> str | None:
+    """The candidate whose name says ``word`` (``state``, ``action``), preferring the shortest such name."""
+    named = sorted((k for k in candidates if word in k.lower() and k != exclude), key=len)
+    return named[0] if named else None
+
+
+def training_flags(meta: DatasetMeta) -> str | None:
+    """The ``--state-key`` / ``--action-key`` flags a dataset needs (None when its features have the default names).
+
+    Keys are guessed from the float vector features' names (``state``, ``action``); ``NAME`` stands where no name
+    says so.
+    """
+    if meta.state_key == STATE_KEY and meta.action_key == ACTION_KEY:
+        return None
+    candidates = list(meta.vector_features)
+    state = meta.state_key or _guess(candidates, "state") or "NAME"
+    action = meta.action_key or _guess(candidates, "action", exclude=state) or "NAME"
+    return " ".join(f"--{role}-key {key}" for role, key, default in (("state", state, STATE_KEY),
+                                                                        ("action", action, ACTION_KEY))
+                    if key != default)
+
+
+def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAULT_PROBE_FILES,
+                    state_key: str = STATE_KEY, action_key: str = ACTION_KEY) -> dict[str, Any]:
+    """Report on a dataset folder (JSON-serialisable). Any LeRobot dataset is described, one without an
+    ``observation.state`` or ``action`` feature too.
 
     Args:
         root: the dataset folder (holding ``meta/info.json``).
+        state_key, action_key: the features to describe as the state and the action (absent ones are reported as
+            None, with the float vector features listed as candidates and the flags to train on them).
         probe_files: how many files per camera to measure, and how many data files to read row counts from,
             spread over the dataset; ``None`` measures every file. Existence is checked for every file.
 
@@ -67,8 +91,11 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         dict with ``root``, ``format`` (``"v2.1"``/``"v3.0"``), ``codebase_version`` (as stored), ``robot_type``,
         ``fps`` (Hz), ``episodes`` (``count``, ``indices`` as runs such as ``"10, 20, 10010-10011"``, ``first``,
         ``last``, ``contiguous``), ``frames`` (``total``, ``per_episode`` min / mean / max), ``duration_s``,
-        ``tasks`` (list of ``task_index``, ``task``, ``episodes``), ``features`` (``observation.state`` and
-        ``action``: ``dtype``, ``shape``, ``names`` or None), ``other_features`` (declared, non-video, non-
+        ``tasks`` (list of ``task_index``, ``task``, ``episodes``), ``state_key`` / ``action_key`` (the features
+        found for them, or None), ``features`` (those two by name: ``dtype``, ``shape``, ``names`` or None),
+        ``vector_features`` (every float vector feature: name -> size, the state / action candidates),
+        ``train_flags`` (e.g. ``"--state-key state --action-key actions"``, None for the default names),
+        ``other_features`` (declared, non-video, non-
         bookkeeping: key -> dtype and shape), ``undeclared_columns`` (parquet columns info.json does not declare),
         ``data_files`` (``count``, ``checked``, ``missing``), ``cameras`` (one dict per video key, in info.json
         order: ``key``, ``declared`` height / width / codec, and as measured ``height``, ``width``, ``codec``,
@@ -83,7 +110,7 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         DatasetError: the folder or its metadata (``meta/info.json``, episodes, tasks) is missing or malformed; file
             problems below the metadata are reported, not raised.
     """
-    meta = DatasetMeta.load(root)
+    meta = DatasetMeta.load(root, state_key=state_key, action_key=action_key, require_state_action=False)
     root = meta.root
     problems: list[dict[str, str]] = []
     episodes = meta.episodes
@@ -125,7 +152,8 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
 
     declared = set(meta.features)
     other = {k: {"dtype": f.get("dtype"), "shape": list(f.get("shape") or [])} for k, f in meta.features.items()
-             if k not in (STATE_KEY, ACTION_KEY) and f.get("dtype") != "video" and k not in _BOOKKEEPING_COLUMNS}
+             if k not in (meta.state_key, meta.action_key) and f.get("dtype") != "video"
+             and k not in BOOKKEEPING_COLUMNS}
     return {
         "root": str(root),
         "format": meta.version,
@@ -146,7 +174,12 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         },
         "duration_s": round(float(lengths.sum()) / meta.fps, 3),
         "tasks": tasks,
-        "features": {STATE_KEY: _feature_entry(meta, STATE_KEY), ACTION_KEY: _feature_entry(meta, ACTION_KEY)},
+        "state_key": meta.state_key,
+        "action_key": meta.action_key,
+        "features": {key: _feature_entry(meta, key, names)
+                     for key, names in ((state_key, meta.state_names), (action_key, meta.action_names))},
+        "vector_features": meta.vector_features,
+        "train_flags": training_flags(meta),
         "other_features": other,
         "undeclared_columns": sorted(columns - declared),
         "data_files": {"count": len(data_paths), "checked": checked, "missing": len(missing_data)},
@@ -263,6 +296,14 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     for key, feature in report["other_features"].items():
         features.add_row(f"[dim]{key}[/]", str(feature["dtype"]), str(feature["shape"]), "")
     console.print(features)
+    missing = [k for k, v in report["features"].items() if v is None]
+    if missing:
+        listed = ", ".join(f"{k} [{n}]" for k, n in report["vector_features"].items()) or "none"
+        console.print(f"[yellow]no feature named {' or '.join(missing)}[/]; float vector features (state / action "
+                      f"candidates): {listed}")
+    if report["train_flags"]:
+        console.print(f"train on it with: [bold]smolvla-train --dataset-path {report['root']} "
+                      f"{report['train_flags']} ...[/]")
 
     keys = [cam["key"] for cam in report["cameras"]]
     # Camera keys share a long prefix (observation.images.rgb.): show it once, in the title.

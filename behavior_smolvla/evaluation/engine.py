@@ -456,7 +456,8 @@ def evaluate_checkpoints(
                                TimeRemainingColumn)
 
     from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
-    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta, format_indices, parse_episode_spec
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.meta import DatasetMeta, format_indices, parse_episode_spec
     from behavior_smolvla.policy.trained import load_checkpoint
 
     console = console or Console(stderr=True)
@@ -652,7 +653,7 @@ def summary_table(report: Mapping[str, Any]) -> Any:
 
 
 def _episodes_text(episodes: Sequence[int]) -> str:
-    from behavior_smolvla.data.dataset import format_indices
+    from behavior_smolvla.data.meta import format_indices
 
     return format_indices(list(episodes))
 

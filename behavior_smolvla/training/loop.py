@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 
 from behavior_smolvla.policy import checkpoint as ckpt
-from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file
+from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file, validate_config
 from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, DatasetError
 from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
 
@@ -140,7 +140,7 @@ def prepare_demo(cfg: TrainConfig, run_dir: Path, say) -> None:
         cfg.policy.vlm_model = str(vlm_dir)
     if cfg.data.val_episodes is None and cfg.data.episodes is None:
         # Hold out the last episode of every task (BEHAVIOR indices: task_id * 10000 + ...), for smolvla-eval.
-        from behavior_smolvla.data.dataset import DatasetMeta
+        from behavior_smolvla.data.meta import DatasetMeta
 
         last_per_task: dict[int, int] = {}
         for e in sorted(DatasetMeta.load(cfg.data.dataset_path).episodes):
@@ -152,35 +152,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     """``outputs/<YYYY-MM-DD>/<HH-MM-SS>_<run_name>`` (lerobot's convention)."""
     now = datetime.now()
     return Path("outputs") / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{cfg.output.run_name}"
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Check option values that do not depend on the data; raise ConfigError naming the flag."""
-    o, d, p = cfg.optim, cfg.data, cfg.policy
-    if o.max_steps is None and o.num_epochs is None:
-        raise ConfigError("neither --max-steps nor --num-epochs is set: pass one (e.g. --max-steps 20000)")
-    if o.max_steps is not None and o.max_steps <= 0:
-        raise ConfigError(f"--max-steps {o.max_steps}: must be positive")
-    if o.num_epochs is not None and o.num_epochs <= 0:
-        raise ConfigError(f"--num-epochs {o.num_epochs}: must be positive")
-    for flag, value in (("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
-                        ("--chunk-size", p.chunk_size), ("--frame-stride", d.frame_stride),
-                        ("--image-size", d.image_size), ("--save-steps", cfg.output.save_steps),
-                        ("--log-steps", cfg.logging.log_steps)):
-        if value <= 0:
-            raise ConfigError(f"{flag} {value}: must be positive")
-    if d.num_workers < 0:
-        raise ConfigError(f"--num-workers {d.num_workers}: must be 0 or more")
-    if p.n_action_steps is not None and not 0 < p.n_action_steps <= p.chunk_size:
-        raise ConfigError(f"--n-action-steps {p.n_action_steps}: must be between 1 and --chunk-size ({p.chunk_size})")
-    if o.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"--precision {o.precision}: use auto, fp32, bf16 or fp16")
-    if p.from_scratch and not p.vlm_model and not cfg.demo:
-        raise ConfigError("--from-scratch needs --vlm-model (a hub id or a local SmolVLM folder)")
-    if d.dataset_path is None and not cfg.demo:
-        raise ConfigError("--dataset-path is required (a LeRobot dataset folder), or use --demo for built-in data")
-    if cfg.eval.eval_steps is not None and not d.val_episodes and not cfg.demo:  # the demo picks its own
-        raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -200,7 +171,7 @@ def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> t
     Raises:
         ConfigError: the two overlap, or nothing is left to train on.
     """
-    from behavior_smolvla.data.dataset import parse_episode_spec
+    from behavior_smolvla.data.meta import parse_episode_spec
 
     available = sorted(meta.episodes)
     val = parse_episode_spec(val_spec, available) if val_spec else []
@@ -301,7 +272,9 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     from accelerate.utils import DistributedDataParallelKwargs
     from torch.utils.data import DataLoader
 
-    from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
+    from behavior_smolvla.data.dataset import BehaviorDataset
+
+    from behavior_smolvla.data.meta import DatasetMeta
     from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy
     from behavior_smolvla.data.sampler import TrainingStream
     from behavior_smolvla.state_maps.maps import default_state_map, load_state_map, standard_track_map
@@ -365,7 +338,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         raise DatasetError(
             f"--dataset-path {dataset_path}: no meta/info.json there; pass the folder of a LeRobot dataset"
         )
-    meta = DatasetMeta.load(dataset_path)
+    meta = DatasetMeta.load(dataset_path, state_key=cfg.data.state_key, action_key=cfg.data.action_key)
     if cfg.data.state_map:
         state_map = load_state_map(cfg.data.state_map)
     elif cfg.data.filter_state:
