@@ -296,7 +296,8 @@ def train_command(
     """Train lerobot's SmolVLA on a LeRobot / BEHAVIOR dataset, with checkpoints, exact resume and wandb."""
     values = {k: v for k, v in locals().items() if k != "config"}
     from behavior_smolvla.config import load_config_file
-    from behavior_smolvla.training.loop import config_for_run, train
+    from behavior_smolvla.training.build import config_for_run
+    from behavior_smolvla.training.loop import train
 
     cfg = config_for_run(config, values)
     given = {k for k, v in values.items() if v is not None}
@@ -351,7 +352,8 @@ def eval_command(
     action_key: str = typer.Option(None, "--action-key", help="Feature read as the action (default: the checkpoint's)."),
 ) -> None:
     """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
-    from behavior_smolvla.evaluation.engine import evaluate_checkpoints, summary_table
+    from behavior_smolvla.evaluation.engine import evaluate_checkpoints
+    from behavior_smolvla.evaluation.report import summary_table
 
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,

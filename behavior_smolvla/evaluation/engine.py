@@ -1,34 +1,15 @@
-"""Offline evaluation of trained checkpoints on held-out episodes: error metrics with baselines beside them, plots.
+"""One evaluation engine for offline evaluation (``smolvla-eval``) and validation during training.
 
-What is measured, at each evaluated frame of each held-out episode (all numbers in the action's own units: radians
-for joint positions, m/s and rad/s for the base velocity command, the gripper command's units; computed from the
-UNnormalised prediction):
-
-* the mean absolute error (MAE) of the first predicted action and of the whole chunk (padded steps, those past the
-  episode's end, excluded), per action dim, per action group and averaged over dims;
-* the MAE as a function of the step inside the chunk (0 .. chunk_size - 1);
-* "percent close": the fraction of predictions within ``tolerance * (max - min)`` of the truth, per dim (max / min
-  from the checkpoint's action statistics, i.e. the training data), for the first action and for the whole chunk;
-* the same metrics for two reference predictors that need no learning: ``hold`` (every step of the chunk repeats the
-  action recorded at the frame just before, the last command a controller would keep sending; the episode's first
-  frame uses its own action) and ``mean_action`` (the training data's mean action, from the checkpoint's stats);
-* with several checkpoints: each member's metrics, the ensemble mean's metrics, the per-frame disagreement (std
-  across members of the first predicted action, averaged over dims) and its Pearson correlation with the ensemble's
-  per-frame first-action error (averaged over dims).
-
-Action groups: the R1Pro's 23-dim action is split as base 0:3, torso 3:7, left_arm 7:14, left_gripper 14:15,
-right_arm 15:22, right_gripper 22:23 (``shared/reference/behavior_r1pro.md``, the BEHAVIOR challenge docs); for any
-other action each dim is its own group, named from the dataset's action names.
-
-A chunk predicted by a policy trained with ``frame_stride`` s holds one action every s frames, so its ground truth is
-read at the same stride, whatever frames are evaluated (``frame_stride`` here only chooses the evaluated frames).
+Both read the held-out episodes through the policy's own input contract (``PolicyInputs.eval_dataset``: every frame,
+chunks long enough for the policy's stride), pick the evaluated frames with :func:`select_eval_frames`, predict whole
+action chunks with :func:`predict_frames` (fixed noise seeds, the global RNG left untouched) and score them with
+``evaluation.metrics`` beside the reference predictors. ``evaluate_checkpoints`` adds checkpoints, ensembles and the
+written report; ``validate`` adds SmolVLA's validation loss on the same frames.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,198 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, StateMapError
-from behavior_smolvla.r1pro import ACTION_DIM, ACTION_GROUPS, ACTION_NAMES
+from behavior_smolvla.data.dataset import BehaviorDataset
+from behavior_smolvla.errors import ConfigError, DatasetError
+from behavior_smolvla.evaluation.metrics import (
+    _num, action_layout, action_stats, chunk_metrics, ensemble_disagreement, hold_chunks, mean_action_chunks, pearson,
+)
+from behavior_smolvla.evaluation.report import (
+    default_output_dir, members_label, project_commit, summary_markdown, write_plots,
+)
+from behavior_smolvla.policy.smolvla import PolicyBundle, to_policy_batch
 
 EVAL_BATCH_SIZE = 16
 """Frames per model call. Each batch ``b`` draws its flow-matching noise from seed ``seed + b``, so a run is exactly
 repeatable for the same frames, batch size and seed."""
-
-ALL_DIMS = "all dims"
-REFERENCE_PREDICTORS = ("hold", "mean_action")
-
-
-# --- action layout ---------------------------------------------------------------------------------------------
-
-
-def action_layout(action_dim: int, action_names: Sequence[str] | None = None) -> tuple[list[str], dict[str, list[int]]]:
-    """Per-dim names and the groups metrics are reported for.
-
-    Args:
-        action_dim: A, the action's dimension.
-        action_names: the dataset's action names (``info.json``), or None.
-
-    Returns:
-        ``(names, groups)``: A unique dim names, and group name -> list of dims. A 23-dim action is the R1Pro's
-        (:data:`behavior_smolvla.r1pro.ACTION_GROUPS`); any other action has one group per dim, named like the dim.
-    """
-    names = list(action_names) if action_names is not None and len(action_names) == action_dim else None
-    if names is not None and len(set(names)) != len(names):
-        names = None  # duplicated names cannot key per-dim metrics
-    if action_dim == ACTION_DIM:
-        names = names or list(ACTION_NAMES)
-        return names, {g: list(range(a, b)) for g, a, b in ACTION_GROUPS}
-    names = names or [f"action.{i}" for i in range(action_dim)]
-    return names, {name: [i] for i, name in enumerate(names)}
-
-
-# --- metrics -----------------------------------------------------------------------------------------------------
-
-
-def _per_dim_summary(values: np.ndarray, names: Sequence[str], groups: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    return {
-        "mean": _num(np.mean(values)),
-        "per_group": {g: _num(np.mean(values[list(d)])) for g, d in groups.items()},
-        "per_dim": {n: _num(v) for n, v in zip(names, values, strict=True)},
-    }
-
-
-def chunk_metrics(
-    pred: np.ndarray,
-    truth: np.ndarray,
-    is_pad: np.ndarray,
-    value_range: np.ndarray,
-    tolerance: float,
-    names: Sequence[str],
-    groups: Mapping[str, Sequence[int]],
-) -> dict[str, Any]:
-    """Error metrics of predicted action chunks against the recorded ones.
-
-    Args:
-        pred: float [N, C, A] predicted chunks (action units).
-        truth: float [N, C, A] recorded chunks (padded steps hold anything: they are excluded).
-        is_pad: bool [N, C], True where a chunk step lies past the episode's end.
-        value_range: float [A], max - min of each action dim (same units); a dim counts as "close" where
-            ``|pred - truth| <= tolerance * value_range``.
-        tolerance: fraction of the range, e.g. 0.05.
-        names: A dim names; groups: group name -> dims.
-
-    Returns:
-        JSON-ready dict: ``first_action_mae`` and ``chunk_mae`` (each ``{"mean", "per_group", "per_dim"}``: mean over
-        dims / over the group's dims / per dim), ``percent_close`` (first action) and ``percent_close_chunk`` (same
-        shape, fractions in [0, 1]), ``mae_by_chunk_step`` (``{"all dims": [C], <group>: [C]}``, the MAE at each
-        chunk step over the frames where that step is valid; None where none is), ``frames`` (N).
-
-    Raises:
-        ValueError: shapes that do not agree (a programming error, not a user error).
-    """
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    valid = ~np.asarray(is_pad, dtype=bool)
-    if pred.shape != truth.shape or pred.ndim != 3 or valid.shape != pred.shape[:2]:
-        raise ValueError(f"pred {pred.shape}, truth {truth.shape}, is_pad {valid.shape}: expected [N, C, A] x2, [N, C]")
-    err = np.abs(pred - truth)
-    close = err <= tolerance * np.asarray(value_range, dtype=np.float64)
-    first_valid = valid[:, 0]
-    w = valid[..., None].astype(np.float64)
-    n_valid = max(float(valid.sum()), 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        by_step = (err * w).sum(0) / valid.sum(0)[:, None]  # [C, A]; NaN where a step is never valid
-    curves = {ALL_DIMS: by_step.mean(1)}
-    curves.update({g: by_step[:, list(d)].mean(1) for g, d in groups.items()})
-    return {
-        "frames": int(len(pred)),
-        "first_action_mae": _per_dim_summary(err[first_valid, 0].mean(0), names, groups),
-        "chunk_mae": _per_dim_summary((err * w).sum((0, 1)) / n_valid, names, groups),
-        "percent_close": _per_dim_summary(close[first_valid, 0].mean(0), names, groups),
-        "percent_close_chunk": _per_dim_summary((close * w).sum((0, 1)) / n_valid, names, groups),
-        "mae_by_chunk_step": {g: [_num(v) for v in c] for g, c in curves.items()},
-    }
-
-
-def hold_chunks(previous_action: np.ndarray, chunk_size: int) -> np.ndarray:
-    """The ``hold`` reference: float [N, A] last recorded actions -> float [N, chunk_size, A] (each step repeats it)."""
-    previous_action = np.asarray(previous_action)
-    return np.repeat(previous_action[:, None, :], chunk_size, axis=1)
-
-
-def mean_action_chunks(mean_action: np.ndarray, frames: int, chunk_size: int) -> np.ndarray:
-    """The ``mean_action`` reference: float [A] -> float [frames, chunk_size, A]."""
-    mean_action = np.asarray(mean_action, dtype=np.float64).reshape(1, 1, -1)
-    return np.broadcast_to(mean_action, (frames, chunk_size, mean_action.shape[-1])).copy()
-
-
-def ensemble_disagreement(member_preds: np.ndarray) -> np.ndarray:
-    """Per-frame disagreement of an ensemble: float [K, N, C, A] -> float [N], the std across the K members of the
-    first predicted action (population std), averaged over the A dims (action units)."""
-    return np.asarray(member_preds, dtype=np.float64)[:, :, 0, :].std(axis=0).mean(axis=1)
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Pearson correlation of two [N] arrays; None when it is undefined (N < 2 or a constant array)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
-        return None
-    return _num(np.corrcoef(x, y)[0, 1])
-
-
-def _num(value: Any) -> float | None:
-    """A JSON-safe float (None for NaN / inf: JSON has no NaN)."""
-    v = float(value)
-    return v if math.isfinite(v) else None
-
-
-# --- policy plumbing -------------------------------------------------------------------------------------------
-
-
-def action_stats(bundle: Any) -> dict[str, np.ndarray]:
-    """The action statistics a policy was trained with (its post-processor's unnormaliser): the training data's.
-
-    Args:
-        bundle: ``policy.PolicyBundle`` (or anything with a lerobot ``postprocessor`` pipeline).
-
-    Returns:
-        ``{"mean", "min", "max", ...}``: float32 [A] each.
-
-    Raises:
-        CheckpointError: the post-processor holds no action mean/min/max.
-    """
-    for step in getattr(bundle.postprocessor, "steps", []):
-        stats = getattr(step, "stats", None)
-        if isinstance(stats, Mapping) and "action" in stats:
-            out = {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in stats["action"].items()}
-            missing = [k for k in ("mean", "min", "max") if k not in out]
-            if not missing:
-                return out
-            raise CheckpointError(f"policy_postprocessor: action statistics lack {missing}; retrain with this "
-                                  "project's smolvla-train, which stores mean, std, min and max")
-    raise CheckpointError("policy_postprocessor: no action statistics found (no unnormaliser step); the checkpoint "
-                          "was not written by smolvla-train")
-
-
-def checkpoint_policy_from_bundle(bundle: Any, dataset: Any) -> Any:
-    """Wrap an in-memory policy (e.g. the one being trained) as a :class:`~behavior_smolvla.policy.trained.CheckpointPolicy`
-    without writing or reading a checkpoint.
-
-    Args:
-        bundle: ``policy.PolicyBundle`` (``policy``, ``preprocessor``, ``postprocessor``); pass the unwrapped module
-            under DDP.
-        dataset: the ``BehaviorDataset`` the policy reads: its cameras (in policy order), state map and image size
-            are the policy's.
-
-    Returns:
-        A ``CheckpointPolicy`` whose ``checkpoint`` is None and ``train_config`` is empty.
-    """
-    from behavior_smolvla.policy.trained import CheckpointPolicy
-    from behavior_smolvla.policy.smolvla import policy_camera_keys
-
-    cfg = bundle.policy.config
-    return CheckpointPolicy(
-        checkpoint=None,
-        bundle=bundle,
-        train_config={},
-        state_map=dataset.state_map,
-        cameras=list(dataset.cameras),
-        camera_map=policy_camera_keys(list(dataset.cameras)),
-        image_size=dataset.image_size,
-        chunk_size=int(cfg.chunk_size),
-        n_action_steps=int(cfg.n_action_steps),
-        action_dim=int(cfg.action_feature.shape[0]),
-        tasks=list(dataset.tasks),
-        task_map={str(k): v for k, v in dataset.meta.tasks.items()},
-        device=next(bundle.policy.parameters()).device,
-    )
 
 
 def _collate(samples: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
@@ -239,10 +41,6 @@ def _collate(samples: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[
         values = [s[key] for s in samples]
         out[key] = values if isinstance(values[0], str) else torch.stack(values)
     return out
-
-
-def _observation_keys(cameras: Sequence[str]) -> list[str]:
-    return [*cameras, "observation.state", "task"]
 
 
 def spread_evenly(candidates: np.ndarray, max_frames: int | None) -> np.ndarray:
@@ -317,75 +115,78 @@ def select_eval_frames(dataset: Any, chunk_size: int, chunk_stride: int, frame_s
     )
 
 
-def project_commit() -> str | None:
-    """``git rev-parse HEAD`` of this project's checkout, or None (not a git checkout, git missing, no commit)."""
+def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[BehaviorDataset, list[int]]],
+                   frames: EvalFrames, *, seed: int, batch_size: int = EVAL_BATCH_SIZE, with_loss: bool = False,
+                   bar: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict the action chunk of every member at every evaluated frame (and, for validation, the loss).
+
+    The policies are put in eval mode and given back in the mode they were in; the global RNG states (CPU and the
+    policies' CUDA devices) are left exactly as they were (``torch.random.fork_rng``), so evaluating in the middle of
+    a training run does not change it. Batch ``b`` uses noise seed ``seed + b`` for every member.
+
+    Args:
+        members: the policies (an ensemble when several).
+        views: ``(eval dataset, member ids reading it)``: members with the same input view share the decoding.
+        frames: from :func:`select_eval_frames` (``indices`` index every view's dataset alike).
+        seed: base seed of the flow-matching noise (and of the loss's noise and time).
+        batch_size: frames per model call.
+        with_loss: also compute SmolVLA's training loss of member 0 on the recorded chunks (``frames.truth``,
+            ``frames.is_pad``), per frame, in normalised units.
+        bar: a rich Progress to advance over frames, or None.
+
+    Returns:
+        ``(predictions float32 [K, N, C, A] in action units, losses float32 [N] or None)``.
+    """
+    n = len(frames.indices)
+    first = members[0]
+    preds = np.empty((len(members), n, first.chunk_size, first.action_dim), dtype=np.float32)
+    losses = np.empty(n, dtype=np.float32) if with_loss else None
+    devices = sorted({m.device.index if m.device.index is not None else torch.cuda.current_device()
+                      for m in members if m.device.type == "cuda"})
+    modes = [m.policy.training for m in members]
+    task = bar.add_task("frames", total=n) if bar is not None else None
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and commit else None
+        with torch.random.fork_rng(devices=devices):
+            for m in members:
+                m.policy.eval()
+            for b, start in enumerate(range(0, n, batch_size)):
+                idx = frames.indices[start:start + batch_size]
+                for ds, member_ids in views:
+                    samples = [ds.load_sample(int(i)) for i in idx]
+                    observation = _collate(samples, [*ds.cameras, "observation.state", "task"])
+                    if with_loss and 0 in member_ids:
+                        batch = {**observation, "action": torch.from_numpy(frames.truth[start:start + len(idx)]),
+                                 "action_is_pad": torch.from_numpy(frames.is_pad[start:start + len(idx)])}
+                        torch.manual_seed(seed + b)  # SmolVLA draws the loss's noise and time from the forked RNG
+                        with torch.no_grad():
+                            per_sample, _ = first.policy.forward(
+                                first.preprocessor(to_policy_batch(batch, first.inputs.camera_map)), reduction="none")
+                        losses[start:start + len(idx)] = per_sample.detach().float().cpu().numpy()
+                    for k in member_ids:
+                        preds[k, start:start + len(idx)] = members[k].predict_chunk(observation, noise_seed=seed + b)
+                if bar is not None:
+                    bar.advance(task, len(idx))
+    finally:
+        for m, mode in zip(members, modes, strict=True):
+            m.policy.train(mode)
+    return preds, losses
 
 
-def default_output_dir(checkpoints: Sequence[str | Path]) -> Path:
-    """``<run>/eval/<YYYY-MM-DD_HH-MM-SS>_<step>`` of the first checkpoint (``..._ensemble<K>`` for several), or
-    ``<checkpoint>/eval/...`` when the checkpoint does not sit in a run's ``checkpoints/`` folder. Never an existing
-    folder (a ``-2``, ``-3``... suffix is added)."""
-    from behavior_smolvla.policy.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
+def score(predictions: np.ndarray, frames: EvalFrames, stats: Mapping[str, np.ndarray], tolerance: float,
+          names: Sequence[str], groups: Mapping[str, Sequence[int]]) -> dict[str, dict[str, Any]]:
+    """:func:`~behavior_smolvla.evaluation.metrics.chunk_metrics` of a prediction [N, C, A] and of the reference
+    predictors ``hold`` and ``mean_action`` (``stats``: the policy's action statistics: mean, min, max [A])."""
+    value_range = stats["max"] - stats["min"]
+    chunk = predictions.shape[1]
 
-    first = resolve_checkpoint(checkpoints[0])
-    base = first.parent.parent if first.parent.name == CHECKPOINTS_DIR else first
-    tag = first.name if len(checkpoints) == 1 else f"ensemble{len(checkpoints)}"
-    out = base / "eval" / f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}_{tag}"
-    candidate, k = out, 1
-    while candidate.exists():
-        k += 1
-        candidate = out.with_name(f"{out.name}-{k}")
-    return candidate
+    def metrics_of(p: np.ndarray) -> dict[str, Any]:
+        return chunk_metrics(p, frames.truth, frames.is_pad, value_range, tolerance, names, groups)
 
-
-def _check_compatible(checkpoint: Path, train_config: Mapping[str, Any], meta: Any, dataset_path: Path) -> None:
-    """Raise the project's error when a dataset cannot feed a checkpoint (state layout, action dim, cameras), from
-    the checkpoint's ``train_config.yaml`` alone (before any weights are loaded)."""
-    data = train_config.get("dataset", {})
-    state_map = train_config.get("state_map", {})
-    want_state = state_map.get("input_dim") or data.get("state_dim")
-    if want_state is not None and meta.state_dim != int(want_state):
-        raise StateMapError(
-            f"--dataset-path {dataset_path}: observation.state has {meta.state_dim} dims but checkpoint {checkpoint} "
-            f"was trained with state map {state_map.get('name')!r} over a {want_state}-dim state "
-            f"({state_map.get('layout')}); evaluate on a dataset with the training data's state layout")
-    if data.get("action_dim") is not None and meta.action_dim != int(data["action_dim"]):
-        raise DatasetError(
-            f"--dataset-path {dataset_path}: action has {meta.action_dim} dims but checkpoint {checkpoint} predicts "
-            f"{data['action_dim']}; evaluate on a dataset of the same robot")
-    missing = [c for c in data.get("cameras", []) if c not in meta.camera_keys]
-    if missing:
-        raise DatasetError(
-            f"--dataset-path {dataset_path}: camera(s) {missing} that checkpoint {checkpoint} reads are not in the "
-            f"dataset (it has {', '.join(meta.camera_keys) or 'none'}); evaluate on a dataset with the training "
-            "cameras")
-
-
-def _predict_frames(members: Sequence[Any], views: Sequence[tuple[Any, list[int]]], indices: np.ndarray, seed: int,
-                    batch_size: int, bar: Any) -> np.ndarray:
-    """float32 [K, N, C, A] unnormalised chunks of every member at the dataset samples ``indices`` [N]; batch ``b``
-    uses noise seed ``seed + b`` for every member. ``views``: (dataset, member ids reading it)."""
-    n = len(indices)
-    preds = np.empty((len(members), n, members[0].chunk_size, members[0].action_dim), dtype=np.float32)
-    with bar:
-        task = bar.add_task("frames", total=n)
-        for b, start in enumerate(range(0, n, batch_size)):
-            idx = indices[start:start + batch_size]
-            for ds, member_ids in views:
-                batch = _collate([ds.load_sample(int(i)) for i in idx], _observation_keys(ds.cameras))
-                for k in member_ids:
-                    preds[k, start:start + len(idx)] = members[k].predict_chunk(batch, noise_seed=seed + b)
-            bar.advance(task, len(idx))
-    for ds, _ in views:
-        ds.close()
-    return preds
+    return {
+        "policy": metrics_of(predictions),
+        "hold": metrics_of(hold_chunks(frames.previous_action, chunk)),
+        "mean_action": metrics_of(mean_action_chunks(stats["mean"], len(frames.indices), chunk)),
+    }
 
 
 def _ensemble_summary(member_preds: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -417,6 +218,8 @@ def evaluate_checkpoints(
     progress: bool = True,
     console: Any = None,
     batch_size: int = EVAL_BATCH_SIZE,
+    state_key: str | None = None,
+    action_key: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint (or an ensemble of several) on held-out episodes; write the report and plots.
 
@@ -438,6 +241,8 @@ def evaluate_checkpoints(
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         progress: show a rich progress bar over frames.
         console: rich Console for the progress bar and warnings (default: stderr).
+        state_key, action_key: dataset features read as the state and the action; None = the (first) checkpoint's
+            (its input contract), for a dataset whose features are named otherwise than the training data's.
 
     Returns:
         The report (also written as ``report.json``): see the module docstring; keys ``predictors`` (``policy`` or
@@ -455,10 +260,10 @@ def evaluate_checkpoints(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
-    from behavior_smolvla.data.dataset import BehaviorDataset
-    from behavior_smolvla.data.meta import DatasetMeta, format_indices, parse_episode_spec
-    from behavior_smolvla.policy.trained import load_checkpoint
+    from behavior_smolvla.data.meta import format_indices, parse_episode_spec
+    from behavior_smolvla.inputs import PolicyInputs
+    from behavior_smolvla.policy.checkpoint import PRETRAINED_DIR, load_train_config, resolve_checkpoint
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
 
     console = console or Console(stderr=True)
     if not checkpoints:
@@ -470,24 +275,23 @@ def evaluate_checkpoints(
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames {max_frames}: must be >= 1")
 
-    # Cheap checks first (each checkpoint's folder and train config against the dataset), before loading weights.
+    # Cheap checks first (each checkpoint's input contract against the dataset), before loading any weights.
     resolved = [resolve_checkpoint(c) for c in checkpoints]
-    configs = [load_train_config(c) for c in resolved]
-    dataset_path = Path(dataset_path)
-    meta = DatasetMeta.load(dataset_path)
-    for c, cfg in zip(resolved, configs, strict=True):
-        _check_compatible(c, cfg, meta, dataset_path)
+    contracts = [PolicyInputs.from_train_config(load_train_config(c), str(c / PRETRAINED_DIR)) for c in resolved]
+    meta = contracts[0].load_meta(dataset_path, state_key=state_key, action_key=action_key)
+    for contract in contracts[1:]:
+        contract.check_dataset(meta)
     selected = parse_episode_spec(episodes, list(meta.episodes))
-    members = [load_checkpoint(c, device=device) for c in resolved]
-    strides = [int(m.train_config["dataset"].get("frame_stride", 1)) for m in members]
+    members = [load_policy_bundle(c, device=device) for c in resolved]
     first = members[0]
-    for m, s in zip(members[1:], strides[1:], strict=True):
-        if (m.chunk_size, m.action_dim, s) != (first.chunk_size, first.action_dim, strides[0]):
+    for m in members[1:]:
+        a, b = m.inputs, first.inputs
+        if (a.chunk_size, a.action_dim, a.frame_stride) != (b.chunk_size, b.action_dim, b.frame_stride):
             raise ConfigError(
-                f"--checkpoint {m.checkpoint}: chunk size {m.chunk_size}, action dim {m.action_dim}, frame stride {s} "
-                f"differ from {first.checkpoint} ({first.chunk_size}, {first.action_dim}, {strides[0]}); an ensemble "
-                "needs members that predict the same chunks")
-    chunk, chunk_stride = first.chunk_size, strides[0]
+                f"--checkpoint {m.checkpoint}: chunk size {a.chunk_size}, action dim {a.action_dim}, frame stride "
+                f"{a.frame_stride} differ from {first.checkpoint} ({b.chunk_size}, {b.action_dim}, {b.frame_stride}); "
+                "an ensemble needs members that predict the same chunks")
+    chunk, chunk_stride = first.chunk_size, first.inputs.frame_stride
     frame_stride = frame_stride or chunk_stride
 
     warnings: list[str] = []
@@ -501,14 +305,12 @@ def evaluate_checkpoints(
             warnings.append(msg)
             console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
-    # One dataset per distinct input view (cameras, image size, state map); members sharing a view share decoding.
-    views: dict[str, tuple[Any, list[int]]] = {}
+    # One reader per distinct input view (cameras, image size, state map); members sharing a view share decoding.
+    views: dict[str, tuple[BehaviorDataset, list[int]]] = {}
     for k, m in enumerate(members):
-        key = json.dumps([m.cameras, m.image_size, m.state_map.to_dict()], sort_keys=True, default=str)
+        key = json.dumps([list(m.inputs.cameras), m.inputs.image_size, m.inputs.state_map.to_dict()], sort_keys=True)
         if key not in views:
-            ds = BehaviorDataset(meta, episodes=selected, cameras=m.cameras, chunk_size=(chunk - 1) * chunk_stride + 1,
-                                 image_size=m.image_size, frame_stride=1, state_map=m.state_map)
-            views[key] = (ds, [])
+            views[key] = (m.inputs.eval_dataset(meta, selected), [])
         views[key][1].append(k)
     view_list = list(views.values())
     frames = select_eval_frames(view_list[0][0], chunk, chunk_stride, frame_stride, max_frames)
@@ -516,21 +318,21 @@ def evaluate_checkpoints(
 
     bar = Progress(TextColumn("[bold]evaluating frames"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=console, disable=not progress, transient=False)
-    preds = _predict_frames(members, view_list, frames.indices, seed, batch_size, bar)
+    with bar:
+        preds, _ = predict_frames(members, view_list, frames, seed=seed, batch_size=batch_size, bar=bar)
+    for ds, _ in view_list:
+        ds.close()
 
-    stats = action_stats(first.bundle)
+    stats = action_stats(first)
     value_range = stats["max"] - stats["min"]
     names, groups = action_layout(first.action_dim, meta.action_names)
 
-    def metrics_of(p: np.ndarray) -> dict[str, Any]:
-        return chunk_metrics(p, frames.truth, frames.is_pad, value_range, tolerance, names, groups)
-
-    predictors: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {
         "created": datetime.now().isoformat(timespec="seconds"),
         "git_commit": project_commit(),
         "checkpoints": [str(m.checkpoint) for m in members],
-        "dataset": {"path": str(dataset_path.resolve()), "version": meta.version, "fps": meta.fps},
+        "dataset": {"path": str(Path(dataset_path).resolve()), "version": meta.version, "fps": meta.fps,
+                    "state_key": meta.state_key, "action_key": meta.action_key},
         "episodes": selected,
         "frames_evaluated": n,
         "frames_per_episode": {str(e): int((frames.episode_index == e).sum()) for e in selected},
@@ -546,21 +348,17 @@ def evaluate_checkpoints(
         "action_stats": {"source": str(first.checkpoint), "mean": stats["mean"].tolist(),
                          "min": stats["min"].tolist(), "max": stats["max"].tolist(), "range": value_range.tolist()},
     }
-    if len(members) == 1:
-        primary = "policy"
-        predictors["policy"] = metrics_of(preds[0])
-        primary_pred = preds[0]
-    else:
-        primary = "ensemble"
-        primary_pred = preds.mean(axis=0)
-        predictors["ensemble"] = metrics_of(primary_pred)
+    primary = "policy" if len(members) == 1 else "ensemble"
+    primary_pred = preds[0] if len(members) == 1 else preds.mean(axis=0)
+    scores = score(primary_pred, frames, stats, tolerance, names, groups)
+    predictors = {primary: scores.pop("policy"), **scores}
+    if len(members) > 1:
         report["members"] = [
-            {"checkpoint": str(m.checkpoint), "overlapping_train_episodes": ov, "metrics": metrics_of(preds[k])}
+            {"checkpoint": str(m.checkpoint), "overlapping_train_episodes": ov,
+             "metrics": chunk_metrics(preds[k], frames.truth, frames.is_pad, value_range, tolerance, names, groups)}
             for k, (m, ov) in enumerate(zip(members, member_overlap, strict=True))
         ]
         report["ensemble"] = _ensemble_summary(preds, frames.truth)
-    predictors["hold"] = metrics_of(hold_chunks(frames.previous_action, chunk))
-    predictors["mean_action"] = metrics_of(mean_action_chunks(stats["mean"], n, chunk))
     report["primary"] = primary
     report["predictors"] = predictors
     report["overlapping_train_episodes"] = sorted({e for ov in member_overlap for e in ov})
@@ -569,7 +367,7 @@ def evaluate_checkpoints(
     out = Path(output_dir) if output_dir is not None else default_output_dir(checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     step_s = chunk_stride / meta.fps
-    plots = _write_plots(out, report, frames, primary_pred, names, groups, step_s, _label(members))
+    plots = write_plots(out, report, frames, primary_pred, names, groups, step_s, members_label(members))
     np.savez_compressed(
         out / "predictions.npz", episode_index=frames.episode_index, frame_index=frames.frame_index,
         timestamp=frames.timestamp, truth=frames.truth, is_pad=frames.is_pad, previous_action=frames.previous_action,
@@ -582,118 +380,12 @@ def evaluate_checkpoints(
     return report
 
 
-def _label(members: Sequence[Any]) -> str:
-    if len(members) == 1:
-        return f"checkpoint {members[0].checkpoint.name}"
-    return f"ensemble of {len(members)} ({', '.join(m.checkpoint.name for m in members)})"
-
-
-def _write_plots(out: Path, report: Mapping[str, Any], frames: EvalFrames, primary_pred: np.ndarray,
-                 names: Sequence[str], groups: Mapping[str, Sequence[int]], step_s: float, label: str) -> list[Path]:
-    from behavior_smolvla.evaluation.plots import plot_error_vs_chunk_step, plot_first_actions
-
-    primary = report["primary"]
-    curves = {p: report["predictors"][p]["mae_by_chunk_step"] for p in (primary, *REFERENCE_PREDICTORS)}
-    paths = [plot_error_vs_chunk_step(out / "error_vs_chunk_step.png", curves, step_s,
-                                      f"{label}: MAE vs step inside the chunk ({report['frames_evaluated']} frames)")]
-    for ep in report["episodes"]:
-        rows = np.flatnonzero(frames.episode_index == ep)
-        if len(rows) == 0:
-            continue
-        paths.append(plot_first_actions(
-            out / f"first_action_episode_{ep}.png", frames.timestamp[rows], frames.truth[rows, 0],
-            {primary: primary_pred[rows, 0]}, groups, names,
-            f"{label}, episode {ep}: first predicted action vs ground truth ({len(rows)} frames)"))
-    return paths
-
-
-# --- presentation ------------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, percent: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
-
-
-def summary_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The main figures as a table: one row per action group plus "all dims"; for each of first-action MAE, chunk
-    MAE and percent close (first action) the primary predictor, ``hold`` and ``mean_action`` side by side."""
-    preds = report["predictors"]
-    order = [report["primary"], *REFERENCE_PREDICTORS]
-    header = ["group"]
-    for metric in ("first-action MAE", "chunk MAE", "% close"):
-        header += [f"{metric} {p}" for p in order]
-    rows = []
-    for group in [ALL_DIMS, *report["action_groups"]]:
-        row = [group]
-        for metric, percent in (("first_action_mae", False), ("chunk_mae", False), ("percent_close", True)):
-            for p in order:
-                m = preds[p][metric]
-                row.append(_fmt(m["mean"] if group == ALL_DIMS else m["per_group"][group], percent))
-        rows.append(row)
-    return header, rows
-
-
-def summary_table(report: Mapping[str, Any]) -> Any:
-    """A rich Table of :func:`summary_rows`, for the terminal."""
-    from rich.table import Table
-
-    header, rows = summary_rows(report)
-    # Two-line headers ("first-action MAE" over the predictor) keep the ten columns readable in a terminal.
-    header = [h.replace(" MAE ", " MAE\n").replace("% close ", "% close\n") for h in header]
-    table = Table(title=f"{report['frames_evaluated']} frames of episodes {_episodes_text(report['episodes'])}; "
-                        f"MAE in action units, close = within {report['tolerance']:g} of each dim's range")
-    for i, col in enumerate(header):
-        primary = col.endswith("\n" + report["primary"])
-        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _episodes_text(episodes: Sequence[int]) -> str:
-    from behavior_smolvla.data.meta import format_indices
-
-    return format_indices(list(episodes))
-
-
-def summary_markdown(report: Mapping[str, Any]) -> str:
-    """``summary.md``: what was evaluated, the main table, ensemble figures, warnings, and the plots."""
-    header, rows = summary_rows(report)
-    lines = [
-        "# Offline evaluation",
-        "",
-        f"- checkpoint(s): {', '.join(f'`{c}`' for c in report['checkpoints'])}",
-        f"- dataset: `{report['dataset']['path']}`, episodes {_episodes_text(report['episodes'])}, "
-        f"{report['frames_evaluated']} frames (every {report['frame_stride']} frame(s)"
-        + (f", at most {report['max_frames']}" if report["max_frames"] else "") + ")",
-        f"- chunk: {report['chunk_size']} actions, one every {report['chunk_stride']} frame(s); noise seed "
-        f"{report['seed']}; project commit {report['git_commit'] or 'unknown'}",
-        f"- predictors: **{report['primary']}**; `hold` repeats the previous frame's recorded action; "
-        "`mean_action` is the training data's mean action",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
-    ]
-    if "ensemble" in report:
-        e = report["ensemble"]
-        lines += [f"Ensemble of {e['size']}: mean disagreement {_fmt(e['disagreement']['mean'])} (action units); "
-                  f"correlation with the ensemble's error r = {_fmt(e['disagreement_error_correlation'])}.", ""]
-    for w in report["warnings"]:
-        lines += [f"**Warning:** {w}", ""]
-    lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in report["files"]["plots"]), ""]
-    return "\n".join(lines)
-
-
 # --- validation during training ------------------------------------------------------------------------------------
 
 
 def validate(
-    policy: Any,
-    dataset: Any,
+    bundle: PolicyBundle,
+    dataset: BehaviorDataset,
     *,
     max_frames: int | None = 64,
     seed: int = 0,
@@ -701,99 +393,64 @@ def validate(
     tolerance: float = 0.05,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> dict[str, Any]:
-    """Validation loss and offline metrics of a policy on held-out samples, comparable from one call to the next.
+    """Validation loss and offline metrics of a policy on held-out frames, comparable from one call to the next.
 
-    The global RNG states (CPU and the policy's CUDA device) are left exactly as they were (``torch.random.fork_rng``),
-    so validating does not change the training run. The policy is put in eval mode and returned to its previous mode.
+    The same engine as ``smolvla-eval`` (frames every ``frame_stride`` frames of each episode, spread evenly up to
+    ``max_frames``; see :func:`predict_frames` for the RNG and mode guarantees).
 
     Args:
-        policy: a ``CheckpointPolicy`` (``inference.load_checkpoint``) or the in-training ``policy.PolicyBundle``
-            (wrapped with :func:`checkpoint_policy_from_bundle`, nothing is reloaded from disk).
-        dataset: ``BehaviorDataset`` of the held-out episodes built exactly like the training dataset (cameras in
-            policy order, chunk size, image size, frame stride, state map).
-        max_frames: samples used, spread evenly over the dataset (None = all).
+        bundle: the policy (the one being trained, or one loaded with ``load_policy_bundle``).
+        dataset: the held-out episodes' evaluation reader, ``bundle.inputs.eval_dataset(meta, episodes)``.
+        max_frames: frames used, spread evenly (None = all).
         seed: batch ``b`` uses seed ``seed + b`` for the loss's noise and time and for the prediction noise.
         output_dir: when given, the plots (error vs chunk step; first action vs truth per episode) are written there.
         tolerance: "percent close" threshold as a fraction of each action dim's range.
-        batch_size: samples per forward pass.
+        batch_size: frames per forward pass.
 
     Returns:
-        Flat dict of floats: ``val_loss`` (SmolVLA's flow-matching training loss, mean over samples, each averaged
+        Flat dict of floats: ``val_loss`` (SmolVLA's flow-matching training loss, mean over frames, each averaged
         over its valid chunk steps and action dims, normalised units), ``first_action_mae``, ``chunk_mae`` (action
         units, mean over dims), ``percent_close`` (first action, [0, 1]), ``percent_close_chunk``,
         ``mean_action_first_action_mae`` (the reference), ``first_action_mae/<group>`` per action group, ``frames``;
         plus ``plots``: ``{name: Path}`` (empty without ``output_dir``).
 
     Raises:
-        ConfigError: the dataset's chunk size differs from the policy's.
+        ConfigError: the dataset is not the policy's evaluation view (other chunk length).
     """
-    from behavior_smolvla.policy.trained import CheckpointPolicy
-    from behavior_smolvla.policy.smolvla import to_policy_batch
-
-    cp = policy if isinstance(policy, CheckpointPolicy) else checkpoint_policy_from_bundle(policy, dataset)
-    if dataset.chunk_size != cp.chunk_size:
-        raise ConfigError(f"validation dataset chunk size {dataset.chunk_size} differs from the policy's "
-                          f"{cp.chunk_size}; build it with the training chunk size")
-    model = cp.bundle.policy
-    indices = spread_evenly(np.arange(len(dataset)), max_frames)
-    n = len(indices)
-    keys = [*_observation_keys(dataset.cameras), "action", "action_is_pad"]
-    losses, truth, pad, preds, episode, ts = [], [], [], [], [], []
-    device = torch.device(cp.device)
-    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    was_training = model.training
-    try:
-        with torch.random.fork_rng(devices=fork_devices):
-            model.eval()
-            for b, start in enumerate(range(0, n, batch_size)):
-                samples = [dataset.load_sample(int(i)) for i in indices[start:start + batch_size]]
-                batch = _collate(samples, keys)
-                torch.manual_seed(seed + b)  # the loss's noise and time are drawn by SmolVLA from the forked RNG
-                with torch.no_grad():
-                    per_sample, _ = model.forward(cp.bundle.preprocessor(to_policy_batch(batch, cp.camera_map)),
-                                                  reduction="none")
-                losses.append(per_sample.detach().float().cpu().numpy())
-                observation = {k: batch[k] for k in _observation_keys(dataset.cameras)}
-                preds.append(cp.predict_chunk(observation, noise_seed=seed + b))
-                truth.append(batch["action"].numpy())
-                pad.append(batch["action_is_pad"].numpy())
-                episode += [int(s["episode_index"]) for s in samples]
-                ts += [float(s["timestamp"]) for s in samples]
-    finally:
-        model.train(was_training)
-
-    stats = action_stats(cp.bundle)
-    value_range = stats["max"] - stats["min"]
-    names, groups = action_layout(cp.action_dim, dataset.action_names)
-    pred_arr, truth_arr, pad_arr = np.concatenate(preds), np.concatenate(truth), np.concatenate(pad)
-    m = chunk_metrics(pred_arr, truth_arr, pad_arr, value_range, tolerance, names, groups)
-    ref = chunk_metrics(mean_action_chunks(stats["mean"], n, cp.chunk_size), truth_arr, pad_arr, value_range,
-                        tolerance, names, groups)
+    inputs = bundle.inputs
+    if dataset.chunk_size != (inputs.chunk_size - 1) * inputs.frame_stride + 1 or dataset.frame_stride != 1:
+        raise ConfigError("validation needs the policy's evaluation reader: build it with "
+                          "bundle.inputs.eval_dataset(meta, episodes)")
+    frames = select_eval_frames(dataset, inputs.chunk_size, inputs.frame_stride, inputs.frame_stride, max_frames)
+    preds, losses = predict_frames([bundle], [(dataset, [0])], frames, seed=seed, batch_size=batch_size,
+                                   with_loss=True)
+    names, groups = action_layout(bundle.action_dim, dataset.action_names)
+    scores = score(preds[0], frames, action_stats(bundle), tolerance, names, groups)
+    m, ref = scores["policy"], scores["mean_action"]
     result: dict[str, Any] = {
-        "val_loss": float(np.concatenate(losses).mean()),
+        "val_loss": float(losses.mean()),
         "first_action_mae": m["first_action_mae"]["mean"],
         "chunk_mae": m["chunk_mae"]["mean"],
         "percent_close": m["percent_close"]["mean"],
         "percent_close_chunk": m["percent_close_chunk"]["mean"],
         "mean_action_first_action_mae": ref["first_action_mae"]["mean"],
         **{f"first_action_mae/{g}": v for g, v in m["first_action_mae"]["per_group"].items()},
-        "frames": n,
+        "frames": len(frames.indices),
         "plots": {},
     }
     if output_dir is not None:
         from behavior_smolvla.evaluation.plots import plot_error_vs_chunk_step, plot_first_actions
 
         out = Path(output_dir)
-        episode_arr, ts_arr = np.asarray(episode), np.asarray(ts, dtype=np.float32)
-        step_s = dataset.frame_stride / dataset.meta.fps
+        n = len(frames.indices)
         result["plots"]["error_vs_chunk_step"] = plot_error_vs_chunk_step(
             out / "error_vs_chunk_step.png",
-            {"policy": m["mae_by_chunk_step"], "mean_action": ref["mae_by_chunk_step"]}, step_s,
+            {"policy": m["mae_by_chunk_step"], "mean_action": ref["mae_by_chunk_step"]}, inputs.step_s,
             f"validation: MAE vs step inside the chunk ({n} samples)")
-        for ep in sorted(set(episode)):
-            rows = np.flatnonzero(episode_arr == ep)
+        for ep in sorted(set(frames.episode_index.tolist())):
+            rows = np.flatnonzero(frames.episode_index == ep)
             result["plots"][f"first_action_episode_{ep}"] = plot_first_actions(
-                out / f"first_action_episode_{ep}.png", ts_arr[rows], truth_arr[rows, 0], {"policy": pred_arr[rows, 0]},
-                groups, names, f"validation, episode {ep}: first predicted action vs ground truth")
+                out / f"first_action_episode_{ep}.png", frames.timestamp[rows], frames.truth[rows, 0],
+                {"policy": preds[0][rows, 0]}, groups, names,
+                f"validation, episode {ep}: first predicted action vs ground truth")
     return result

@@ -6,15 +6,15 @@ with the VLM's tokenizer -> device -> MEAN_STD normalisation of ``observation.st
 post-processor unnormalises ``action`` and moves it to the CPU). This module adds what the project needs around
 them:
 
-- camera naming: dataset camera keys become ``observation.images.camera{i}`` (1-based, in the given order; the
-  BEHAVIOR convention camera1 = head, camera2 = left wrist, camera3 = right wrist is what ``lerobot/smolvla_base``
-  was trained with);
+- the SmolVLA features of an input contract (:class:`~behavior_smolvla.inputs.PolicyInputs`: its cameras become
+  ``observation.images.camera{i}``, its mapped state ``observation.state``, its action ``action``);
 - starting from scratch on a VLM backbone, or from a pretrained SmolVLA (hub id or local ``pretrained_model``
   folder) whose weights are loaded leniently: layers whose shapes change with this dataset (``state_proj`` when
   ``max_state_dim`` grows, the action projections when ``max_action_dim`` grows) are freshly initialised and
   reported, everything else must load;
 - saving and loading in lerobot's own layout, so ``SmolVLAPolicy.from_pretrained`` and
-  ``PolicyProcessorPipeline.from_pretrained`` read what :func:`save_policy` writes.
+  ``PolicyProcessorPipeline.from_pretrained`` read what :func:`save_policy` writes; :func:`load_policy_bundle` loads a
+  checkpoint of this project with its input contract, for evaluation and serving.
 
 Batch contract (what :func:`to_policy_batch` returns and the pre-processor takes), B = batch size:
 ``observation.images.camera{i}`` float32 [B, 3, H, W] in [0, 1] (any H, W: SmolVLA resizes with padding to
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,15 +41,16 @@ if TYPE_CHECKING:
     from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
     from lerobot.processor import PolicyProcessorPipeline
 
+    from behavior_smolvla.config import PolicyConfig
+    from behavior_smolvla.inputs import PolicyInputs
+
 __all__ = [
     "DEFAULT_POLICY_PATH",
     "DEFAULT_VLM_MODEL",
     "SMOLVLA_PADDED_DIM",
     "PolicyBundle",
-    "PolicySpec",
     "create_policy",
     "load_policy_bundle",
-    "policy_camera_keys",
     "resolve_device",
     "save_policy",
     "to_policy_batch",
@@ -68,7 +69,6 @@ OBS_STATE = "observation.state"
 ACTION = "action"
 ACTION_IS_PAD = "action_is_pad"
 TASK = "task"
-POLICY_IMAGE_PREFIX = "observation.images.camera"
 
 # Files lerobot writes for a policy and its processors (names fixed by lerobot 0.6.1).
 POLICY_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json")
@@ -79,28 +79,6 @@ _VLM_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The only SmolVLA layers whose shapes depend on the dataset: state_proj on max_state_dim, the action
 # projections on max_action_dim (lerobot 0.6.1 VLAFlowMatching).
 _RESHAPEABLE_LAYERS = ("model.state_proj", "model.action_in_proj", "model.action_out_proj")
-
-
-def policy_camera_keys(cameras: Sequence[str]) -> dict[str, str]:
-    """Map dataset camera keys to SmolVLA image keys, in the given order.
-
-    Args:
-        cameras: dataset camera keys, e.g. ``["observation.images.rgb.head", "observation.images.rgb.left_wrist",
-            "observation.images.rgb.right_wrist"]`` (BEHAVIOR order: head, left wrist, right wrist).
-
-    Returns:
-        ``{camera_key: "observation.images.camera{i}"}`` with i = 1, 2, ... in the given order.
-
-    Raises:
-        ConfigError: no cameras, or a camera listed twice.
-    """
-    cameras = list(cameras)
-    if not cameras:
-        raise ConfigError("no cameras given: pass at least one dataset camera key (--cameras)")
-    duplicates = sorted({c for c in cameras if cameras.count(c) > 1})
-    if duplicates:
-        raise ConfigError(f"camera key(s) {duplicates} listed more than once in --cameras; list each camera once")
-    return {key: f"{POLICY_IMAGE_PREFIX}{i}" for i, key in enumerate(cameras, start=1)}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -139,54 +117,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 @dataclass
-class PolicySpec:
-    """What to build: the dataset's shapes plus the SmolVLA options a training run chooses.
-
-    Attributes:
-        cameras: dataset camera keys in policy order (camera1, camera2, ...; see :func:`policy_camera_keys`).
-        state_dim: dimension of ``observation.state`` as fed to the policy (after the state map).
-        action_dim: dimension of ``action`` (23 for the R1Pro).
-        chunk_size: actions predicted per inference (SmolVLA's action chunk, in frames).
-        n_action_steps: actions executed from each chunk by ``select_action``; ``None`` = ``chunk_size``.
-        image_size: square size in pixels SmolVLA resizes (keeping aspect ratio) and zero-pads every image to
-            (``resize_imgs_with_padding``). ``None``: the pretrained policy's value, or from scratch the VLM's
-            vision ``image_size`` (512 for SmolVLM2).
-        max_state_dim: width the state is zero-padded to (``state_proj`` input). ``None`` = the pretrained
-            policy's value (32 for ``smolvla_base``; 32 from scratch), widened to ``state_dim`` when that is larger.
-        max_action_dim: same for actions (``action_in_proj`` / ``action_out_proj``).
-        policy_path: pretrained SmolVLA, a hub id or a local ``pretrained_model`` folder; ignored with
-            ``from_scratch``.
-        from_scratch: build a new SmolVLA on the ``vlm_model`` backbone instead of loading ``policy_path``.
-        vlm_model: VLM backbone (hub id or local folder). ``None`` = ``DEFAULT_VLM_MODEL`` from scratch, the
-            pretrained policy's own backbone otherwise (giving it re-points a pretrained policy at a local copy).
-        load_vlm_weights: load the backbone's pretrained weights. ``None`` = from scratch: yes when they exist
-            (a hub id, or a folder holding ``*.safetensors``/``*.bin``; a tiny VLM folder has none); pretrained:
-            the checkpoint's own setting (``smolvla_base``: true, which makes lerobot load SmolVLM2 in bfloat16).
-        train_expert_only: freeze the whole VLM, train the action expert and projections (lerobot default).
-        freeze_vision_encoder: freeze the vision encoder (lerobot default).
-        device: ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"cpu"`` (see :func:`resolve_device`).
-    """
-
-    cameras: Sequence[str]
-    state_dim: int
-    action_dim: int
-    chunk_size: int = 50
-    n_action_steps: int | None = None
-    image_size: int | None = None
-    max_state_dim: int | None = None
-    max_action_dim: int | None = None
-    policy_path: str | None = DEFAULT_POLICY_PATH
-    from_scratch: bool = False
-    vlm_model: str | None = None
-    load_vlm_weights: bool | None = None
-    train_expert_only: bool = True
-    freeze_vision_encoder: bool = True
-    device: str = "auto"
-
-
-@dataclass
 class PolicyBundle:
-    """A SmolVLA policy with the processors that feed it.
+    """A SmolVLA policy with the processors that feed it and the input contract it reads: what training, evaluation
+    and serving hold (built by :func:`create_policy`, loaded from a checkpoint by :func:`load_policy_bundle`).
 
     Attributes:
         policy: ``SmolVLAPolicy`` on its device. ``policy.forward(batch) -> (loss, info)``;
@@ -199,12 +132,63 @@ class PolicyBundle:
         reinitialised: state-dict names of parameters freshly initialised instead of loaded from the pretrained
             policy because their layer's shape changed, e.g. ``["model.state_proj.bias",
             "model.state_proj.weight"]`` when ``max_state_dim`` grows (empty from scratch and when nothing changed).
+        inputs: the :class:`~behavior_smolvla.inputs.PolicyInputs` the policy reads (cameras, state map, sizes).
+        checkpoint: the checkpoint folder it was loaded from (None for a policy built in memory).
+        train_config: the checkpoint's whole ``train_config.yaml`` (empty for a policy built in memory).
     """
 
     policy: SmolVLAPolicy
     preprocessor: PolicyProcessorPipeline
     postprocessor: PolicyProcessorPipeline
+    inputs: PolicyInputs
     reinitialised: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.policy.config.chunk_size)
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.policy.config.n_action_steps)
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.policy.config.action_feature.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    @property
+    def train_episodes(self) -> list[int]:
+        """Episodes the checkpoint was trained on (empty when unknown)."""
+        return list(self.train_config.get("dataset", {}).get("train_episodes", []))
+
+    def predict_chunk(self, batch: Mapping[str, Any], noise_seed: int | None = 0) -> np.ndarray:
+        """Predict action chunks for a batch of observations, unnormalised.
+
+        Args:
+            batch: each of ``inputs.cameras`` -> float32 [B, 3, H, W] in [0, 1]; ``observation.state`` float32
+                [B, D] (already mapped by ``inputs.state_map``); ``task`` list[str] of length B. The reader's samples
+                and the serving observation spec both produce this.
+            noise_seed: seeds the flow-matching noise (float32 [B, chunk, max_action_dim], standard normal) so the
+                prediction is repeatable; None draws from the global RNG.
+
+        Returns:
+            float32 [B, chunk_size, action_dim] actions in the dataset's units (radians, m/s, gripper command).
+        """
+        policy = self.policy
+        inputs = self.preprocessor(to_policy_batch(batch, self.inputs.camera_map))
+        noise = None
+        if noise_seed is not None:
+            gen = torch.Generator(device="cpu").manual_seed(int(noise_seed))
+            shape = (len(batch["task"]), policy.config.chunk_size, policy.config.max_action_dim)
+            noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+        with torch.inference_mode():
+            actions = policy.predict_action_chunk(inputs, noise=noise)
+        return self.postprocessor(actions).detach().to("cpu", torch.float32).numpy()
 
 
 def to_policy_batch(sample_batch: Mapping[str, Any], camera_map: Mapping[str, str]) -> dict[str, Any]:
@@ -214,7 +198,7 @@ def to_policy_batch(sample_batch: Mapping[str, Any], camera_map: Mapping[str, st
         sample_batch: a collated batch of ``BehaviorDataset`` samples (or one observation): camera keys ->
             float32 [B, 3, H, W] in [0, 1]; ``observation.state`` float32 [B, D]; optional ``action`` float32
             [B, chunk, A] and ``action_is_pad`` bool [B, chunk]; ``task`` list[str] (or one str).
-        camera_map: from :func:`policy_camera_keys`.
+        camera_map: ``PolicyInputs.camera_map`` (dataset camera key -> SmolVLA image key).
 
     Returns:
         A new dict holding the same tensor objects under ``observation.images.camera{i}``, plus
@@ -237,9 +221,9 @@ def to_policy_batch(sample_batch: Mapping[str, Any], camera_map: Mapping[str, st
     return batch
 
 
-def _policy_stats(dataset_stats: Mapping[str, Mapping[str, Any]], camera_map: Mapping[str, str], spec: PolicySpec):
+def _policy_stats(dataset_stats: Mapping[str, Mapping[str, Any]], inputs: PolicyInputs):
     """Validate dataset statistics and rename camera entries to policy keys (float32 tensors)."""
-    expected = {OBS_STATE: spec.state_dim, ACTION: spec.action_dim}
+    expected = {OBS_STATE: inputs.policy_state_dim, ACTION: inputs.action_dim}
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for key, dim in expected.items():
         if key not in dataset_stats:
@@ -254,38 +238,30 @@ def _policy_stats(dataset_stats: Mapping[str, Mapping[str, Any]], camera_map: Ma
                     f"dataset statistics {key}.{stat} have shape {shape}, expected ({dim},) for a {dim}-dim {key}; "
                     "compute the stats after the state map"
                 )
+    camera_map = inputs.camera_map
     for key, value in dataset_stats.items():
         name = camera_map.get(key, key)
         stats[name] = {s: torch.as_tensor(np.asarray(v, dtype=np.float32)) for s, v in value.items()}
     return stats
 
 
-def _features(spec: PolicySpec, camera_map: Mapping[str, str], image_size: int):
+def _features(inputs: PolicyInputs):
+    """SmolVLA's input and output features of an input contract (images are declared at the padded square size)."""
     from lerobot.configs import FeatureType, PolicyFeature
 
-    inputs = {
-        key: PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size)) for key in camera_map.values()
-    }
-    inputs[OBS_STATE] = PolicyFeature(type=FeatureType.STATE, shape=(spec.state_dim,))
-    outputs = {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(spec.action_dim,))}
-    return inputs, outputs
+    size = inputs.image_size
+    features = {key: PolicyFeature(type=FeatureType.VISUAL, shape=(3, size, size)) for key in inputs.camera_map.values()}
+    features[OBS_STATE] = PolicyFeature(type=FeatureType.STATE, shape=(inputs.policy_state_dim,))
+    outputs = {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(inputs.action_dim,))}
+    return features, outputs
 
 
-def _validate_spec(spec: PolicySpec) -> None:
-    for name in ("state_dim", "action_dim", "chunk_size"):
-        value = getattr(spec, name)
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"policy {name}={value!r} must be a positive integer")
-    n_steps = spec.n_action_steps
-    if n_steps is not None and not (isinstance(n_steps, int) and 0 < n_steps <= spec.chunk_size):
-        raise ConfigError(f"--n-action-steps {n_steps!r} must be between 1 and the chunk size {spec.chunk_size}")
-    if spec.image_size is not None and (not isinstance(spec.image_size, int) or spec.image_size <= 0):
-        raise ConfigError(f"--image-size {spec.image_size!r} must be a positive number of pixels")
-    for name, dim in (("max_state_dim", spec.state_dim), ("max_action_dim", spec.action_dim)):
-        value = getattr(spec, name)
-        if value is not None and (not isinstance(value, int) or value < dim):
-            raise ConfigError(f"policy {name}={value!r} must be an integer >= the data's dimension {dim}")
-    if not spec.from_scratch and not spec.policy_path:
+def _validate_options(inputs: PolicyInputs, options: PolicyConfig, policy_path: str | None) -> None:
+    max_state_dim = options.state_dim
+    if max_state_dim is not None and (not isinstance(max_state_dim, int) or max_state_dim < inputs.policy_state_dim):
+        raise ConfigError(f"--state-dim {max_state_dim!r} must be an integer >= the mapped state's "
+                          f"{inputs.policy_state_dim} dims")
+    if not options.from_scratch and not policy_path:
         raise ConfigError("no pretrained policy given: pass --policy-path, or --from-scratch --vlm-model <VLM>")
 
 
@@ -362,68 +338,52 @@ def _instantiate(config: SmolVLAConfig) -> SmolVLAPolicy:
         ) from e
 
 
-def _scratch_config(spec: PolicySpec, camera_map: Mapping[str, str], device: torch.device) -> SmolVLAConfig:
+def _scratch_config(inputs: PolicyInputs, options: PolicyConfig, device: torch.device) -> SmolVLAConfig:
     from lerobot.policies.smolvla import SmolVLAConfig
-    from transformers import AutoConfig
 
-    vlm_model = spec.vlm_model or DEFAULT_VLM_MODEL
+    vlm_model = options.vlm_model or DEFAULT_VLM_MODEL
     if _is_local(vlm_model):
         vlm_model = str(Path(vlm_model).expanduser().resolve())
-    image_size = spec.image_size
-    if image_size is None:
-        try:
-            image_size = int(AutoConfig.from_pretrained(vlm_model).vision_config.image_size)
-        except OSError as e:
-            raise PolicyLoadError(
-                f"cannot read the VLM backbone {vlm_model!r} ({type(e).__name__}: offline or not in the local "
-                "Hugging Face cache); pass --vlm-model <local SmolVLM folder>"
-            ) from e
-    load_vlm_weights = spec.load_vlm_weights
-    if load_vlm_weights is None:
-        load_vlm_weights = _has_vlm_weights(vlm_model)
-    elif load_vlm_weights and not _has_vlm_weights(vlm_model):
-        raise ConfigError(f"--vlm-model {vlm_model} holds no weight files; drop --load-vlm-weights or use a full VLM")
-    inputs, outputs = _features(spec, camera_map, image_size)
+    features, outputs = _features(inputs)
+    size = inputs.image_size
     return SmolVLAConfig(
-        input_features=inputs,
+        input_features=features,
         output_features=outputs,
         device=str(device),
-        chunk_size=spec.chunk_size,
-        n_action_steps=spec.n_action_steps or spec.chunk_size,
-        max_state_dim=spec.max_state_dim or max(SMOLVLA_PADDED_DIM, spec.state_dim),
-        max_action_dim=spec.max_action_dim or max(SMOLVLA_PADDED_DIM, spec.action_dim),
-        resize_imgs_with_padding=(image_size, image_size),
+        chunk_size=inputs.chunk_size,
+        n_action_steps=inputs.n_action_steps,
+        max_state_dim=options.state_dim or max(SMOLVLA_PADDED_DIM, inputs.policy_state_dim),
+        max_action_dim=max(SMOLVLA_PADDED_DIM, inputs.action_dim),
+        resize_imgs_with_padding=(size, size),
         vlm_model_name=vlm_model,
-        load_vlm_weights=load_vlm_weights,
-        train_expert_only=spec.train_expert_only,
-        freeze_vision_encoder=spec.freeze_vision_encoder,
+        # A hub backbone has weights; a local folder only if it holds weight files (a tiny VLM folder has none).
+        load_vlm_weights=_has_vlm_weights(vlm_model),
+        train_expert_only=options.train_expert_only,
+        freeze_vision_encoder=options.freeze_vision_encoder,
     )
 
 
-def _pretrained_config(
-    spec: PolicySpec, camera_map: Mapping[str, str], device: torch.device, folder: Path
-) -> SmolVLAConfig:
+def _pretrained_config(inputs: PolicyInputs, options: PolicyConfig, device: torch.device, folder: Path,
+                       policy_path: str) -> SmolVLAConfig:
     base = _load_smolvla_config(folder, "--policy-path")
-    image_size = spec.image_size or int(base.resize_imgs_with_padding[0])
-    inputs, outputs = _features(spec, camera_map, image_size)
+    features, outputs = _features(inputs)
+    size = inputs.image_size
     changes: dict[str, Any] = {
-        "input_features": inputs,
+        "input_features": features,
         "output_features": outputs,
         "device": str(device),
-        "chunk_size": spec.chunk_size,
-        "n_action_steps": spec.n_action_steps or spec.chunk_size,
-        "max_state_dim": spec.max_state_dim or max(base.max_state_dim, spec.state_dim),
-        "max_action_dim": spec.max_action_dim or max(base.max_action_dim, spec.action_dim),
-        "resize_imgs_with_padding": (image_size, image_size),
-        "train_expert_only": spec.train_expert_only,
-        "freeze_vision_encoder": spec.freeze_vision_encoder,
-        "pretrained_path": Path(spec.policy_path),
+        "chunk_size": inputs.chunk_size,
+        "n_action_steps": inputs.n_action_steps,
+        "max_state_dim": options.state_dim or max(base.max_state_dim, inputs.policy_state_dim),
+        "max_action_dim": max(base.max_action_dim, inputs.action_dim),
+        "resize_imgs_with_padding": (size, size),
+        "train_expert_only": options.train_expert_only,
+        "freeze_vision_encoder": options.freeze_vision_encoder,
+        "pretrained_path": Path(policy_path),
     }
-    if spec.vlm_model:
-        vlm = spec.vlm_model
+    if options.vlm_model:
+        vlm = options.vlm_model
         changes["vlm_model_name"] = str(Path(vlm).expanduser().resolve()) if _is_local(vlm) else vlm
-    if spec.load_vlm_weights is not None:
-        changes["load_vlm_weights"] = spec.load_vlm_weights
     # replace() re-runs SmolVLAConfig.__post_init__, so lerobot's own checks apply to the merged config.
     return dataclasses.replace(base, **changes)
 
@@ -480,22 +440,27 @@ def _load_weights_leniently(policy: SmolVLAPolicy, weights_file: Path) -> list[s
     return reinitialised
 
 
-def create_policy(spec: PolicySpec, dataset_stats: Mapping[str, Mapping[str, Any]]) -> PolicyBundle:
-    """Build a SmolVLA policy and its pre/post processors for a dataset.
+def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Mapping[str, Mapping[str, Any]],
+                  device: str | torch.device = "auto", policy_path: str | None = None) -> PolicyBundle:
+    """Build a SmolVLA policy and its pre/post processors for an input contract.
 
-    From scratch (``spec.from_scratch``): a new ``SmolVLAConfig`` on the ``spec.vlm_model`` backbone.
-    Pretrained: ``spec.policy_path``'s config with this dataset's features, chunk size, padding widths, image size
-    and freezing options, and its weights loaded leniently (see :class:`PolicyBundle.reinitialised`).
+    From scratch (``options.from_scratch``): a new ``SmolVLAConfig`` on the ``options.vlm_model`` backbone.
+    Pretrained: ``policy_path``'s config with the contract's features, chunk size, padding widths and image size and
+    the freezing options, and its weights loaded leniently (see :class:`PolicyBundle.reinitialised`).
 
     Args:
-        spec: see :class:`PolicySpec`.
+        inputs: what the policy reads (:class:`~behavior_smolvla.inputs.PolicyInputs`).
+        options: the run's ``policy`` config section (``policy_path``, ``from_scratch``, ``vlm_model``,
+            ``state_dim`` = SmolVLA's ``max_state_dim``, ``train_expert_only``, ``freeze_vision_encoder``).
         dataset_stats: ``{"observation.state": {...}, "action": {...}}`` with float32 numpy arrays ``mean``,
-            ``std`` (required), ``min``, ``max``, ``q01``, ``q99`` (optional) of shape ``[state_dim]`` /
-            ``[action_dim]``, keyed by the dataset's names; camera entries, if any, are renamed to policy keys.
-            The state stats must already be those of the mapped state.
+            ``std`` (required), ``min``, ``max``, ``q01``, ``q99`` (optional) of shape ``[policy_state_dim]`` /
+            ``[action_dim]``; the state stats must be those of the mapped state.
+        device: where the policy goes (:func:`resolve_device`).
+        policy_path: the pretrained policy to load instead of ``options.policy_path`` (a resumed run loads its own
+            checkpoint's ``pretrained_model``); ignored from scratch.
 
     Returns:
-        :class:`PolicyBundle` with the policy on ``resolve_device(spec.device)`` in training mode.
+        :class:`PolicyBundle` with the policy in training mode.
 
     Raises:
         ConfigError: invalid sizes or device, or conflicting options.
@@ -505,22 +470,22 @@ def create_policy(spec: PolicySpec, dataset_stats: Mapping[str, Mapping[str, Any
     """
     from lerobot.policies.smolvla import make_smolvla_pre_post_processors
 
-    _validate_spec(spec)
-    camera_map = policy_camera_keys(spec.cameras)
-    stats = _policy_stats(dataset_stats, camera_map, spec)
-    device = resolve_device(spec.device)
+    policy_path = policy_path or options.policy_path
+    _validate_options(inputs, options, policy_path)
+    stats = _policy_stats(dataset_stats, inputs)
+    torch_device = resolve_device(device)
     reinitialised: list[str] = []
-    if spec.from_scratch:
-        config = _scratch_config(spec, camera_map, device)
+    if options.from_scratch:
+        config = _scratch_config(inputs, options, torch_device)
         policy = _instantiate(config)
     else:
-        folder = _resolve_pretrained_folder(spec.policy_path)
-        config = _pretrained_config(spec, camera_map, device, folder)
+        folder = _resolve_pretrained_folder(policy_path)
+        config = _pretrained_config(inputs, options, torch_device, folder, policy_path)
         policy = _instantiate(config)
         reinitialised = _load_weights_leniently(policy, folder / "model.safetensors")
         if reinitialised:
             logger.info("freshly initialised (shape changed): %s", ", ".join(reinitialised))
-    policy.to(device)
+    policy.to(torch_device)
     policy.train()
     try:
         preprocessor, postprocessor = make_smolvla_pre_post_processors(config, dataset_stats=stats)
@@ -529,7 +494,7 @@ def create_policy(spec: PolicySpec, dataset_stats: Mapping[str, Mapping[str, Any
             f"cannot load the tokenizer of {config.vlm_model_name!r} ({type(e).__name__}); pass --vlm-model "
             "<local SmolVLM folder>"
         ) from e
-    return PolicyBundle(policy, preprocessor, postprocessor, reinitialised)
+    return PolicyBundle(policy, preprocessor, postprocessor, inputs, reinitialised)
 
 
 def save_policy(
@@ -575,30 +540,35 @@ def save_policy(
 
 
 def load_policy_bundle(
-    directory: str | Path,
-    device: str | torch.device = "cpu",
+    path: str | Path,
+    device: str | torch.device = "auto",
     tokenizer_name: str | None = None,
     vlm_model: str | None = None,
 ) -> PolicyBundle:
-    """Load what :func:`save_policy` (or lerobot-train) wrote, with lerobot's own loaders.
+    """Load a checkpoint of this project for prediction: lerobot's own loaders for the policy and its processors,
+    and the input contract saved beside them (``train_config.yaml``; older checkpoints are converted).
 
     Args:
-        directory: a ``pretrained_model`` folder (``config.json``, ``model.safetensors``, processor files).
-        device: where the policy and the pre-processor's output go (see :func:`resolve_device`; ``"auto"`` ok).
+        path: a run folder (its ``checkpoints/last``), a ``checkpoints/<step>`` folder or its ``pretrained_model``.
+        device: where the policy and the pre-processor's output go (see :func:`resolve_device`).
         tokenizer_name: tokenizer for the pre-processor (hub id or local folder), overriding the saved name via
-            the processor override ``tokenizer_processor.tokenizer_name``; ``None`` = ``vlm_model`` if given,
-            else the saved one.
+            the processor override ``tokenizer_processor.tokenizer_name``; None = ``vlm_model`` if given, else the
+            run's local ``--vlm-model`` folder when it still exists, else the saved one.
         vlm_model: re-point the policy's VLM backbone (``vlm_model_name``) at another location of the same
-            backbone, e.g. a local copy or a tiny VLM folder rebuilt elsewhere; ``None`` = the saved one.
+            backbone, e.g. a local copy or a tiny VLM folder rebuilt elsewhere; None = the saved one.
 
     Returns:
-        :class:`PolicyBundle` (``reinitialised`` empty) with the policy in eval mode. The weights load strictly.
+        :class:`PolicyBundle` (``reinitialised`` empty, ``checkpoint`` and ``train_config`` set) with the policy in
+        eval mode. The weights load strictly.
 
     Raises:
-        CheckpointError: the folder or one of lerobot's files is missing.
+        CheckpointError: no checkpoint there, one of lerobot's files or ``train_config.yaml`` is missing, or its
+            input contract is unreadable.
         PolicyLoadError: the config is not a SmolVLA one, the backbone or tokenizer cannot be loaded, or the
             weights do not match the architecture.
     """
+    from behavior_smolvla.inputs import PolicyInputs
+    from behavior_smolvla.policy import checkpoint as ckpt
     from lerobot.policies.smolvla import SmolVLAPolicy
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import (
@@ -608,9 +578,13 @@ def load_policy_bundle(
         transition_to_policy_action,
     )
 
-    folder = Path(directory).expanduser()
-    if not folder.is_dir():
-        raise CheckpointError(f"policy folder {folder} does not exist; pass a checkpoint's pretrained_model folder")
+    checkpoint = ckpt.resolve_checkpoint(path)
+    folder = checkpoint / ckpt.PRETRAINED_DIR
+    train_config = ckpt.load_train_config(checkpoint)
+    inputs = PolicyInputs.from_train_config(train_config, str(folder / ckpt.TRAIN_CONFIG_FILE))
+    if tokenizer_name is None and vlm_model is None:
+        run_vlm = ((train_config.get("run") or {}).get("policy") or {}).get("vlm_model")
+        tokenizer_name = run_vlm if run_vlm and Path(run_vlm).is_dir() else None
     missing = [name for name in POLICY_FILES if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(f"{folder} lacks {missing}; pass a complete pretrained_model folder")
@@ -654,4 +628,5 @@ def load_policy_bundle(
         to_transition=policy_action_to_transition,
         to_output=transition_to_policy_action,
     )
-    return PolicyBundle(policy, preprocessor, postprocessor, [])
+    policy.eval()
+    return PolicyBundle(policy, preprocessor, postprocessor, inputs, [], checkpoint, train_config)

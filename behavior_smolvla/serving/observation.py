@@ -8,7 +8,7 @@ The evaluator (OmniGibson ``eval.py``; ``../shared/reference/behavior_r1pro.md``
 * ``task_id``: int64 [1], the BEHAVIOR task index (``episode_index // 10000`` in the 2025 release);
 * newer evaluators add a leading batch dimension of 1 to every value.
 
-:class:`ObservationSpec` turns that into what :meth:`CheckpointPolicy.predict_chunk` takes, through the same steps
+:class:`ObservationSpec` turns that into what :meth:`PolicyBundle.predict_chunk` takes, through the same steps
 the training reader (:class:`~behavior_smolvla.data.dataset.BehaviorDataset`) applies to a dataset frame:
 
 * state: the checkpoint's state map applied to the full float32 proprio vector (the same ``StateMap.apply``);
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -40,6 +40,9 @@ from behavior_smolvla.r1pro import CAMERA_ROLES, EVALUATOR_RGB_KEYS, camera_role
 
 # The reader's resize policy (video.py): same target-size rule and the same swscale filters.
 from behavior_smolvla.data.video import frame_to_rgb, output_size
+
+if TYPE_CHECKING:
+    from behavior_smolvla.inputs import PolicyInputs
 
 __all__ = [
     "CAMERA_ROLES",
@@ -144,15 +147,16 @@ class ObservationSpec:
     task: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, model: Any, task: str | None = None) -> ObservationSpec:
-        """Build the spec of a :class:`~behavior_smolvla.policy.trained.CheckpointPolicy`.
+    def from_inputs(cls, inputs: PolicyInputs, task: str | None = None) -> ObservationSpec:
+        """The spec of a policy's input contract (``PolicyBundle.inputs``): its state map, cameras, image size and
+        task table, unchanged.
 
         Raises:
-            CheckpointError: the checkpoint's cameras cannot be fed from the evaluator's three RGB images.
+            CheckpointError: the contract's cameras cannot be fed from the evaluator's three RGB images.
         """
-        return cls(state_map=model.state_map, cameras=list(model.cameras),
-                   camera_sources=evaluator_camera_sources(model.cameras), image_size=model.image_size,
-                   task_map={str(k): v for k, v in model.task_map.items()}, tasks=list(model.tasks),
+        return cls(state_map=inputs.state_map, cameras=list(inputs.cameras),
+                   camera_sources=evaluator_camera_sources(inputs.cameras), image_size=inputs.image_size,
+                   task_map={str(k): v for k, v in inputs.task_map.items()}, tasks=list(inputs.tasks),
                    task=task.strip() if task and task.strip() else None)
 
     @property

@@ -1,0 +1,416 @@
+"""Everything a training run needs, built from its config in one place: the run folder, the input contract, the
+readers, the data order and its DataLoader, the policy, the optimizer and schedule, and the resume state.
+
+``build_training(cfg)`` is what ``training.loop.train`` starts with and what ``bench/train_step.py`` builds its
+comparison loops from, so the benchmark measures exactly the trainer's data and model path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file, validate_config
+from behavior_smolvla.data.dataset import BehaviorDataset
+from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec
+from behavior_smolvla.data.sampler import TrainingStream
+from behavior_smolvla.errors import ConfigError, DatasetError
+from behavior_smolvla.inputs import PolicyInputs
+from behavior_smolvla.policy import checkpoint as ckpt
+from behavior_smolvla.policy.smolvla import PolicyBundle, create_policy, resolve_device, to_policy_batch
+
+MIN_STD = 1e-3
+"""Floor for the normalisation std of state and action dims (in each dim's own units). lerobot divides by
+(std + 1e-8): a dim that is constant in the training episodes (a locked joint) would map any later movement to a
+huge normalised value at evaluation time."""
+
+
+def floor_std(stats: dict[str, dict[str, Any]], min_std: float = MIN_STD) -> dict[str, dict[str, Any]]:
+    """A copy of ``stats`` with every ``std`` array (float32 [D]) raised to at least ``min_std``."""
+    return {key: {k: (np.maximum(v, min_std).astype(np.float32) if k == "std" else v) for k, v in s.items()}
+            for key, s in stats.items()}
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> TrainConfig:
+    """Resolve the run config: defaults < checkpoint config (when resuming) < ``config_file`` < flags.
+
+    When ``resume`` is given, the resumed checkpoint's saved config is the base, so a bare ``--resume RUN`` continues
+    exactly the run that was interrupted; flags (e.g. a larger ``--max-steps``) still override it.
+
+    Raises:
+        ConfigError / CheckpointError: a bad config file, flag or checkpoint (one line each).
+    """
+    cfg = TrainConfig()
+    file_values = load_config_file(config_file) if config_file else {}
+    resume = cli_values.get("resume") or file_values.get("resume")
+    if resume:
+        if resume == "auto":
+            out = cli_values.get("output_dir") or file_values.get("output_dir")
+            if not out:
+                raise ConfigError("--resume given without a folder: pass --resume RUN_DIR or --output-dir RUN_DIR")
+            resume = out
+        checkpoint = ckpt.resolve_checkpoint(resume)
+        saved = ckpt.load_train_config(checkpoint)
+        apply_overrides(cfg, saved["run"], f"{checkpoint}/pretrained_model/{ckpt.TRAIN_CONFIG_FILE}")
+        cfg.output.output_dir = str(checkpoint.parent.parent)
+        cfg.output.resume = str(checkpoint)
+    if file_values:
+        apply_overrides(cfg, file_values, str(config_file))
+    apply_overrides(cfg, {k: v for k, v in cli_values.items() if k != "resume"}, "command line")
+    if resume:
+        cfg.output.resume = str(ckpt.resolve_checkpoint(resume))
+    return cfg
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """``outputs/<YYYY-MM-DD>/<HH-MM-SS>_<run_name>`` (lerobot's convention)."""
+    now = datetime.now()
+    return Path("outputs") / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{cfg.output.run_name}"
+
+
+def split_episodes(meta: DatasetMeta, train_spec: str | None, val_spec: str | None) -> tuple[list[int], list[int]]:
+    """Training and held-out episode indices; the held-out ones are never trained on.
+
+    Raises:
+        ConfigError: the two overlap, or nothing is left to train on.
+        DatasetError: an episode the dataset does not have.
+    """
+    available = sorted(meta.episodes)
+    val = parse_episode_spec(val_spec, available) if val_spec else []
+    train = parse_episode_spec(train_spec, available) if train_spec else [e for e in available if e not in set(val)]
+    overlap = sorted(set(train) & set(val))
+    if overlap:
+        raise ConfigError(f"--episodes and --val-episodes overlap on {overlap[:10]}: held-out episodes must not be trained on")
+    if not train:
+        raise ConfigError("no training episodes left after --val-episodes; hold out fewer episodes")
+    return train, val
+
+
+def build_image_transform(cfg: TrainConfig):
+    """Colour jitter from lerobot's ImageTransforms (torchvision v2), at most two per sample, in random order; None
+    without ``--image-aug``. Takes and returns float32 [3, H, W] in [0, 1]."""
+    if not cfg.data.image_aug:
+        return None
+    from lerobot.transforms.transforms import ImageTransformConfig, ImageTransforms, ImageTransformsConfig
+
+    ranges = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.5, 1.5), "hue": (-0.05, 0.05)}
+    tfs = {name: ImageTransformConfig(weight=1.0, type="ColorJitter", kwargs={name: r}) for name, r in ranges.items()}
+    return ImageTransforms(ImageTransformsConfig(enable=True, max_num_transforms=2, random_order=True, tfs=tfs))
+
+
+# --- processes, threads, precision ----------------------------------------------------------------------------
+
+
+def mixed_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """accelerate's ``mixed_precision`` for ``--precision`` (``auto``: bf16 on CUDA, none elsewhere)."""
+    if cfg.optim.precision == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return {"fp32": "no"}.get(cfg.optim.precision, cfg.optim.precision)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_decoder_threads(num_workers: int, world_size: int, device_type: str) -> int | None:
+    """FFmpeg threads per decoder in each DataLoader worker: the cores this rank does not use, shared by its workers.
+
+    The training process keeps ``torch.get_num_threads()`` cores on CPU (one on an accelerator, for the Python loop
+    and kernel launches); each of ``num_workers`` workers gets an equal share of the rest, 1 to 4 threads, so that
+    decoding does not compete with the step for its cores (the sampler's own rule, ``cpus // workers``, gives the
+    one worker of a 2-core machine both cores). None when the data is read in the training process.
+    """
+    if num_workers <= 0:
+        return None
+    main = torch.get_num_threads() if device_type == "cpu" else 1
+    return max(1, min(4, (_cores() // max(world_size, 1) - main) // num_workers))
+
+
+def make_accelerator(cfg: TrainConfig):
+    """The run's ``accelerate.Accelerator`` (DDP-ready), and on CPU the torch thread budget.
+
+    Raises:
+        ConfigError: an unknown or unavailable ``--device``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    device = resolve_device(cfg.optim.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=mixed_precision(cfg, device),
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        step_scheduler_with_optimizer=False,
+        # Frozen parameters (requires_grad=False) are not DDP's concern, and every trainable SmolVLA parameter takes
+        # part in each forward, so the extra autograd-graph walk of find_unused_parameters is not needed.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Leave a core to each DataLoader worker (and each rank): oversubscribed OpenMP threads spin-wait on a
+        # busy core and made CPU steps ~10x slower in measurements on a 2-core machine.
+        torch.set_num_threads(max(1, _cores() // accelerator.num_processes - cfg.data.num_workers))
+    return accelerator
+
+
+# --- the batch the model takes --------------------------------------------------------------------------------
+
+
+def model_batch(preprocessor: Any, batch: dict[str, Any], camera_map: dict[str, str], uint8_frames: bool
+                ) -> dict[str, Any]:
+    """A loader batch as the policy's forward takes it: SmolVLA's keys, the pre-processor (task tokens, normalised
+    state and action, moved to the policy's device), then uint8 ``[B, 3, H, W]`` frames -> float32 in [0, 1]
+    (on the device: a quarter of the bytes cross from the workers and to the GPU)."""
+    inputs = preprocessor(to_policy_batch(batch, camera_map))
+    if uint8_frames:
+        for key in camera_map.values():
+            inputs[key] = inputs[key].float().div_(255)
+    return inputs
+
+
+# --- the whole run --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Training:
+    """What :func:`build_training` built; the loop (``training.loop``) only runs it.
+
+    Attributes:
+        cfg: the resolved config (``output_dir``, ``state_map``, ``cameras`` filled in).
+        accelerator: the run's ``accelerate.Accelerator``.
+        run_dir: the run folder.
+        meta: the training dataset's metadata.
+        inputs: the input contract (what the policy reads); saved in every checkpoint.
+        train_episodes, val_episodes: episode indices (the held-out ones are never trained on).
+        dataset: the training reader; ``val_dataset``: the held-out episodes' evaluation reader (rank 0, with
+            ``--eval-steps``), else None.
+        transform: per-camera image augmentation run in the workers, or None.
+        uint8_frames: the workers hand frames over as uint8 (no augmentation); they become float on the device.
+        batches_per_epoch: batches of this rank per pass over the training episodes.
+        total_steps: optimizer steps of the whole run.
+        bundle: the policy, its processors and its inputs (``bundle.policy`` is the module accelerate wrapped).
+        policy: the module to call (DDP-wrapped under several processes).
+        optimizer, scheduler: lerobot's AdamW preset and cosine-with-warm-up schedule, prepared.
+        state: step and data-order position (restored when resuming).
+        checkpoint_config: what ``train_config.yaml`` holds: ``run`` (the config), ``inputs`` (the contract),
+            ``dataset`` (path, version, episodes).
+        resuming: the run continues a checkpoint.
+        say: prints on rank 0 only.
+    """
+
+    cfg: TrainConfig
+    accelerator: Any
+    run_dir: Path
+    meta: DatasetMeta
+    inputs: PolicyInputs
+    train_episodes: list[int]
+    val_episodes: list[int]
+    dataset: BehaviorDataset
+    val_dataset: BehaviorDataset | None
+    transform: Any
+    uint8_frames: bool
+    batches_per_epoch: int
+    total_steps: int
+    bundle: PolicyBundle
+    policy: Any
+    optimizer: Any
+    scheduler: Any
+    state: ckpt.TrainingState
+    checkpoint_config: dict[str, Any]
+    resuming: bool
+    say: Callable[[str], None] = field(repr=False, default=print)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    def stream(self, epoch: int, batch: int) -> TrainingStream:
+        """The data order of this rank from ``(epoch, batch)`` on (seeded; the same for any worker count)."""
+        cfg, acc = self.cfg, self.accelerator
+        return TrainingStream(
+            self.dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=acc.process_index,
+            world_size=acc.num_processes, start_epoch=epoch, start_batch=batch, transform=self.transform,
+            uint8_images=self.uint8_frames,
+            decoder_threads=worker_decoder_threads(cfg.data.num_workers, acc.num_processes, acc.device.type),
+        )
+
+    def loader(self):
+        """The DataLoader over :meth:`stream` from the resume position: persistent spawned workers."""
+        from torch.utils.data import DataLoader
+
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.stream(self.state.epoch, self.state.batch), batch_size=None, num_workers=workers,
+            pin_memory=self.accelerator.device.type == "cuda",
+            # A private generator: creating an iterator must not consume the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(self.cfg.optim.seed),
+            # spawn: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch threads.
+            multiprocessing_context="spawn" if workers > 0 else None,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def model_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """:func:`model_batch` with this run's processors and contract."""
+        return model_batch(self.bundle.preprocessor, batch, self.inputs.camera_map, self.uint8_frames)
+
+
+def _prepare_run_dir(cfg: TrainConfig, accelerator: Any, resuming: bool, say: Callable[[str], None]) -> Path:
+    """The run folder (rank 0 decides the default's timestamp and broadcasts it); the demo's data is written there."""
+    run_dir = Path(cfg.output.output_dir) if cfg.output.output_dir else default_run_dir(cfg)
+    if accelerator.num_processes > 1 and cfg.output.output_dir is None:
+        from accelerate.utils import broadcast_object_list
+
+        holder = [str(run_dir)]
+        broadcast_object_list(holder, from_process=0)
+        run_dir = Path(holder[0])
+    cfg.output.output_dir = str(run_dir)
+    if not resuming and (run_dir / ckpt.CHECKPOINTS_DIR).exists():
+        raise ConfigError(
+            f"--output-dir {run_dir}: already holds a run; pass --resume {run_dir} to continue it or pick a new folder"
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.demo:
+        from behavior_smolvla.training.demo import prepare_demo
+
+        if accelerator.is_main_process:
+            prepare_demo(cfg, run_dir, say)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            cfg.data.dataset_path = cfg.data.dataset_path or str(run_dir / "demo_data")
+            cfg.policy.vlm_model = cfg.policy.vlm_model or str(run_dir / "tiny_vlm")
+    return run_dir
+
+
+def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | None = None,
+                   console: Console | None = None) -> Training:
+    """Build a run from its config: files -> reader -> state map (the input contract) -> policy -> optimizer.
+
+    Args:
+        cfg: the run config (``config_for_run``); completed in place (output folder, state map, cameras).
+        accelerator: an ``accelerate.Accelerator``; None makes one (:func:`make_accelerator`).
+        given: flat option names the user set (``--demo`` keeps them over its own settings).
+        console: where rank 0 prints.
+
+    Raises:
+        ConfigError, DatasetError, StateMapError, PolicyLoadError, CheckpointError: bad input, one line each.
+    """
+    console = console or Console()
+    given = given or set()
+    resuming = cfg.output.resume is not None
+    if cfg.demo and not resuming:
+        from behavior_smolvla.training.demo import apply_demo_defaults
+
+        apply_demo_defaults(cfg, given)
+    validate_config(cfg)
+    accelerator = accelerator or make_accelerator(cfg)
+    is_main = accelerator.is_main_process
+
+    def say(msg: str) -> None:
+        if is_main:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    run_dir = _prepare_run_dir(cfg, accelerator, resuming, say)
+
+    # Data: files -> reader -> state map, all through the input contract. Resuming reads the saved contract, so a
+    # change of defaults since the run started cannot change what the policy reads.
+    dataset_path = Path(cfg.data.dataset_path)
+    if not (dataset_path / "meta" / "info.json").is_file():
+        raise DatasetError(
+            f"--dataset-path {dataset_path}: no meta/info.json there; pass the folder of a LeRobot dataset"
+        )
+    meta = DatasetMeta.load(dataset_path, state_key=cfg.data.state_key, action_key=cfg.data.action_key)
+    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes)
+    if resuming:
+        saved = ckpt.load_train_config(Path(cfg.output.resume))
+        inputs = PolicyInputs.from_train_config(saved, f"{cfg.output.resume}/{ckpt.PRETRAINED_DIR}/"
+                                                       f"{ckpt.TRAIN_CONFIG_FILE}")
+        inputs.check_dataset(meta)
+    else:
+        inputs = PolicyInputs.resolve(meta, cfg.data, cfg.policy, train_eps)
+    cfg.data.state_map = cfg.data.state_map or inputs.state_map.name
+    cfg.data.cameras = list(inputs.cameras)
+    dataset = inputs.dataset(meta, train_eps)
+    val_dataset = inputs.eval_dataset(meta, val_eps) if val_eps and cfg.eval.eval_steps and is_main else None
+    transform = build_image_transform(cfg)
+
+    world = accelerator.num_processes
+    probe = TrainingStream(dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size,
+                           rank=accelerator.process_index, world_size=world)
+    batches_per_epoch = len(probe)
+    if batches_per_epoch == 0:
+        raise ConfigError(f"--batch-size {cfg.optim.batch_size}: larger than this rank's share of the data; lower it")
+    steps_per_epoch = max(1, batches_per_epoch // cfg.optim.grad_accum_steps)
+    total_steps = cfg.optim.max_steps or cfg.optim.num_epochs * steps_per_epoch
+
+    # Policy: lerobot's SmolVLA, built or loaded by policy.smolvla.
+    torch.manual_seed(cfg.optim.seed)
+    # A resumed run loads its own checkpoint like a pretrained policy (from scratch or not).
+    options = dataclasses.replace(cfg.policy, from_scratch=cfg.policy.from_scratch and not resuming)
+    bundle = create_policy(
+        inputs, options, floor_std(dataset.stats),
+        # lerobot accepts "cpu" but not "cpu:0" (what accelerate reports under multi-process CPU runs).
+        device="cpu" if accelerator.device.type == "cpu" else str(accelerator.device),
+        policy_path=str(Path(cfg.output.resume) / ckpt.PRETRAINED_DIR) if resuming else None,
+    )
+    if bundle.reinitialised and not resuming:
+        say(f"policy: freshly initialised {', '.join(bundle.reinitialised)} (shape changed from the pretrained one)")
+
+    from lerobot.optim.optimizers import AdamWConfig
+    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+    optimizer = AdamWConfig(
+        lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
+        grad_clip_norm=cfg.optim.grad_clip_norm,
+    ).build(bundle.policy.get_optim_params())
+    scheduler = CosineDecayWithWarmupSchedulerConfig(
+        peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr,
+        num_warmup_steps=cfg.optim.warmup_steps, num_decay_steps=cfg.optim.decay_steps,
+    ).build(optimizer, total_steps)
+    policy, optimizer = accelerator.prepare(bundle.policy, optimizer)
+
+    state = ckpt.TrainingState(step=0, epoch=0, batch=0, world_size=world, batch_size=cfg.optim.batch_size,
+                               grad_accum_steps=cfg.optim.grad_accum_steps)
+    if resuming:
+        state = ckpt.load_training_state(Path(cfg.output.resume), optimizer, scheduler)
+        if (state.world_size, state.batch_size, state.grad_accum_steps) != (world, cfg.optim.batch_size,
+                                                                             cfg.optim.grad_accum_steps):
+            raise ConfigError(
+                f"--resume {cfg.output.resume}: saved with {state.world_size} processes x batch {state.batch_size} x "
+                f"accumulation {state.grad_accum_steps}; resume with the same values to keep the data order"
+            )
+        say(f"resumed from {cfg.output.resume} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
+    else:
+        torch.manual_seed(cfg.optim.seed)  # the same RNG stream whatever policy construction consumed
+
+    checkpoint_config = {
+        "run": cfg.to_dict(),
+        "inputs": inputs.to_dict(),
+        "dataset": {
+            "path": str(dataset_path.resolve()),
+            "version": meta.version,
+            "train_episodes": train_eps,
+            "val_episodes": val_eps,
+        },
+    }
+    return Training(
+        cfg=cfg, accelerator=accelerator, run_dir=run_dir, meta=meta, inputs=inputs, train_episodes=train_eps,
+        val_episodes=val_eps, dataset=dataset, val_dataset=val_dataset, transform=transform,
+        uint8_frames=transform is None, batches_per_epoch=batches_per_epoch, total_steps=total_steps, bundle=bundle,
+        policy=policy, optimizer=optimizer, scheduler=scheduler, state=state, checkpoint_config=checkpoint_config,
+        resuming=resuming, say=say,
+    )
+
