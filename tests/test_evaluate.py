@@ -18,16 +18,8 @@ import pytest
 import torch
 import yaml
 
-from behavior_smolvla.evaluation.engine import (
-    action_layout,
-    chunk_metrics,
-    ensemble_disagreement,
-    evaluate_checkpoints,
-    hold_chunks,
-    pearson,
-    spread_evenly,
-    validate,
-)
+from behavior_smolvla.evaluation.engine import evaluate_checkpoints, spread_evenly, validate
+from behavior_smolvla.evaluation.metrics import action_layout, chunk_metrics, ensemble_disagreement, hold_chunks, pearson
 from behavior_smolvla.r1pro import ACTION_GROUPS
 
 BIN = Path(sys.executable).parent
@@ -251,22 +243,22 @@ def test_training_episodes_give_a_warning_not_an_error(demo_ckpt_run, tmp_path):
 
 
 def test_validate_is_repeatable_and_leaves_the_rng_alone(demo_ckpt_run, tmp_path):
-    from behavior_smolvla.data.dataset import BehaviorDataset
-    from behavior_smolvla.policy.trained import load_checkpoint
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
 
-    cp = load_checkpoint(demo_ckpt_run, device="cpu")
-    d = cp.train_config["dataset"]
-    ds = BehaviorDataset(d["path"], episodes=d["val_episodes"], cameras=cp.cameras, chunk_size=cp.chunk_size,
-                         image_size=cp.image_size, frame_stride=d["frame_stride"], state_map=cp.state_map)
-    cp.bundle.policy.train()  # as inside the training loop
+    bundle = load_policy_bundle(demo_ckpt_run, device="cpu")
+    d = bundle.train_config["dataset"]
+    ds = bundle.inputs.eval_dataset(bundle.inputs.load_meta(d["path"]), d["val_episodes"])
+    bundle.policy.train()  # as inside the training loop
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    # The in-training form (bundle + dataset, nothing reloaded) and the checkpoint form give the same numbers.
-    first = validate(cp.bundle, ds, max_frames=12, seed=7, output_dir=tmp_path / "plots")
+    # Twice on the same frames and seeds (once in training mode, once in eval mode): the same numbers.
+    first = validate(bundle, ds, max_frames=12, seed=7, output_dir=tmp_path / "plots")
     assert torch.equal(torch.rand(3), expected_next), "validate() consumed the global RNG"
-    assert cp.bundle.policy.training, "validate() must give the policy back in training mode"
-    second = validate(cp, ds, max_frames=12, seed=7)
+    assert bundle.policy.training, "validate() must give the policy back in training mode"
+    bundle.policy.eval()
+    second = validate(bundle, ds, max_frames=12, seed=7)
+    assert not bundle.policy.training
     for key in ("val_loss", "first_action_mae", "chunk_mae", "percent_close", "mean_action_first_action_mae"):
         assert math.isfinite(first[key]) and first[key] == pytest.approx(second[key], rel=1e-6), key
     assert first["val_loss"] > 0 and 0.0 <= first["percent_close"] <= 1.0 and first["frames"] == 12

@@ -15,17 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import yaml
+
+from behavior_smolvla.config import PolicyConfig
 from behavior_smolvla.errors import ConfigError, DatasetError, PolicyLoadError
-from behavior_smolvla.policy.smolvla import (
-    PolicySpec,
-    create_policy,
-    load_policy_bundle,
-    policy_camera_keys,
-    resolve_device,
-    save_policy,
-    to_policy_batch,
-)
+from behavior_smolvla.inputs import PolicyInputs, policy_camera_keys
 from behavior_smolvla.policy.backbone import build_tiny_vlm, tiny_vlm_vocabulary
+from behavior_smolvla.policy.smolvla import create_policy, load_policy_bundle, resolve_device, save_policy, to_policy_batch
+from behavior_smolvla.state_maps.maps import load_state_map
 
 CAMERAS = ["observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"]
 CHUNK, STATE, ACTION, B = 10, 32, 23, 4
@@ -37,6 +34,21 @@ def _stats(dim: int, seed: int) -> dict[str, np.ndarray]:
     mean = rng.normal(size=dim).astype(np.float32)
     std = (0.5 + rng.random(dim)).astype(np.float32)
     return {"mean": mean, "std": std, "min": mean - 3 * std, "max": mean + 3 * std}
+
+
+def _inputs(state_dim: int = STATE, chunk_size: int = CHUNK, n_action_steps: int | None = None) -> PolicyInputs:
+    """The input contract of these tests: the state as it is (identity map), three cameras, 64 px."""
+    return PolicyInputs(state_key="observation.state", action_key="action",
+                        state_map=load_state_map("identity").bind(state_dim), action_dim=ACTION, action_names=None,
+                        cameras=tuple(CAMERAS), image_size=64, chunk_size=chunk_size,
+                        n_action_steps=n_action_steps or chunk_size, frame_stride=1, fps=30.0,
+                        task_map={0: TASK}, tasks=(TASK,))
+
+
+def _create(stats, state_dim: int = STATE, chunk_size: int = CHUNK, policy_path: str | None = None, **options):
+    """create_policy on CPU: from scratch when ``options`` name a ``vlm_model`` without a policy path."""
+    config = PolicyConfig(from_scratch=policy_path is None, **options)
+    return create_policy(_inputs(state_dim, chunk_size), config, stats, device="cpu", policy_path=policy_path)
 
 
 def _batch(state_dim: int = STATE, with_action: bool = True, seed: int = 0) -> dict:
@@ -66,17 +78,14 @@ def stats() -> dict:
 @pytest.fixture(scope="module")
 def bundle(tiny_vlm, stats):
     torch.manual_seed(0)
-    spec = PolicySpec(
-        cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK, image_size=64,
-        from_scratch=True, vlm_model=str(tiny_vlm), device="cpu",
-    )
-    return create_policy(spec, stats)
+    return _create(stats, vlm_model=str(tiny_vlm))
 
 
 @pytest.fixture(scope="module")
 def saved(bundle, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("ckpt") / "pretrained_model"
-    save_policy(bundle, directory, extra_files={"train_config.yaml": "cameras: 3\n", "notes.bin": b"\x00\x01"})
+    config = yaml.safe_dump({"inputs": bundle.inputs.to_dict()}, sort_keys=False)
+    save_policy(bundle, directory, extra_files={"train_config.yaml": config, "notes.bin": b"\x00\x01"})
     return directory
 
 
@@ -187,7 +196,7 @@ def test_save_then_load_with_lerobot_gives_identical_predictions(bundle, saved, 
     for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
         assert (saved / name).is_file()
     assert list(saved.glob("policy_preprocessor_step_*normalizer_processor.safetensors"))
-    assert (saved / "train_config.yaml").read_text() == "cameras: 3\n"
+    assert yaml.safe_load((saved / "train_config.yaml").read_text())["inputs"] == bundle.inputs.to_dict()
     assert (saved / "notes.bin").read_bytes() == b"\x00\x01"
 
     batch = to_policy_batch(_batch(with_action=False), policy_camera_keys(CAMERAS))
@@ -206,18 +215,15 @@ def test_save_then_load_with_lerobot_gives_identical_predictions(bundle, saved, 
     torch.testing.assert_close(_predict(policy, preprocessor, postprocessor, dict(batch)), reference, rtol=0, atol=0)
 
     loaded = load_policy_bundle(saved, device="cpu", tokenizer_name=str(tiny_vlm))
-    assert loaded.reinitialised == [] and not loaded.policy.training
+    assert loaded.reinitialised == [] and not loaded.policy.training and loaded.inputs == bundle.inputs
     prediction = _predict(loaded.policy, loaded.preprocessor, loaded.postprocessor, dict(batch))
     torch.testing.assert_close(prediction, reference, rtol=0, atol=0)
 
 
 def test_pretrained_folder_with_wider_state_reinitialises_only_state_proj(saved, tiny_vlm):
     wide = 217  # the 2025 standard-track-legal R1Pro state
-    spec = PolicySpec(
-        cameras=CAMERAS, state_dim=wide, action_dim=ACTION, chunk_size=8, policy_path=str(saved), device="cpu",
-    )
     stats = {"observation.state": _stats(wide, 3), "action": _stats(ACTION, 4)}
-    wider = create_policy(spec, stats)
+    wider = _create(stats, state_dim=wide, chunk_size=8, policy_path=str(saved))
     assert wider.reinitialised == ["model.state_proj.bias", "model.state_proj.weight"]
     config = wider.policy.config
     assert (config.max_state_dim, config.max_action_dim, config.chunk_size) == (wide, 32, 8)
@@ -237,9 +243,7 @@ def test_pretrained_folder_with_wider_state_reinitialises_only_state_proj(saved,
     loss, _ = wider.policy.forward(wider.preprocessor(to_policy_batch(sample, policy_camera_keys(CAMERAS))))
     assert torch.isfinite(loss)
 
-    same = create_policy(PolicySpec(cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK,
-                                    policy_path=str(saved), device="cpu"),
-                         {"observation.state": _stats(STATE, 1), "action": _stats(ACTION, 2)})
+    same = _create({"observation.state": _stats(STATE, 1), "action": _stats(ACTION, 2)}, policy_path=str(saved))
     assert same.reinitialised == []
     assert all(torch.equal(same.policy.state_dict()[k], v) for k, v in source.items())
 
@@ -247,31 +251,25 @@ def test_pretrained_folder_with_wider_state_reinitialises_only_state_proj(saved,
 def test_hub_id_offline_and_uncached_raises_one_line_policy_load_error(monkeypatch, stats):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    spec = PolicySpec(cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK,
-                      policy_path="behavior-smolvla-tests/no-such-policy", device="cpu")
     with pytest.raises(PolicyLoadError) as info:
-        create_policy(spec, stats)
+        _create(stats, policy_path="behavior-smolvla-tests/no-such-policy")
     message = str(info.value)
     assert "\n" not in message
     assert "behavior-smolvla-tests/no-such-policy" in message and "--from-scratch --vlm-model" in message
 
 
 def test_bad_stats_and_options_are_reported(tiny_vlm, stats):
-    spec = PolicySpec(cameras=CAMERAS, state_dim=STATE + 1, action_dim=ACTION, chunk_size=CHUNK,
-                      from_scratch=True, vlm_model=str(tiny_vlm), device="cpu")
     with pytest.raises(DatasetError, match=r"observation\.state\.mean have shape \(32,\)"):
-        create_policy(spec, stats)
-    spec = PolicySpec(cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK, n_action_steps=20,
-                      from_scratch=True, vlm_model=str(tiny_vlm), device="cpu")
+        _create(stats, state_dim=STATE + 1, vlm_model=str(tiny_vlm))
     with pytest.raises(ConfigError, match="--n-action-steps"):
-        create_policy(spec, stats)
+        _inputs(n_action_steps=20)
 
 
 def test_load_policy_bundle_rejects_incomplete_folder(saved, tmp_path):
     from behavior_smolvla.errors import CheckpointError
 
-    partial = tmp_path / "partial"
-    partial.mkdir()
+    partial = tmp_path / "partial" / "pretrained_model"
+    partial.mkdir(parents=True)
     (partial / "config.json").write_text(json.dumps(json.loads((saved / "config.json").read_text())))
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_policy_bundle(partial)
@@ -279,10 +277,8 @@ def test_load_policy_bundle_rejects_incomplete_folder(saved, tmp_path):
 
 def test_pretrained_weights_on_another_backbone_are_refused(saved, tiny_vlm, stats):
     other = build_tiny_vlm(tiny_vlm.parent / "tiny_smolvlm_128", image_size=128)  # other vision position table
-    spec = PolicySpec(cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK,
-                      policy_path=str(saved), vlm_model=str(other), device="cpu")
     with pytest.raises(PolicyLoadError, match="only the state and action projections may change shape"):
-        create_policy(spec, stats)
+        _create(stats, policy_path=str(saved), vlm_model=str(other))
 
 
 def test_pretrained_checkpoint_missing_a_weight_is_refused(saved, stats, tmp_path):
@@ -295,7 +291,5 @@ def test_pretrained_checkpoint_missing_a_weight_is_refused(saved, stats, tmp_pat
     weights = load_file(str(saved / "model.safetensors"))
     del weights["model.action_time_mlp_in.bias"]
     save_file(weights, str(broken / "model.safetensors"))
-    spec = PolicySpec(cameras=CAMERAS, state_dim=STATE, action_dim=ACTION, chunk_size=CHUNK,
-                      policy_path=str(broken), device="cpu")
     with pytest.raises(PolicyLoadError, match=r"1 missing and 0 unexpected key\(s\) \(model.action_time_mlp_in.bias"):
-        create_policy(spec, stats)
+        _create(stats, policy_path=str(broken))

@@ -65,9 +65,9 @@ def demo_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 @pytest.fixture(scope="module")
 def model(demo_checkpoint: Path):
-    from behavior_smolvla.policy.trained import load_checkpoint
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
 
-    return load_checkpoint(demo_checkpoint, device="cpu")
+    return load_policy_bundle(demo_checkpoint, device="cpu")
 
 
 def make_observation(rng: np.random.Generator, batched: bool = False, full_size: bool = False,
@@ -108,9 +108,9 @@ def test_evaluator_observation_gives_the_training_readers_prediction(model):
     from behavior_smolvla.data.dataset import BehaviorDataset
 
     data = model.train_config["dataset"]
-    kwargs = {"episodes": data["val_episodes"][:1] or data["train_episodes"][:1], "cameras": model.cameras,
+    kwargs = {"episodes": data["val_episodes"][:1] or data["train_episodes"][:1], "cameras": list(model.inputs.cameras),
               "chunk_size": model.chunk_size}
-    reader = BehaviorDataset(data["path"], image_size=model.image_size, state_map=model.state_map, **kwargs)
+    reader = BehaviorDataset(data["path"], image_size=model.inputs.image_size, state_map=model.inputs.state_map, **kwargs)
     full = BehaviorDataset(data["path"], image_size=None, **kwargs)
     task_index = {text: index for index, text in reader.meta.tasks.items()}
     # The std the checkpoint normalises actions with (lerobot's unnormaliser step): the policy's own unit of error.
@@ -120,7 +120,7 @@ def test_evaluator_observation_gives_the_training_readers_prediction(model):
         sample, raw = reader[int(i)], full[int(i)]
         assert raw["observation.state"].shape == (256,)
         obs = {PROPRIO_KEY: raw["observation.state"].numpy(), TASK_ID_KEY: np.array([task_index[sample["task"]]])}
-        for camera in model.cameras:
+        for camera in model.inputs.cameras:
             rgb = (raw[camera] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             alpha = np.full((*rgb.shape[:2], 1), 255, dtype=np.uint8)
             obs[EVALUATOR_RGB_KEYS[camera_role(camera)]] = np.concatenate([rgb, alpha], axis=-1)
@@ -129,12 +129,12 @@ def test_evaluator_observation_gives_the_training_readers_prediction(model):
         batch = policy.spec(obs)
         assert torch.equal(batch["observation.state"][0], sample["observation.state"])
         assert batch["task"] == [sample["task"]]
-        for camera in model.cameras:
+        for camera in model.inputs.cameras:
             assert batch[camera].shape == (1, *sample[camera].shape)
             levels = (batch[camera][0] - sample[camera]).abs() * 255
             assert levels.mean() < 2.5 and levels.max() < 24, (camera, levels.mean(), levels.max())
 
-        reference = model.predict_chunk({**{c: sample[c][None] for c in model.cameras},
+        reference = model.predict_chunk({**{c: sample[c][None] for c in model.inputs.cameras},
                                          "observation.state": sample["observation.state"][None],
                                          "task": [sample["task"]]}, noise_seed=0)[0]
         served = policy.act_chunk(obs, model.chunk_size)
@@ -206,7 +206,7 @@ def test_batched_observations_and_tasks(model):
     obs = make_observation(rng, task_id=1)
     policy = BehaviorPolicy(model, noise_seed=0)
     parsed = policy.spec.parse(obs)
-    assert not parsed.batched and parsed.task == model.task_map["1"]
+    assert not parsed.batched and parsed.task == model.inputs.task_map[1]
     batched = {k: v[None] for k, v in obs.items()}
     assert policy.spec.parse(batched).batched
     np.testing.assert_array_equal(BehaviorPolicy(model, noise_seed=0).act(batched), policy.act(obs))
@@ -349,12 +349,12 @@ def test_metadata_on_connect(server, model, demo_checkpoint):
     try:
         meta = client.metadata
         assert Path(meta["checkpoint"]).resolve() == model.checkpoint.resolve()
-        assert meta["state_map"]["name"] == model.state_map.name and meta["proprio_dim"] == 256
-        assert meta["state_dim"] == model.state_map.output_dim
+        assert meta["state_map"]["name"] == model.inputs.state_map.name and meta["proprio_dim"] == 256
+        assert meta["state_dim"] == model.inputs.state_map.output_dim
         assert [c["observation_key"] for c in meta["cameras"]] == [HEAD, LEFT, RIGHT]
-        assert [c["dataset_key"] for c in meta["cameras"]] == model.cameras
-        assert (meta["action_dim"], meta["chunk_size"], meta["image_size"]) == (23, model.chunk_size, model.image_size)
-        assert meta["task_map"] == model.task_map
+        assert [c["dataset_key"] for c in meta["cameras"]] == list(model.inputs.cameras)
+        assert (meta["action_dim"], meta["chunk_size"], meta["image_size"]) == (23, model.chunk_size, model.inputs.image_size)
+        assert meta["task_map"] == {str(k): v for k, v in model.inputs.task_map.items()}
     finally:
         client.close()
 

@@ -84,8 +84,8 @@ def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, 
                      "scheduler_state.json", "rng_state.safetensors"):
             assert (ts / name).is_file(), name
     saved = load_train_config(ckpts / "last")
-    assert saved["state_map"]["name"] == "r1pro-2025-top32"
-    assert saved["dataset"]["cameras"] == [
+    assert saved["inputs"]["state_map"]["name"] == "r1pro-2025-top32"
+    assert saved["inputs"]["cameras"] == [
         "observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist"
     ]
     assert saved["run"]["optim"]["max_steps"] == 60
@@ -105,7 +105,7 @@ def test_train_real_g1_v30(g1_v30, tiny_vlm, tmp_path):
     out = tmp_path / "run"
     run_train(*base_args(g1_v30, tiny_vlm, out, "--max-steps", "20", "--save-steps", "20", "--frame-stride", "5"))
     saved = load_train_config(resolve_checkpoint(out))
-    assert saved["state_map"]["name"] == "identity" and saved["dataset"]["state_dim"] == 26
+    assert saved["inputs"]["state_map"]["name"] == "identity" and saved["inputs"]["state_map"]["input_dim"] == 26
     loss = losses(out)
     assert sum(loss[s] for s in range(16, 21)) < sum(loss[s] for s in range(1, 6))
     assert_lerobot_loads(out / "checkpoints" / "last", tiny_vlm)
@@ -220,7 +220,7 @@ def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_p
     reinit_lines = [line for line in proc.stdout.splitlines() if "freshly initialised" in line]
     assert len(reinit_lines) == 1 and "state_proj" in reinit_lines[0], proc.stdout
     saved = load_train_config(resolve_checkpoint(out))
-    assert saved["state_map"]["name"] == "r1pro-2025-standard" and len(saved["state_map"]["names"]) == 217
+    assert saved["inputs"]["state_map"]["name"] == "r1pro-2025-standard" and len(saved["inputs"]["state_map"]["names"]) == 217
     cfg = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert cfg["max_state_dim"] == 217
 
