@@ -350,6 +350,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     state_key: str = typer.Option(None, "--state-key", help="Feature read as the state (default: the checkpoint's)."),
     action_key: str = typer.Option(None, "--action-key", help="Feature read as the action (default: the checkpoint's)."),
+    vlm_model: str = typer.Option(None, "--vlm-model", help="Local copy of the checkpoint's VLM backbone."),
 ) -> None:
     """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
     from behavior_smolvla.evaluation.engine import evaluate_checkpoints
@@ -358,7 +359,7 @@ def eval_command(
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
         tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
-        state_key=state_key, action_key=action_key,
+        state_key=state_key, action_key=action_key, vlm_model=vlm_model,
     )
     out = Console(width=max(Console().width, 140))
     out.print(summary_table(report))
@@ -385,12 +386,15 @@ def serve_command(
     task: str = typer.Option(None, "--task", help="Instruction to use instead of the one saved for the observation's task_id."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     noise_seed: int = typer.Option(None, "--noise-seed", help="Fixed flow-matching noise seed per model call (default: fresh noise)."),
+    vlm_model: str = typer.Option(None, "--vlm-model", help="Local copy of the checkpoint's VLM backbone."),
 ) -> None:
     """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
-    from behavior_smolvla.serving.server import load_policy, serve
+    from behavior_smolvla.serving.policy import load_policy
+    from behavior_smolvla.serving.server import serve
 
     out = Console(soft_wrap=True, highlight=False)
-    policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed)
+    policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed,
+                         vlm_model=vlm_model)
     serve(policy, host=host, port=port, log=out.print)
 
 

@@ -2,8 +2,9 @@
 
 A run is described by :class:`TrainConfig` (sections: data, policy, optim, output, logging, eval). The CLI fills it
 from, in increasing priority: the dataclass defaults, a ``--config FILE.yaml``, the command-line flags. The resolved
-tree is printed at start and saved as ``train_config.yaml`` in every checkpoint, so a checkpoint alone says how it
-was trained (state map, cameras, image size, tasks are added there by the trainer).
+tree is printed at start and saved as ``train_config.yaml`` in every checkpoint (its ``run`` section), beside the input
+contract the run resolved from it (``inputs``: state map, cameras, image size, ... see ``behavior_smolvla.inputs``).
+``training.build.config_for_run`` resolves it (defaults < a resumed checkpoint's config < the file < the flags).
 
 A config file may be flat (keys are flag names, ``max_steps`` or ``max-steps``) or nested by section
 (``optim: {max_steps: 100}``); an unknown key raises :class:`ConfigError` naming the file and the key.
@@ -165,13 +166,6 @@ class TrainConfig:
         """Plain nested dict (YAML/JSON-safe)."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a nested or flat dict; unknown keys raise ConfigError naming ``source``."""
-        cfg = cls()
-        apply_overrides(cfg, data, source)
-        return cfg
-
     def to_yaml(self) -> str:
         """The resolved config as YAML, sections in declaration order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -255,15 +249,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {p}: the top level must be a mapping of option names to values")
     return data
-
-
-def resolve_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:
-    """Defaults < ``config_file`` < ``cli_values`` (flat option names; None = flag not given)."""
-    cfg = TrainConfig()
-    if config_file is not None:
-        apply_overrides(cfg, load_config_file(config_file), str(config_file))
-    apply_overrides(cfg, cli_values, "command line")
-    return cfg
 
 
 def validate_config(cfg: TrainConfig) -> None:

@@ -21,12 +21,11 @@ import torch
 import yaml
 
 from behavior_smolvla.errors import StateMapError
+from behavior_smolvla.state_maps.layouts import list_layouts, load_layout
 from behavior_smolvla.state_maps.maps import (
     StateMap,
     default_state_map,
-    list_layouts,
     list_state_maps,
-    load_layout,
     load_state_map,
     standard_track_map,
 )

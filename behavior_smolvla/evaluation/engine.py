@@ -220,6 +220,7 @@ def evaluate_checkpoints(
     batch_size: int = EVAL_BATCH_SIZE,
     state_key: str | None = None,
     action_key: str | None = None,
+    vlm_model: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint (or an ensemble of several) on held-out episodes; write the report and plots.
 
@@ -243,6 +244,7 @@ def evaluate_checkpoints(
         console: rich Console for the progress bar and warnings (default: stderr).
         state_key, action_key: dataset features read as the state and the action; None = the (first) checkpoint's
             (its input contract), for a dataset whose features are named otherwise than the training data's.
+        vlm_model: the checkpoints' VLM backbone at another place (a local copy); None = the saved one.
 
     Returns:
         The report (also written as ``report.json``): see the module docstring; keys ``predictors`` (``policy`` or
@@ -282,7 +284,7 @@ def evaluate_checkpoints(
     for contract in contracts[1:]:
         contract.check_dataset(meta)
     selected = parse_episode_spec(episodes, list(meta.episodes))
-    members = [load_policy_bundle(c, device=device) for c in resolved]
+    members = [load_policy_bundle(c, device=device, vlm_model=vlm_model) for c in resolved]
     first = members[0]
     for m in members[1:]:
         a, b = m.inputs, first.inputs

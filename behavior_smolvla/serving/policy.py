@@ -177,7 +177,8 @@ class BehaviorPolicy:
 
 
 def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: int | None = None,
-                task: str | None = None, noise_seed: int | None = None) -> BehaviorPolicy:
+                task: str | None = None, noise_seed: int | None = None, vlm_model: str | None = None
+                ) -> BehaviorPolicy:
     """Load a checkpoint of ``smolvla-train`` for driving by the BEHAVIOR evaluator's observations.
 
     Args:
@@ -187,6 +188,8 @@ def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: in
         n_action_steps: actions served per model call (1..chunk_size); None = the checkpoint's.
         task: instruction to use whatever ``task_id`` says (None: the checkpoint's ``task_map``).
         noise_seed: see :class:`BehaviorPolicy`.
+        vlm_model: the checkpoint's VLM backbone at another place (a local copy when the saved hub id or folder
+            cannot be reached here); None = the saved one.
 
     Returns:
         :class:`BehaviorPolicy` with ``reset()``, ``act(obs) -> float32 [23]``, ``act_chunk(obs, k) -> [k, 23]``.
@@ -195,4 +198,5 @@ def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: in
         CheckpointError, PolicyLoadError: as :func:`behavior_smolvla.policy.smolvla.load_policy_bundle`.
         ConfigError: a bad device or ``n_action_steps``.
     """
-    return BehaviorPolicy(load_policy_bundle(checkpoint, device=device), n_action_steps, task, noise_seed)
+    bundle = load_policy_bundle(checkpoint, device=device, vlm_model=vlm_model)
+    return BehaviorPolicy(bundle, n_action_steps, task, noise_seed)
