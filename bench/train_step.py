@@ -59,7 +59,7 @@ BEHAVIOR-2025-shaped dataset, CPU, one torch thread, one DataLoader worker (a 2-
 decodes). Both are built once and cached under ``--root``. ``--dataset-path`` takes any LeRobot dataset instead
 (it needs at least ``2 * (warmup + steps) * batch_size`` samples, so that no run crosses an epoch boundary).
 
-    python bench/train_step.py                                   # tiny backbone, CPU, ~1-2 minutes on 2 cores
+    python bench/train_step.py                                   # tiny backbone, CPU, ~2-4 minutes on 2 cores
     python bench/train_step.py --steps 200 --repeat 2 --markdown
     python bench/train_step.py --device cuda --threads 8 --num-workers 8 --image-size 512 \\
         --policy-path /path/to/smolvla_base                      # the real model (local pretrained_model folder)
@@ -400,6 +400,15 @@ def _paired(row: list[float], base: list[float]) -> float:
     return 100.0 * (_median([r / b for r, b in zip(row, base, strict=True)]) - 1.0)
 
 
+def _paired_spread(row: list[float], base: list[float]) -> str:
+    """``median [q1, q3]`` of the per-window ratios row/base - 1, in percent: how far one window's overhead strays."""
+    ratios = [100.0 * (r / b - 1.0) for r, b in zip(row, base, strict=True)]
+    if len(ratios) < 2:
+        return f"{_median(ratios):+.1f}%"
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q2:+.1f}% [{q1:+.1f}, {q3:+.1f}]"
+
+
 def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dict, trainer_facts: list[dict]) -> None:
     """Print the comparison table and the notes under it."""
     base, with_pre = rows[0][1], rows[1][1]
@@ -444,11 +453,11 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
             console = Console(width=220)
         console.print(t)
     alongside, loop, trained = rows[-3][1], rows[-2][1], rows[-1][1]
-    print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only): total "
-          f"{_paired(trained.total, loop.total):+.1f}%, without data wait "
-          f"{_paired(trained.without_data(), loop.without_data()):+.1f}%, CPU {_paired(trained.cpu, loop.cpu):+.1f}%; "
-          f"vs the loop with the DataLoader busy alongside: without data wait "
-          f"{_paired(trained.without_data(), alongside.without_data()):+.1f}%")
+    print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only; median [quartiles] over "
+          f"{len(trained.total)} paired windows): total {_paired_spread(trained.total, loop.total)}, without data "
+          f"wait {_paired_spread(trained.without_data(), loop.without_data())}, CPU "
+          f"{_paired_spread(trained.cpu, loop.cpu)}; vs the loop with the DataLoader busy alongside, without data "
+          f"wait: {_paired_spread(trained.without_data(), alongside.without_data())}")
     fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
     setup = _median([tf["setup_s"] for tf in trainer_facts])
     print(f"trainer data wait / window wall time: median {_median(fracs):.3f} "
