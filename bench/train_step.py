@@ -1,57 +1,65 @@
 """Training-step benchmark (issue 4): the trainer's per-step time against a bare loop. Prints a table; not a test.
 
-Five rows, same model config, batch size, optimizer (SmolVLA's AdamW preset with grad-norm clipping and the
-cosine-with-warmup scheduler, built as ``train()`` builds them), precision, seed and number of measured steps:
+Everything is built once per run by ``behavior_smolvla.training.build.build_training(cfg)``, the function
+``train()`` starts with: the input contract (``Training.inputs``), the training reader, the data order
+(``Training.stream``) and DataLoader (``Training.loader``), the policy, the pre-processing (``Training.model_batch``),
+the optimizer and schedule (``build_optimizer``: SmolVLA's AdamW preset, cosine with warm-up). The bare loops take
+these objects as they are (their policy is ``create_policy`` on the same contract, options and floored statistics
+with the same seed: the trainer's initial weights, in a copy of their own); nothing is resolved a second time here.
+Five rows, same model, batch size, optimizer, grad-norm clipping, precision, seed and number of measured steps:
 
 * ``bare (preprocessed once)``: ``policy.forward`` -> ``loss.backward()`` -> clip -> ``optimizer.step()`` ->
-  ``zero_grad`` -> ``scheduler.step()`` on batches taken once from the same dataset and data order
-  (``TrainingStream``, same seed), passed through the same pre-processor once and kept in memory (cycled when there
-  are more steps than ``--preload-batches``). The floor: no data loading, no pre-processing, no logging.
-* ``bare + preprocessor``: the same loop running the pre-processor (tokenise the task, normalise state and action,
-  move to the device) inside the step on the kept raw batches: per-step work any SmolVLA loop does (lerobot's own
-  training loop included).
-* ``bare + preprocessor, DataLoader busy alongside``: the previous loop while a ``DataLoader`` with the trainer's
-  settings (``--num-workers`` spawned workers, prefetch 4, same stream) keeps producing batches: each step fetches
-  one (its time is the data wait) and discards it. What the data pipeline running next to the step costs the step,
-  on a machine where workers and the step share cores.
-* ``bare + preprocessor + DataLoader``: the same loop computing on the batches that ``DataLoader`` hands it: the
-  minimal hand-written training loop. Its data wait includes fetching a ready batch from a worker (one
-  shared-memory storage per batch), which is not zero even when the workers are ahead.
-* ``trainer``: ``behavior_smolvla.training.loop.train()`` run **in this process** on the same dataset (accelerate,
-  DataLoader workers, ``metrics.jsonl``, checkpoints every ``--save-steps``, its rich progress display rendered to
-  a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off).
+  ``zero_grad`` -> ``scheduler.step()`` on the trainer's first batches (``Training.stream(0, 0)``), passed through
+  ``Training.model_batch`` once and kept in memory (cycled when there are more steps than ``--preload-batches``).
+  The floor: no data loading, no pre-processing, no logging.
+* ``bare + preprocessor``: the same loop running ``Training.model_batch`` (tokenise the task, normalise state and
+  action, move to the device, uint8 frames to float) inside the step on the kept raw batches: per-step work any
+  SmolVLA loop does (lerobot's own training loop included).
+* ``bare + preprocessor, DataLoader busy alongside``: the previous loop while a DataLoader of its own made by
+  ``Training.loader()`` (the trainer's settings: ``--num-workers`` spawned persistent workers, prefetch 4, same data
+  order) keeps producing batches: each step fetches one (its time is the data wait) and discards it. What the data
+  pipeline running next to the step costs the step, on a machine where workers and the step share cores.
+* ``bare + preprocessor + DataLoader``: the same loop computing on the batches that DataLoader hands it: the minimal
+  hand-written training loop. Its data wait includes fetching a ready batch from a worker (one shared-memory
+  storage per batch), which is not zero even when the workers are ahead.
+* ``trainer``: ``behavior_smolvla.training.loop.Trainer`` on the built run, stepped **in this process** exactly as
+  ``train()`` steps it (``with Trainer(training) as t: t.step()``): accelerate, its DataLoader workers,
+  ``metrics.jsonl`` every ``--log-steps``, checkpoints every ``--save-steps``, its rich progress display rendered to
+  a discarded terminal-like console so that it costs what it costs a user watching a terminal; wandb off; no
+  held-out episodes, so no validation.
 
 **Interleaving.** On a shared or small machine the speed of the CPU drifts by tens of percent over seconds (other
 tenants, frequency), more than the 5% to be resolved, so runs measured one after the other cannot be compared. Here
-every row is measured in windows of ``--log-steps`` steps that take turns: ``train()`` calls this script back after
-each step (its ``on_step`` hook, whose time it leaves out of its own figures), and after each trainer window the
-script runs one window of each bare loop, on its own copy of the policy, before the trainer goes on. Each overhead is
-the **median over windows of the ratio to the bare window run next to it** (paired), so drift cancels; the columns
-of milliseconds are medians over windows. While the bare windows run, the trainer's DataLoader workers keep
+every row is measured in windows of ``--log-steps`` steps that take turns: the script calls ``Trainer.step()``
+``--log-steps`` times (one trainer window, ending with its metrics record), then runs one window of each bare loop,
+then the next trainer window, and so on; the bare loops' order rotates from window to window. Each overhead is the
+**median over windows of the ratio to the bare window run next to it** (paired), so drift cancels; the columns of
+milliseconds are medians over windows. While the bare windows run, the trainer's DataLoader workers keep
 prefetching (and the bare loader's workers while the trainer runs): data is not the bottleneck, the target's
 condition.
 
-Per row: total wall time per step (the trainer's from this script's clock, between its ``on_step`` calls, so it
-includes everything: data, compute, logging, checkpoint writes, progress display); the split into data wait /
-forward+backward / optimizer / logging+checkpoint (the trainer's own, from ``metrics.jsonl``: ``time_*_s``, host
-seconds per step averaged over each window); CPU time of this process per step (``time.process_time``: all its
-threads, not the DataLoader worker processes). Overheads are given on the total, on the total without the data wait
-(what the target measures: no data wait is what "data is not the bottleneck" means) and on CPU time.
+Per row: total wall time per step (this script's clock around the window's steps, ``Trainer.step()`` calls for the
+trainer, so it includes everything: data, compute, logging, checkpoint writes, progress display); the split into
+data wait / forward+backward / optimizer / logging+checkpoint (the trainer's own, ``Trainer.step_times`` after each
+step, summed over the window); CPU time of this process per step (``time.process_time``: all its threads, not the
+DataLoader worker processes). Overheads are given on the total, on the total without the data wait (what the
+target measures: no data wait is what "data is not the bottleneck" means) and on CPU time.
 
-Every run is warmed up first (``--warmup`` steps, rounded up to a multiple of ``--log-steps``: the trainer's first
-windows include spawning its DataLoader workers and the first allocations). The checkpoint written at the last step
-is outside the measured steps (lower ``--save-steps`` to put checkpoint writes inside the measurement). Both loops
-run with ``--threads`` torch threads (``OMP_NUM_THREADS`` is set, so the trainer keeps its own CPU rule out).
+Every run is warmed up first (``--warmup`` steps of each loop, rounded up to a multiple of ``--log-steps``: the
+trainer's first steps include spawning its DataLoader workers and the first allocations). The run has
+``warmup + steps + 1`` steps: the checkpoint written at the last step is outside the measured steps (lower
+``--save-steps`` to put checkpoint writes inside the measurement). Both loops run with ``--threads`` torch threads
+(``OMP_NUM_THREADS`` is set, so the trainer keeps its own CPU rule out).
 
 On CUDA the per-phase split is host-side time (kernels run asynchronously; ``loss.item()`` in the trainer
 synchronises once per step); windows start and end with a device synchronisation, so totals are device-true.
 
-Default: the tiny SmolVLM backbone (``tiny_vlm.py``) from scratch at 64 px on a small generated BEHAVIOR-2025-shaped
-dataset, CPU, one torch thread, one DataLoader worker (a 2-core machine: one core computes, one decodes). Both are
-built once and cached under ``--root``. ``--dataset-path`` takes any LeRobot dataset instead (it needs at least
-``2 * (warmup + steps) * batch_size`` samples, so that no run crosses an epoch boundary).
+Default: the tiny SmolVLM backbone (``policy/backbone.py``) from scratch at 64 px on a small generated
+BEHAVIOR-2025-shaped dataset, CPU, one torch thread, one DataLoader worker (a 2-core machine: one core computes, one
+decodes). Both are built once and cached under ``--root``. ``--dataset-path`` takes any LeRobot dataset instead
+(it needs at least ``2 * (warmup + steps) * batch_size`` samples, so that no run crosses an epoch boundary).
 
-    python bench/train_step.py                                   # tiny backbone, CPU, ~1-2 minutes on 2 cores
+    python bench/train_step.py                                   # tiny backbone, CPU, ~2-4 minutes on 2 cores
     python bench/train_step.py --steps 200 --repeat 2 --markdown
     python bench/train_step.py --device cuda --threads 8 --num-workers 8 --image-size 512 \\
         --policy-path /path/to/smolvla_base                      # the real model (local pretrained_model folder)
@@ -126,10 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# -- inputs ------------------------------------------------------------------------------------------------------
+# -- sources -----------------------------------------------------------------------------------------------------
 
 
-def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
+def prepare_sources(args: argparse.Namespace) -> dict[str, Any]:
     """Dataset path and policy source, generating the dataset and tiny VLM under ``--root`` when not given.
 
     The generated dataset holds enough frames that one run never crosses an epoch boundary (a new epoch starts new
@@ -159,13 +167,15 @@ def prepare_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"dataset_path": str(dataset), **policy}
 
 
-def train_config(args: argparse.Namespace, inputs: dict[str, Any], output_dir: Path):
-    """The trainer's config for one measured run; the bare loop derives its model and optimizer from it too."""
+def train_config(args: argparse.Namespace, sources: dict[str, Any], output_dir: Path):
+    """The config of one measured run, as a user would train: a checkpoint every ``--save-steps`` and at the last
+    step, a metrics record every ``--log-steps``, no held-out episodes (so no validation, as without
+    ``--val-episodes``), wandb off. ``build_training`` builds the trainer from it, and the bare loops from that."""
     from behavior_smolvla.config import TrainConfig, apply_overrides
 
     cfg = TrainConfig()
     values = {
-        **inputs,
+        **sources,
         "image_size": args.image_size, "chunk_size": args.chunk_size, "batch_size": args.batch_size,
         "num_workers": args.num_workers, "max_steps": args.warmup + args.steps + 1, "save_steps": args.save_steps,
         "log_steps": args.log_steps, "device": args.device, "precision": args.precision, "seed": args.seed,
@@ -202,22 +212,6 @@ class Windows:
         return [t - d for t, d in zip(self.total, self.data)]
 
 
-def training_data(cfg) -> tuple[Any, Any, list[str], Any]:
-    """``(meta, state_map, cameras, dataset)`` exactly as ``train()`` resolves them with no --episodes,
-    --val-episodes, --cameras or --state-map given (every episode, default cameras and state map)."""
-    from behavior_smolvla.data.dataset import BehaviorDataset
-    from behavior_smolvla.data.meta import DatasetMeta
-    from behavior_smolvla.state_maps.maps import default_state_map
-    from behavior_smolvla.training.loop import default_cameras
-
-    meta = DatasetMeta.load(cfg.data.dataset_path)
-    state_map = default_state_map(meta.state_dim).bind(meta.state_dim, meta.state_names)
-    cameras = default_cameras(meta.camera_keys)
-    dataset = BehaviorDataset(cfg.data.dataset_path, episodes=sorted(meta.episodes), cameras=cameras,
-                              chunk_size=cfg.policy.chunk_size, image_size=cfg.data.image_size, state_map=state_map)
-    return meta, state_map, cameras, dataset
-
-
 def bare_batches_needed(args: argparse.Namespace) -> int:
     """Batches of one epoch that one run needs: the bare DataLoader feeds two rows (warm-up and measured steps each);
     the trainer's own DataLoader needs ``warmup + steps + 1``."""
@@ -225,90 +219,65 @@ def bare_batches_needed(args: argparse.Namespace) -> int:
 
 
 class BareLoops:
-    """The trainer's policy, optimizer and scheduler built outside the trainer, and the three bare loops on them,
-    run one window at a time (see the module docstring)."""
+    """Bare training loops on the objects ``build_training`` built for the trainer, run one window at a time (see the
+    module docstring).
+
+    From the built :class:`~behavior_smolvla.training.build.Training`: its input contract and training reader (the
+    policy is made by ``create_policy`` from the same contract, policy options and floored dataset statistics, with
+    the same seed, so it starts from the trainer's weights but is its own copy), its pre-processing
+    (``Training.model_batch``), its data order (``Training.stream``) and DataLoader (``Training.loader``), and
+    ``build_optimizer`` (the trainer's optimizer and schedule, not wrapped by accelerate).
+    """
 
     MODES = ("plain", "pre", "alongside", "loader")
 
-    def __init__(self, args: argparse.Namespace, inputs: dict[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, training) -> None:
         import torch
-        from lerobot.optim.optimizers import AdamWConfig
-        from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
         from torch.utils.data import DataLoader
 
         from behavior_smolvla.errors import ConfigError
-        from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device
-        from behavior_smolvla.data.sampler import TrainingStream
-        from behavior_smolvla.training.loop import floor_std, worker_decoder_threads
+        from behavior_smolvla.policy.smolvla import create_policy
+        from behavior_smolvla.training.build import build_optimizer, floor_std
 
-        self.args = args
-        cfg = train_config(args, inputs, args.root / "runs" / "unused")
-        self.cfg = cfg
-        self.device = device = resolve_device(cfg.optim.device)
-        meta, state_map, cameras, dataset = training_data(cfg)
-        spec = PolicySpec(
-            cameras=list(cameras), image_size=cfg.data.image_size, state_dim=state_map.output_dim,
-            action_dim=meta.action_dim, chunk_size=cfg.policy.chunk_size, n_action_steps=cfg.policy.chunk_size,
-            max_state_dim=cfg.policy.state_dim, policy_path=cfg.policy.policy_path,
-            from_scratch=cfg.policy.from_scratch, vlm_model=cfg.policy.vlm_model,
-            train_expert_only=cfg.policy.train_expert_only, freeze_vision_encoder=cfg.policy.freeze_vision_encoder,
-            device=str(device),
-        )
-        torch.manual_seed(cfg.optim.seed)
-        bundle = create_policy(spec, floor_std(dataset.stats))
-        self.policy, self.pre = bundle.policy, bundle.preprocessor
-        self.optimizer = AdamWConfig(
-            lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
-            grad_clip_norm=cfg.optim.grad_clip_norm,
-        ).build(self.policy.get_optim_params())
-        self.scheduler = CosineDecayWithWarmupSchedulerConfig(
-            peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr, num_warmup_steps=cfg.optim.warmup_steps,
-            num_decay_steps=cfg.optim.decay_steps,
-        ).build(self.optimizer, cfg.optim.max_steps)
-        precision = cfg.optim.precision
-        self.precision = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        self.camera_map = policy_camera_keys(cameras)
-        # The trainer's stream: uint8 frames when not augmenting (this benchmark does not augment).
-        stream_kw = {"seed": cfg.optim.seed, "batch_size": cfg.optim.batch_size, "rank": 0, "world_size": 1,
-                     "uint8_images": True,
-                     "decoder_threads": worker_decoder_threads(cfg.data.num_workers, 1, device.type)}
+        self.args, self.training = args, training
+        cfg = training.cfg
+        self.grad_clip_norm = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
+        self.device = next(training.bundle.policy.parameters()).device
         needed = bare_batches_needed(args)
-        per_epoch = len(TrainingStream(dataset, **stream_kw))
-        if per_epoch < needed:
+        if training.batches_per_epoch < needed:
             raise ConfigError(
-                f"--dataset-path {cfg.data.dataset_path}: {per_epoch} batches of {args.batch_size} per epoch, fewer "
-                f"than the {needed} batches one run takes (an epoch boundary would stall the loops); lower --steps, "
-                "--warmup or --batch-size"
+                f"--dataset-path {cfg.data.dataset_path}: {training.batches_per_epoch} batches of {args.batch_size} "
+                f"per epoch, fewer than the {needed} batches one run takes (an epoch boundary would stall the loops); "
+                "lower --steps, --warmup or --batch-size"
             )
+        torch.manual_seed(cfg.optim.seed)  # the trainer's initial weights (build_training seeds the same way)
+        bundle = create_policy(training.inputs, cfg.policy, floor_std(training.dataset.stats),
+                               device="cpu" if self.device.type == "cpu" else str(self.device))
+        self.policy = bundle.policy
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.policy, training.total_steps)
+        # accelerate's rule, which the trainer follows through accelerator.autocast(): bf16 autocast or none.
+        self.precision = "bf16" if training.accelerator.mixed_precision == "bf16" else "fp32"
         self.raw: list[dict] = []
-        for batch in DataLoader(TrainingStream(dataset, **stream_kw), batch_size=None, num_workers=0):
+        # The trainer's first batches, read in this process (a DataLoader without workers converts as its workers do).
+        for batch in DataLoader(training.stream(0, 0), batch_size=None, num_workers=0):
             self.raw.append(batch)
             if len(self.raw) == min(args.preload_batches, needed):
                 break
-        self.ready = [self._preprocess(b) for b in self.raw]
-        workers = cfg.data.num_workers
-        # The trainer's DataLoader settings (train.py), on the same data order.
-        self.live = iter(DataLoader(
-            TrainingStream(dataset, **stream_kw), batch_size=None, num_workers=workers,
-            pin_memory=device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
-            prefetch_factor=4 if workers > 0 else None,
-        ))
+        self.ready = [training.model_batch(dict(b)) for b in self.raw]
+        # A DataLoader of its own with the trainer's settings, on the same data order from the start.
+        self.live = iter(training.loader())
         self.i = 0
         self.policy.train()
         for _ in range(args.warmup):
             for mode in self.MODES:
                 self._step(mode)
+        torch.manual_seed(cfg.optim.seed)  # leave the trainer the RNG stream a normal run starts with
         self.facts = {
             "params": sum(p.numel() for p in self.policy.parameters()),
             "trainable": sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
-            "cameras": cameras, "state_map": state_map.name, "device": str(device), "precision": self.precision,
+            "cameras": list(training.inputs.cameras), "state_map": training.inputs.state_map.name,
+            "device": str(self.device), "precision": self.precision,
         }
-
-    def _preprocess(self, batch: dict) -> dict:
-        """What the trainer does to a loader batch (``train.policy_inputs``; its frames are uint8)."""
-        from behavior_smolvla.training.loop import policy_inputs
-
-        return policy_inputs(self.pre, batch, self.camera_map, uint8_frames=True)
 
     def _step(self, mode: str) -> tuple[float, float, float]:
         import torch
@@ -319,9 +288,9 @@ class BareLoops:
         if mode == "plain":
             batch = self.ready[self.i % len(self.ready)]
         elif mode == "loader":
-            batch = self._preprocess(fetched)
+            batch = self.training.model_batch(fetched)
         else:  # "alongside" computes on a kept batch: the DataLoader's work shows, fresh data does not
-            batch = self._preprocess(dict(self.raw[self.i % len(self.raw)]))
+            batch = self.training.model_batch(dict(self.raw[self.i % len(self.raw)]))
         self.i += 1
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -330,32 +299,33 @@ class BareLoops:
             loss, _ = self.policy.forward(batch)
         loss.backward()
         t1 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return t0 - t_wait, t1 - t0, time.perf_counter() - t1
 
-    def _sync(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def window(self, mode: str, out: Windows) -> None:
         """Run ``--log-steps`` steps of ``mode`` and add their per-step figures to ``out``."""
         n = self.args.log_steps
-        self._sync()
+        _sync(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
         data = fb = opt = 0.0
         for _ in range(n):
             d, f, o = self._step(mode)
             data, fb, opt = data + d, fb + f, opt + o
-        self._sync()
+        _sync(self.device)
         out.add(n, (time.perf_counter() - t0) / n, data / n, fb / n, opt / n, 0.0, (time.process_time() - c0) / n)
 
     def close(self) -> None:
         del self.live  # stops the workers
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _NullTerminal(io.TextIOBase):
@@ -374,48 +344,48 @@ class _NullTerminal(io.TextIOBase):
         return True
 
 
-def interleaved_run(args: argparse.Namespace, inputs: dict[str, Any], run_dir: Path, bare: BareLoops,
-                    rows: dict[str, Windows], trainer: Windows) -> dict:
-    """Run ``train()`` in this process; after each of its measured windows run one window of each bare loop."""
-    import torch
+def interleaved_run(args: argparse.Namespace, prepared: dict[str, Any], run_dir: Path, rows: dict[str, Windows],
+                    trainer_row: Windows) -> dict:
+    """One run: ``build_training``, the bare loops on what it built, then a :class:`Trainer` stepped window by
+    window in this process, one window of each bare loop after each of its measured windows."""
     from rich.console import Console
 
-    from behavior_smolvla.training.tracking import read_metrics
-    from behavior_smolvla.training.loop import train
+    from behavior_smolvla.training.build import build_training
+    from behavior_smolvla.training.loop import Trainer
 
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = train_config(args, inputs, run_dir)
-    last = args.warmup + args.steps
-    marks: dict[int, tuple[float, float, float, float]] = {}  # step -> (wall in, cpu in, wall out, cpu out)
-    order = list(BareLoops.MODES)
-
-    def on_step(step: int) -> None:
-        if step < args.warmup or step > last or (step - args.warmup) % args.log_steps:
-            return
-        if bare.device.type == "cuda":
-            torch.cuda.synchronize(bare.device)
-        wall_in, cpu_in = time.perf_counter(), time.process_time()
-        if step < last:
+    console = Console(file=_NullTerminal(args.verbose), force_terminal=True, width=150)
+    t_build = time.perf_counter()
+    training = build_training(train_config(args, prepared, run_dir), given=set(), console=console)
+    build_s = time.perf_counter() - t_build
+    bare = BareLoops(args, training)
+    n, order = args.log_steps, list(BareLoops.MODES)
+    wait_fracs: list[float] = []
+    with Trainer(training, console) as trainer:
+        t_enter = time.perf_counter()
+        for _ in range(args.warmup):  # the first steps spawn the DataLoader workers
+            trainer.step()
+        setup_s = build_s + time.perf_counter() - t_enter
+        for _ in range(args.steps // n):
+            split = dict.fromkeys(("data", "forward_backward", "optimizer", "log_checkpoint"), 0.0)
+            _sync(bare.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                trainer.step()
+                for key, value in trainer.step_times.items():
+                    split[key] += value
+            _sync(bare.device)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            trainer_row.add(n, wall / n, split["data"] / n, split["forward_backward"] / n, split["optimizer"] / n,
+                            split["log_checkpoint"] / n, cpu / n)
+            wait_fracs.append(split["data"] / wall)
             for mode in order:
                 bare.window(mode, rows[mode])
             order.append(order.pop(0))  # each bare loop takes each place in turn
-        marks[step] = (wall_in, cpu_in, time.perf_counter(), time.process_time())
-
-    t0 = time.perf_counter()
-    # The bare loops built their policy with the same seed; train() seeds itself again.
-    train(cfg, given=set(), console=Console(file=_NullTerminal(args.verbose), force_terminal=True, width=150),
-          on_step=on_step)
-    records = {r["step"]: r for r in read_metrics(run_dir) if "time_data_s" in r}
-    n = args.log_steps
-    wait_fracs = []
-    for start in range(args.warmup, last, n):
-        r = records[start + n]
-        wall = marks[start + n][0] - marks[start][2]
-        cpu = marks[start + n][1] - marks[start][3]
-        trainer.add(n, wall / n, r["time_data_s"], r["time_forward_backward_s"], r["time_optimizer_s"],
-                    r["time_log_checkpoint_s"], cpu / n)
-        wait_fracs.append(r["data_wait_frac"])
-    return {"setup_s": marks[args.warmup][0] - t0, "data_wait_frac": wait_fracs}
+        while not trainer.done:  # the last step writes the final checkpoint, outside the measured steps
+            trainer.step()
+    bare.close()
+    return {"setup_s": setup_s, "data_wait_frac": wait_fracs, "facts": bare.facts}
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -428,6 +398,15 @@ def _median(values: list[float]) -> float:
 def _paired(row: list[float], base: list[float]) -> float:
     """Median over windows of row/base - 1, in percent (windows run next to each other)."""
     return 100.0 * (_median([r / b for r, b in zip(row, base, strict=True)]) - 1.0)
+
+
+def _paired_spread(row: list[float], base: list[float]) -> str:
+    """``median [q1, q3]`` of the per-window ratios row/base - 1, in percent: how far one window's overhead strays."""
+    ratios = [100.0 * (r / b - 1.0) for r, b in zip(row, base, strict=True)]
+    if len(ratios) < 2:
+        return f"{_median(ratios):+.1f}%"
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q2:+.1f}% [{q1:+.1f}, {q3:+.1f}]"
 
 
 def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dict, trainer_facts: list[dict]) -> None:
@@ -474,14 +453,16 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
             console = Console(width=220)
         console.print(t)
     alongside, loop, trained = rows[-3][1], rows[-2][1], rows[-1][1]
-    print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only): total "
-          f"{_paired(trained.total, loop.total):+.1f}%, without data wait "
-          f"{_paired(trained.without_data(), loop.without_data()):+.1f}%, CPU {_paired(trained.cpu, loop.cpu):+.1f}%; "
-          f"vs the loop with the DataLoader busy alongside: without data wait "
-          f"{_paired(trained.without_data(), alongside.without_data()):+.1f}%")
+    print(f"trainer vs the same loop fed by the same DataLoader (its own machinery only; median [quartiles] over "
+          f"{len(trained.total)} paired windows): total {_paired_spread(trained.total, loop.total)}, without data "
+          f"wait {_paired_spread(trained.without_data(), loop.without_data())}, CPU "
+          f"{_paired_spread(trained.cpu, loop.cpu)}; vs the loop with the DataLoader busy alongside, without data "
+          f"wait: {_paired_spread(trained.without_data(), alongside.without_data())}")
     fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
-    print(f"trainer data_wait_frac: median {_median(fracs):.3f} (max {max(fracs, default=float('nan')):.3f}); "
-          f"set-up to the first measured step {_median([tf['setup_s'] for tf in trainer_facts]):.1f} s")
+    setup = _median([tf["setup_s"] for tf in trainer_facts])
+    print(f"trainer data wait / window wall time: median {_median(fracs):.3f} "
+          f"(max {max(fracs, default=float('nan')):.3f}); "
+          f"trainer set-up (build_training, then its warm-up steps) {setup:.1f} s")
     print(f"load average (1 min) before/after: {facts['load_before']:.2f} / {facts['load_after']:.2f} "
           f"on {os.cpu_count()} CPUs")
 
@@ -494,19 +475,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     args.root.mkdir(parents=True, exist_ok=True)
-    inputs = prepare_inputs(args)
+    prepared = prepare_sources(args)
     load_before = os.getloadavg()[0]
     rows = {mode: Windows() for mode in BareLoops.MODES}
     trainer = Windows()
     trainer_facts: list[dict] = []
-    facts: dict[str, Any] = {}
     for r in range(args.repeat):
         t0 = time.perf_counter()
-        bare = BareLoops(args, inputs)
-        facts = bare.facts
-        trainer_facts.append(interleaved_run(args, inputs, args.root / "runs" / f"trainer_{r}", bare, rows, trainer))
-        bare.close()
+        trainer_facts.append(interleaved_run(args, prepared, args.root / "runs" / f"trainer_{r}", rows, trainer))
         print(f"run {r + 1}/{args.repeat}: {time.perf_counter() - t0:.0f} s", flush=True)
+    facts = dict(trainer_facts[-1]["facts"])
     facts["load_before"], facts["load_after"] = load_before, os.getloadavg()[0]
     report(args, [("bare (preprocessed once)", rows["plain"]), ("bare + preprocessor", rows["pre"]),
                   ("bare + preprocessor, DataLoader busy alongside (batches fetched, not used)", rows["alongside"]),

@@ -164,6 +164,29 @@ def make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
+# --- optimizer and schedule -----------------------------------------------------------------------------------
+
+
+def build_optimizer(cfg: TrainConfig, policy: Any, total_steps: int) -> tuple[Any, Any]:
+    """lerobot's SmolVLA optimizer preset (AdamW, betas (0.9, 0.95), eps 1e-8) on ``policy.get_optim_params()`` and
+    its cosine decay with linear warm-up (a ``LambdaLR`` stepped once per optimizer step; lerobot scales warm-up and
+    decay down when ``total_steps`` < ``--decay-steps``), from ``--lr``, ``--weight-decay``, ``--grad-clip-norm``,
+    ``--decay-lr``, ``--warmup-steps``, ``--decay-steps``. Not prepared by accelerate: ``build_training`` prepares
+    them, ``bench/train_step.py`` builds its bare loops' optimizer with this too."""
+    from lerobot.optim.optimizers import AdamWConfig
+    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+    optimizer = AdamWConfig(
+        lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
+        grad_clip_norm=cfg.optim.grad_clip_norm,
+    ).build(policy.get_optim_params())
+    scheduler = CosineDecayWithWarmupSchedulerConfig(
+        peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr,
+        num_warmup_steps=cfg.optim.warmup_steps, num_decay_steps=cfg.optim.decay_steps,
+    ).build(optimizer, total_steps)
+    return optimizer, scheduler
+
+
 # --- the batch the model takes --------------------------------------------------------------------------------
 
 
@@ -369,17 +392,7 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     if bundle.reinitialised and not resuming:
         say(f"policy: freshly initialised {', '.join(bundle.reinitialised)} (shape changed from the pretrained one)")
 
-    from lerobot.optim.optimizers import AdamWConfig
-    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
-
-    optimizer = AdamWConfig(
-        lr=cfg.optim.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.optim.weight_decay,
-        grad_clip_norm=cfg.optim.grad_clip_norm,
-    ).build(bundle.policy.get_optim_params())
-    scheduler = CosineDecayWithWarmupSchedulerConfig(
-        peak_lr=cfg.optim.lr, decay_lr=cfg.optim.decay_lr,
-        num_warmup_steps=cfg.optim.warmup_steps, num_decay_steps=cfg.optim.decay_steps,
-    ).build(optimizer, total_steps)
+    optimizer, scheduler = build_optimizer(cfg, bundle.policy, total_steps)
     policy, optimizer = accelerator.prepare(bundle.policy, optimizer)
 
     state = ckpt.TrainingState(step=0, epoch=0, batch=0, world_size=world, batch_size=cfg.optim.batch_size,
