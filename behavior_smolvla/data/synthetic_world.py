@@ -285,7 +285,8 @@ class SyntheticEpisode:
         """Rendered RGB frames of one camera, as they were handed to the encoder.
 
         Args:
-            camera: a camera key of the layout (e.g. ``observation.images.rgb.head``) or a role (``head``).
+            camera: a camera key of the layout (e.g. ``observation.images.rgb.head``) or a role (``head``; the
+                only way to name a camera written under another key, such as ``image``).
             indices: frame indices within the episode (default: all).
 
         Returns:
