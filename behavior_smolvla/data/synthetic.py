@@ -92,9 +92,9 @@ class _Mp4Writer:
             options = {"crf": str(spec.crf), "preset": spec.preset, "x265-params":
                        f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0:open-gop=0:log-level=error"}
         elif spec.codec == "mpeg4":
-            # MPEG-4 part 2 has no crf: hold the quantiser at 2..4 (scale 1..31, lower is better; the FFmpeg wiki's
-            # MPEG-4 guide calls 2..5 a good range). Its default rate control doubled the error after the first GOP
-            # (measured on 32 px frames: mean 3 -> 7-8 levels of 255). No B-frames: packets in presentation order.
+            # MPEG-4 part 2 has no crf: hold the quantiser at 2..4 (FFmpeg's scale 1..31, lower is better). With the
+            # encoder's default rate control the error more than doubled after the first GOP (measured here on 32 px
+            # synthetic frames: mean 3 -> 7-8 levels of 255). No B-frames: packets in presentation order.
             options = {"g": str(spec.gop), "keyint_min": str(spec.gop), "sc_threshold": "0", "bf": "0",
                        "qmin": "2", "qmax": "4"}
         else:
