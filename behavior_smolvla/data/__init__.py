@@ -4,5 +4,6 @@
 frame is decoded (PyAV); ``dataset`` is the random-access reader (``BehaviorDataset``: frames, state through a bound
 state map, action chunks with their padding mask); ``stats`` holds the normalisation statistics; ``sampler`` is the
 training order (keyframe-aligned spans decoded forward in DataLoader workers). ``inspect`` describes a dataset and
-``synthetic`` writes small BEHAVIOR-shaped datasets for tests, benchmarks and the demo.
+``synthetic`` writes small BEHAVIOR-shaped datasets for tests, benchmarks and the demo (their simulated episodes
+come from ``synthetic_world``, their camera images from ``synthetic_render``).
 """

@@ -300,10 +300,11 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     if missing:
         listed = ", ".join(f"{k} [{n}]" for k, n in report["vector_features"].items()) or "none"
         console.print(f"[yellow]no feature named {' or '.join(missing)}[/]; float vector features (state / action "
-                      f"candidates): {listed}")
+                      f"candidates): {listed}", soft_wrap=True)
     if report["train_flags"]:
+        # soft_wrap: one line however narrow the terminal, so the command can be copied (and grepped) whole.
         console.print(f"train on it with: [bold]smolvla-train --dataset-path {report['root']} "
-                      f"{report['train_flags']} ...[/]")
+                      f"{report['train_flags']} ...[/]", soft_wrap=True, highlight=False)
 
     keys = [cam["key"] for cam in report["cameras"]]
     # Camera keys share a long prefix (observation.images.rgb.): show it once, in the title.
