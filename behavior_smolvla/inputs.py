@@ -46,8 +46,9 @@ camera1 = head, camera2 = left wrist, camera3 = right wrist is what ``lerobot/sm
 
 def default_cameras(meta: DatasetMeta) -> list[str]:
     """The cameras a policy reads when ``--cameras`` is not given: BEHAVIOR's three RGB cameras in SmolVLA's order
-    (head, left wrist, right wrist; ``r1pro.CAMERAS_2025`` / ``CAMERAS_2026``), every video feature otherwise."""
-    return behavior_rgb_cameras(meta.camera_keys) or list(meta.camera_keys)
+    (head, left wrist, right wrist; ``r1pro.CAMERAS_2025`` / ``CAMERAS_2026``), every colour camera otherwise (depth
+    and segmentation videos are not images SmolVLA's vision encoder was trained on)."""
+    return behavior_rgb_cameras(meta.camera_keys) or meta.rgb_camera_keys
 
 
 def default_state_map_for(meta: DatasetMeta, state_map: str | None, filter_state: bool) -> StateMap:

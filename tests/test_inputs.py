@@ -21,7 +21,8 @@ CHECKPOINT_V0 = REPO / "tests" / "fixtures" / "checkpoint_v0"
 
 
 def _observation(rng: np.random.Generator, proprio_dim: int = 256) -> dict:
-    obs = {"robot_r1::proprio": rng.normal(0, 0.3, proprio_dim).astype(np.float32)}
+    obs = {"robot_r1::proprio": rng.normal(0, 0.3, proprio_dim).astype(np.float32),
+           "task_id": np.array([0], dtype=np.int64)}
     for key in EVALUATOR_RGB_KEYS.values():
         obs[key] = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
     return obs
