@@ -285,11 +285,17 @@ def _decode(obj):
 
 @pytest.mark.slow
 def test_policy_server_refuses_a_public_host_without_a_key(model):
+    """Checked when the server is built, before anything is bound (nothing here listens on 0.0.0.0)."""
     policy = BehaviorPolicy(model, noise_seed=0)
     with pytest.raises(ConfigError, match="SMOLVLA_API_KEY"):
         PolicyServer(policy, host="0.0.0.0", port=0)
     with pytest.raises(ConfigError, match="--port"):
         PolicyServer(policy, port=70000)
+    insecure = PolicyServer(policy, host="0.0.0.0", port=0, insecure_no_auth=True)
+    assert insecure.access_line(8000).startswith("warning: --insecure-no-auth: no API key, anyone who can reach "
+                                                 "0.0.0.0:8000")
+    assert "Authorization: Api-Key" in PolicyServer(policy, host="0.0.0.0", port=0, api_key=KEY).access_line(8000)
+    assert KEY not in PolicyServer(policy, api_key=KEY).access_line(8000)
 
 
 @pytest.mark.slow

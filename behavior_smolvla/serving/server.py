@@ -435,6 +435,7 @@ class PolicyServer:
         self.max_message_bytes = max(1, int(max_message_mb * 1e6))
         self.max_queued_requests = max_queued_requests
         self.requires_key = api_key is not None
+        self.insecure_no_auth = insecure_no_auth
         # Only a digest of the expected header is kept; comparing digests of equal length in constant time also
         # hides the key's length.
         self._auth_digest = hashlib.sha256(f"{API_KEY_SCHEME} {api_key}".encode()).digest() if api_key else None
@@ -466,6 +467,18 @@ class PolicyServer:
                                       f"401 Unauthorized: send the header 'Authorization: {API_KEY_SCHEME} <key>'\n")
         response.headers["WWW-Authenticate"] = API_KEY_SCHEME
         return response
+
+    def access_line(self, port: int) -> str:
+        """The start-up line saying who may connect (a ``warning:`` line under ``insecure_no_auth``) and the limits."""
+        if self.requires_key:
+            access = f"clients must send 'Authorization: {API_KEY_SCHEME} <key>' ({HEALTH_PATH} stays open)"
+        elif self.insecure_no_auth:
+            access = (f"warning: --insecure-no-auth: no API key, anyone who can reach {self.host}:{port} can drive "
+                      "this policy; use it only on a trusted private network")
+        else:
+            access = f"no API key: only clients on this machine can connect ({self.host} is a loopback address)"
+        return (f"{access}; messages up to {self.max_message_mb:g} MB, {self.max_queued_requests} queued requests "
+                "per connection")
 
     async def run(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> ServerStats:
         """Serve until ``stop`` is set; then close every connection and return the stats.
@@ -610,15 +623,7 @@ def serve(policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
                 f"{HEALTH_PATH}); device {meta['device']}, proprio [{meta['proprio_dim']}] -> state map "
                 f"{meta['state_map']['name']} [{meta['state_dim']}], {len(meta['cameras'])} cameras at "
                 f"{meta['image_size']} px, {meta['n_action_steps']} of {meta['chunk_size']} actions per model call")
-            if server.requires_key:
-                access = f"clients must send 'Authorization: {API_KEY_SCHEME} <key>' ({HEALTH_PATH} stays open)"
-            elif insecure_no_auth:
-                access = (f"warning: --insecure-no-auth: no API key, anyone who can reach {host}:{bound} can drive "
-                          "this policy; use it only on a trusted private network")
-            else:
-                access = f"no API key: only clients on this machine can connect ({host} is a loopback address)"
-            log(f"{access}; messages up to {server.max_message_mb:g} MB, {server.max_queued_requests} queued "
-                "requests per connection")
+            log(server.access_line(bound))
 
         try:
             return await server.run(stop, ready)
