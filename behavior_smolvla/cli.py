@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from behavior_smolvla.errors import BehaviorSmolVLAError
+from behavior_smolvla.serving.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_QUEUED_REQUESTS
 
 err_console = Console(stderr=True)
 
@@ -380,22 +381,36 @@ _SUBCOMMANDS["eval"] = eval_app
 
 def serve_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Run folder (uses checkpoints/last), checkpoints/<step> or its pretrained_model."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="TCP port (the evaluator's default is 8000; 0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; any non-loopback address needs --api-key)."),
+    port: int = typer.Option(8000, "--port", help="TCP port 1..65535 (the evaluator's default is 8000; 0 picks a free one)."),
     n_action_steps: int = typer.Option(None, "--n-action-steps", help="Actions served per model call (default: the checkpoint's)."),
     task: str = typer.Option(None, "--task", help="Instruction to use instead of the one saved for the observation's task_id."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     noise_seed: int = typer.Option(None, "--noise-seed", help="Fixed flow-matching noise seed per model call (default: fresh noise)."),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="SMOLVLA_API_KEY", show_envvar=True,
+        help="Clients must send the header 'Authorization: Api-Key KEY' (openpi/OmniGibson WebsocketClientPolicy(api_key=KEY)); "
+             "else 401. At least 16 characters. Prefer the environment variable: a flag is visible in ps."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Listen on a non-loopback --host without an API key (a trusted private network only)."),
+    max_message_mb: float = typer.Option(
+        DEFAULT_MAX_MESSAGE_MB, "--max-message-mb", help="Largest request in MB (1e6 bytes); a larger one closes its connection unread. "
+                                       "A release-size observation is ~3.9 MB."),
+    max_queued_requests: int = typer.Option(
+        DEFAULT_MAX_QUEUED_REQUESTS, "--max-queued-requests", help="Requests a connection may send ahead of the replies before the server stops reading it."),
     vlm_model: str = typer.Option(None, "--vlm-model", help="Local copy of the checkpoint's VLM backbone."),
 ) -> None:
     """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
     from behavior_smolvla.serving.policy import load_policy
-    from behavior_smolvla.serving.server import serve
+    from behavior_smolvla.serving.server import check_server_options, serve
 
+    options = {"api_key": api_key, "insecure_no_auth": insecure_no_auth, "max_message_mb": max_message_mb,
+               "max_queued_requests": max_queued_requests}
+    check_server_options(host, port, **options)  # before the checkpoint loads: a bad flag fails at once
     out = Console(soft_wrap=True, highlight=False)
     policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed,
                          vlm_model=vlm_model)
-    serve(policy, host=host, port=port, log=out.print)
+    serve(policy, host=host, port=port, log=out.print, **options)
 
 
 serve_app = _single_command_app(serve_command, "Serve a checkpoint to the BEHAVIOR evaluator (smolvla-serve).")

@@ -40,3 +40,8 @@ class PolicyLoadError(BehaviorSmolVLAError):
 class ObservationError(BehaviorSmolVLAError):
     """An observation sent to a served policy is malformed: undecodable msgpack, a refused array dtype, a missing
     key, or a value of the wrong shape or dtype (the policy server answers it as an error string and keeps serving)."""
+
+
+class PolicyOutputError(BehaviorSmolVLAError):
+    """A served policy predicted unusable actions (NaN/inf): nothing is sent to the client but this error (the
+    policy server answers it as an error string and keeps serving)."""

@@ -15,7 +15,12 @@ Rows also give the server-side ``infer_ms`` (the step inside the server, without
 action-chunk replay). Without ``--checkpoint`` a 1-step demo checkpoint (tiny backbone, 64 px; speed does not
 depend on training) is trained into ``--root`` first.
 
+With ``--api-key`` the server requires a key (given through ``SMOLVLA_API_KEY``) and every connection sends
+``Authorization: Api-Key KEY``, as openpi's ``WebsocketClientPolicy(api_key=KEY)`` does. The key is checked once,
+in the HTTP upgrade, so the rows should match a run without it.
+
     python bench/serve.py                                  # tiny demo backbone on CPU
+    python bench/serve.py --api-key                        # the same with a (random) API key
     python bench/serve.py --checkpoint RUN --device cuda   # a real checkpoint on a GPU
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -53,7 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200, help="requests of the single-step run")
     p.add_argument("--chunk-requests", type=int, default=10, help="requests of the action-chunk run")
     p.add_argument("--warmup", type=int, default=2, help="model calls before timing (first-call overheads)")
-    return p.parse_args(argv)
+    p.add_argument("--api-key", nargs="?", const="", default=None,
+                   help="serve with this API key (no value: a random one); clients send Authorization: Api-Key KEY")
+    args = p.parse_args(argv)
+    if args.api_key == "":
+        args.api_key = secrets.token_urlsafe(32)
+    return args
+
+
+def _headers(api_key: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Api-Key {api_key}"} if api_key else None
 
 
 def _encode(obj):
@@ -92,12 +107,15 @@ def observations(count: int, seed: int = 0) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, device: str, n_action_steps: int | None):
+    def __init__(self, checkpoint: Path, device: str, n_action_steps: int | None, api_key: str | None = None):
         args = [str(BIN / "smolvla-serve"), "--checkpoint", str(checkpoint), "--port", "0", "--device", device]
         if n_action_steps:
             args += ["--n-action-steps", str(n_action_steps)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        env = {k: v for k, v in os.environ.items() if k != "SMOLVLA_API_KEY"}
+        env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        if api_key:
+            env["SMOLVLA_API_KEY"] = api_key  # not --api-key: a flag would show in ps
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self.port = None
         for line in self.proc.stdout:
@@ -114,11 +132,22 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def run(port: int, messages: list[dict], chunk: int | None) -> tuple[list[float], list[float], dict]:
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(port: int, messages: list[dict], chunk: int | None,
+        api_key: str | None = None) -> tuple[list[float], list[float], dict]:
     """Send ``messages`` back to back on one fresh connection; per request: round trip (ms) and server infer_ms."""
     from websockets.sync.client import connect
 
-    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, open_timeout=60) as ws:
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, open_timeout=60,
+                 additional_headers=_headers(api_key)) as ws:
         metadata = msgpack.unpackb(ws.recv(timeout=60), object_hook=_decode)
         ws.send(msgpack.packb({"reset": True}, default=_encode))
         packed = [msgpack.packb({**m, "__action_chunk_size__": chunk} if chunk else m, default=_encode)
@@ -145,33 +174,40 @@ def row(name: str, rtt: list[float], infer: list[float], actions_per_request: in
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checkpoint = args.checkpoint or demo_checkpoint(args.root)
-    server = Server(checkpoint, args.device, args.n_action_steps)
+    server = Server(checkpoint, args.device, args.n_action_steps, args.api_key)
     try:
-        print(server.lines[-1], flush=True)
+        print(next(line for line in server.lines if "ws://" in line), flush=True)
         from websockets.sync.client import connect
 
-        with connect(f"ws://127.0.0.1:{server.port}", compression=None, max_size=None) as ws:
+        with connect(f"ws://127.0.0.1:{server.port}", compression=None, max_size=None,
+                     additional_headers=_headers(args.api_key)) as ws:
             meta = msgpack.unpackb(ws.recv(timeout=60), object_hook=_decode)
         n = int(meta["n_action_steps"])
         warm = observations(args.warmup * n, seed=1)
-        run(server.port, warm, None)
+        run(server.port, warm, None, args.api_key)
         msgs = observations(args.requests)
-        rtt, infer, _ = run(server.port, msgs, None)
+        cpu_before = cpu_s(server.proc.pid)
+        rtt, infer, _ = run(server.port, msgs, None, args.api_key)
+        cpu_after = cpu_s(server.proc.pid)
         model = [i for i in range(len(rtt)) if i % n == 0]
         queue = [i for i in range(len(rtt)) if i % n != 0]
-        chunk_rtt, chunk_infer, _ = run(server.port, observations(args.chunk_requests, seed=2), n)
+        chunk_rtt, chunk_infer, _ = run(server.port, observations(args.chunk_requests, seed=2), n, args.api_key)
         size_mb = len(msgpack.packb(msgs[0], default=_encode)) / 1e6
     finally:
         server.stop()
     summary = next((line for line in server.lines if "stopped:" in line), "")
     print(f"\nsmolvla-serve on {meta['device']}, image size {meta['image_size']} px, chunk {meta['chunk_size']}, "
-          f"n_action_steps {n}; request {size_mb:.2f} MB (release-size RGBA cameras); loopback, one client\n")
+          f"n_action_steps {n}; request {size_mb:.2f} MB (release-size RGBA cameras); loopback, one client; "
+          f"API key {'on' if args.api_key else 'off'}\n")
     print("| step | requests | requests/s | actions/s | p50 ms | p95 ms | server infer p50 ms |")
     print("|---|---|---|---|---|---|---|")
     print(row("queue-served step", [rtt[i] for i in queue], [infer[i] for i in queue]))
     print(row("model-call step", [rtt[i] for i in model], [infer[i] for i in model]))
     print(row(f"all steps (1 model call per {n})", rtt, infer))
     print(row(f"action chunk K={n} (1 model call each)", chunk_rtt, chunk_infer, actions_per_request=n))
+    if cpu_before is not None and cpu_after is not None:
+        print(f"\nserver CPU time over the {len(rtt)} single-step requests: {(cpu_after - cpu_before) * 1e3 / len(rtt):.1f} "
+              "ms per request (user + system, all threads)")
     if summary:
         print(f"\nserver: {summary.strip()}")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from behavior_smolvla.errors import ConfigError, ObservationError
 from behavior_smolvla.policy.smolvla import PolicyBundle, load_policy_bundle
+from behavior_smolvla.serving.limits import check_action_chunk, check_observation_ranges
 from behavior_smolvla.serving.observation import ObservationSpec
 
 ACTION_CHUNK_REQUEST_KEY = "__action_chunk_size__"
@@ -132,7 +133,9 @@ class BehaviorPolicy:
         """One step: validate the observation, refill the queue from the model if needed, pop 1 (or ``k``) actions.
 
         Raises:
-            ObservationError: as :meth:`act` / :meth:`act_chunk`.
+            ObservationError: as :meth:`act` / :meth:`act_chunk`, or a proprio value the state map reads that is
+                beyond ``limits.PROPRIO_ABS_MAX`` (:func:`~behavior_smolvla.serving.limits.check_observation_ranges`).
+            PolicyOutputError: the model predicted NaN/inf actions; the queue stays empty.
         """
         start = time.perf_counter()
         wanted = 1 if k is None else k
@@ -141,6 +144,7 @@ class BehaviorPolicy:
                                    "checkpoint's chunk size)")
         wanted = int(wanted)
         parsed = self.spec.parse(observation)
+        check_observation_ranges(parsed, self.spec.state_map.source_indices)
         model_ms = None
         if len(self._queue) < wanted:
             batch = self.spec.to_batch(parsed)
@@ -148,6 +152,7 @@ class BehaviorPolicy:
             with self._lock:
                 chunk = self.model.predict_chunk(batch, noise_seed=self.noise_seed)
             model_ms = (time.perf_counter() - call) * 1e3
+            check_action_chunk(chunk)  # before queueing: a NaN plan is never served, the next step re-plans
             self._queue = collections.deque(chunk[0, : max(self.n_action_steps, wanted)])
         actions = np.stack([self._queue.popleft() for _ in range(wanted)]).astype(np.float32, copy=False)
         return StepResult(action=actions[0], chunk=actions if k is not None else None, batched=parsed.batched,

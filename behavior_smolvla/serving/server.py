@@ -5,15 +5,24 @@ challenge evaluator.
   with ``policy=websocket``; protocol in ``../shared/reference/behavior_r1pro.md``), on the ``websockets`` asyncio
   server:
 
-  - ``GET /healthz`` -> 200 ``OK``; any other path opens a websocket (no compression, no message size limit);
-  - on connect the server sends a metadata map (checkpoint, state map, cameras, action dim, chunk size, ...);
+  - ``GET /healthz`` -> 200 ``OK`` (never needs a key: the evaluator polls it without one); any other path opens
+    a websocket (no compression);
+  - with an API key (``--api-key`` / ``SMOLVLA_API_KEY``) the upgrade needs the header ``Authorization: Api-Key
+    KEY`` (what openpi's and OmniGibson's ``WebsocketClientPolicy(api_key=KEY)`` send), else it is answered 401 and
+    nothing else; without a key the server only listens on a loopback address unless ``--insecure-no-auth``;
+  - a message over ``--max-message-mb`` closes that connection (code 1009, "message too big") as soon as its frame
+    header announces the size, before the payload is read; a connection answers one request at a time and the
+    server stops reading its socket while ``--max-queued-requests`` more are waiting (:mod:`.limits`);
+  - on connect the server sends a metadata map (checkpoint, state map, cameras, action dim, chunk size, ...) that
+    carries no absolute filesystem path (:func:`public_metadata`);
   - each request is a msgpack map of the observation (:mod:`behavior_smolvla.serving.wire`); the reply is
     ``{"action": float32 [23] ([1, 23] when the request was batched), "server_timing": {"infer_ms": ...,
     "prev_total_ms": ...}}``, plus ``"action_chunk"`` [K, 23] ([1, K, 23] batched) whose first row equals
     ``action`` when the request carries ``"__action_chunk_size__": K``;
   - ``{"reset": True}`` clears that connection's action queue and gets no reply;
-  - a malformed request gets a text frame ``"error: ..."`` (the evaluator raises it as a server-side error) and
-    the connection keeps serving.
+  - a malformed request, a proprio value the state map reads beyond ±1e6, or a model output with NaN/inf gets a
+    text frame ``"error: ..."`` (the evaluator raises it as a server-side error), never an action, and the
+    connection keeps serving.
 
   Every connection has its own :meth:`BehaviorPolicy.session` (its own queue); all share one model, whose calls run
   one at a time in worker threads so the event loop keeps answering other connections, pings and health checks.
@@ -23,29 +32,43 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import hmac
 import http
+import ipaddress
 import itertools
 import logging
+import math
+import re
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 
-from behavior_smolvla.errors import ConfigError, ObservationError
+from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, ObservationError, PolicyOutputError
+from behavior_smolvla.serving.limits import (
+    DEFAULT_MAX_MESSAGE_MB,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+)
 from behavior_smolvla.serving.policy import ACTION_CHUNK_REQUEST_KEY, BehaviorPolicy, StepResult, load_policy
 from behavior_smolvla.serving.wire import packb, unpackb
 
 __all__ = [
     "ACTION_CHUNK_REQUEST_KEY",
+    "API_KEY_ENV",
     "BehaviorPolicy",
     "PolicyServer",
     "ServerStats",
     "StepResult",
+    "check_server_options",
+    "is_loopback",
     "load_policy",
+    "public_metadata",
     "serve",
 ]
 
@@ -57,9 +80,95 @@ HEALTH_PATH = "/healthz"
 # the client's GIL for long stretches, so only a peer silent for that long is treated as dead.
 PING_INTERVAL_S = 60.0
 PING_TIMEOUT_S = 600.0
+API_KEY_ENV = "SMOLVLA_API_KEY"
+"""Environment variable read by ``smolvla-serve`` when ``--api-key`` is not given (a flag shows in ``ps``)."""
+API_KEY_SCHEME = "Api-Key"
+"""Authorization scheme of openpi's ``WebsocketClientPolicy(api_key=...)`` (also OmniGibson's network_utils): the
+client sends the header ``Authorization: Api-Key <key>``."""
+MIN_API_KEY_CHARS = 16
+"""Shortest key accepted: 16 random URL-safe characters are ~96 bits, out of reach of guessing over a network."""
+MAKE_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 # -- the websocket server ----------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine: ``localhost`` or a loopback IP (127.0.0.0/8,
+    ::1). Any other name counts as reachable from elsewhere (a hostname may resolve to a public interface)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_options(host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                         insecure_no_auth: bool = False, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
+    """Validate the server's options before anything is loaded or bound (see :class:`PolicyServer` for each).
+
+    Raises:
+        ConfigError: one line naming the flag: a port outside 0..65535, an empty host, a key shorter than
+            ``MIN_API_KEY_CHARS`` or with spaces / non-ASCII characters, ``--insecure-no-auth`` together with a
+            key, a non-loopback host without a key and without ``--insecure-no-auth``, ``--max-message-mb`` not
+            in (0, 4096], ``--max-queued-requests`` not in 1..1024.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port!r} is not a TCP port: use 1..65535 (the evaluator's default is 8000), or "
+                          "0 for any free port")
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError("--host is empty: use 127.0.0.1 (this machine only) or an address of this machine")
+    if api_key is not None:
+        if insecure_no_auth:
+            raise ConfigError(f"--insecure-no-auth contradicts --api-key / {API_KEY_ENV}: drop one of them")
+        if len(api_key) < MIN_API_KEY_CHARS or not all(33 <= ord(c) <= 126 for c in api_key):
+            raise ConfigError(f"--api-key / {API_KEY_ENV} must be at least {MIN_API_KEY_CHARS} printable ASCII "
+                              f"characters without spaces (it travels in an HTTP header); make one with: "
+                              f"{MAKE_KEY_HINT}")
+    elif not insecure_no_auth and not is_loopback(host):
+        raise ConfigError(f"--host {host} accepts connections from other machines, so clients must send a key: "
+                          f"export {API_KEY_ENV}=$({MAKE_KEY_HINT}) (or pass --api-key KEY) and give the same key to "
+                          "the client (WebsocketClientPolicy(api_key=KEY)); or pass --insecure-no-auth on a trusted "
+                          "private network")
+    if isinstance(max_message_mb, bool) or not isinstance(max_message_mb, int | float) \
+            or not math.isfinite(max_message_mb) or not 0 < max_message_mb <= 4096:
+        raise ConfigError(f"--max-message-mb {max_message_mb!r} must be a size in MB in (0, 4096] (default "
+                          f"{DEFAULT_MAX_MESSAGE_MB:g}; a release-size observation is ~3.9 MB)")
+    if isinstance(max_queued_requests, bool) or not isinstance(max_queued_requests, int) \
+            or not 1 <= max_queued_requests <= 1024:
+        raise ConfigError(f"--max-queued-requests {max_queued_requests!r} must be an integer in 1..1024 (default "
+                          f"{DEFAULT_MAX_QUEUED_REQUESTS})")
+
+
+# An absolute path inside a string: "/...", "~/..." or "C:\..." not preceded by a path or URL character (so the
+# "//host/path" of a URL and the "/s" of "m/s" are left alone).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/|~/|[A-Za-z]:[\\/])[^\s'\"<>|,;()\[\]{}]+")
+
+
+def public_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata as sent to clients: the same map without any absolute filesystem path.
+
+    ``checkpoint`` becomes its last three parts (``<run>/checkpoints/<step>``, the checkpoint's identity in this
+    project's run layout); any other absolute path inside a string, at any depth, becomes its last component.
+    Where the server's files live is the operator's business, not the client's.
+    """
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return _ABSOLUTE_PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], value)
+        if isinstance(value, Mapping):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        return value
+
+    out = dict(metadata)
+    checkpoint = out.get("checkpoint")
+    if isinstance(checkpoint, str | PurePath) and PurePath(checkpoint).is_absolute():
+        out["checkpoint"] = "/".join(PurePath(checkpoint).parts[-3:])
+    return scrub(out)
 
 
 @dataclass
@@ -71,6 +180,8 @@ class ServerStats:
         requests: observation requests answered with actions.
         errors: requests answered with an error string.
         resets: reset messages.
+        refused: websocket upgrades refused with 401 (no or wrong API key).
+        oversized: connections closed for a message over ``max_message_mb``.
         infer_ms: per answered request, the step's wall time (ms).
         model_ms: per model call, its wall time (ms).
     """
@@ -79,19 +190,27 @@ class ServerStats:
     requests: int = 0
     errors: int = 0
     resets: int = 0
+    refused: int = 0
+    oversized: int = 0
     infer_ms: list[float] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: connections, requests, model calls, errors, mean and p95 of the step and model-call times."""
+        """One line: connections, requests, model calls, errors, mean and p95 of the step and model-call times
+        (and the refused upgrades and oversized messages, when any)."""
         def mean_p95(values: list[float]) -> str:
             if not values:
                 return "n/a"
             return f"mean {float(np.mean(values)):.1f} ms, p95 {float(np.percentile(values, 95)):.1f} ms"
 
-        return (f"{self.connections} connections, {self.requests} requests ({mean_p95(self.infer_ms)}), "
+        line = (f"{self.connections} connections, {self.requests} requests ({mean_p95(self.infer_ms)}), "
                 f"{len(self.model_ms)} model calls ({mean_p95(self.model_ms)}), {self.errors} errors, "
                 f"{self.resets} resets")
+        if self.refused:
+            line += f", {self.refused} refused without a valid API key"
+        if self.oversized:
+            line += f", {self.oversized} messages over the size limit"
+        return line
 
 
 class PolicyServer:
@@ -100,27 +219,78 @@ class PolicyServer:
     Args:
         policy: the loaded policy; each connection gets ``policy.session()``.
         host, port: where to listen (port 0: any free port, see :attr:`port` once started).
-        log: receives one line per connection opened/closed and the start/stop lines.
+        log: receives one line per connection opened/closed/refused and the start/stop lines.
         workers: threads running steps (model calls among them run one at a time).
+        api_key: when set, a websocket upgrade needs ``Authorization: Api-Key <api_key>`` (compared in constant
+            time) and is answered 401 otherwise; ``GET /healthz`` stays open.
+        insecure_no_auth: allow a non-loopback ``host`` without a key (a trusted private network only).
+        max_message_mb: largest request accepted, in MB (1e6 bytes); a larger one closes its connection with code
+            1009 before its payload is read (``websockets``' ``max_size``).
+        max_queued_requests: frames a connection may have waiting while one request is answered; beyond that the
+            server stops reading its socket until it catches up (``websockets``' ``max_queue``).
+
+    Raises:
+        ConfigError: as :func:`check_server_options` (checked here, before anything is bound).
     """
 
     def __init__(self, policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
-                 log: Callable[[str], None] = print, workers: int = 4) -> None:
+                 log: Callable[[str], None] = print, workers: int = 4, *, api_key: str | None = None,
+                 insecure_no_auth: bool = False, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                 max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
+        check_server_options(host, port, api_key, insecure_no_auth, max_message_mb, max_queued_requests)
         self.policy = policy
         self.host = host
         self.port = port
         self.log = log
         self.stats = ServerStats()
-        self.metadata = policy.metadata()
+        self.max_message_mb = float(max_message_mb)
+        self.max_message_bytes = max(1, int(max_message_mb * 1e6))
+        self.max_queued_requests = max_queued_requests
+        self.requires_key = api_key is not None
+        self.insecure_no_auth = insecure_no_auth
+        # Only a digest of the expected header is kept; comparing digests of equal length in constant time also
+        # hides the key's length.
+        self._auth_digest = hashlib.sha256(f"{API_KEY_SCHEME} {api_key}".encode()).digest() if api_key else None
+        local = policy.metadata()
+        self.checkpoint_path = str(local.get("checkpoint", ""))
+        """The served checkpoint's local path (for the operator's log; clients get :attr:`metadata`)."""
+        self.metadata = public_metadata(local)
         self._metadata_frame = packb(self.metadata)
         self._ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="policy")
 
-    @staticmethod
-    def _health(connection: Any, request: Any) -> Any:
+    def _authorized(self, request: Any) -> bool:
+        values = request.headers.get_all("Authorization")
+        if len(values) != 1 or self._auth_digest is None:
+            return False
+        given = hashlib.sha256(values[0].encode("utf-8", "surrogateescape")).digest()
+        return hmac.compare_digest(given, self._auth_digest)
+
+    def _process_request(self, connection: Any, request: Any) -> Any:
+        """Before the websocket handshake: answer ``/healthz``, and refuse an upgrade without the API key."""
         if request.path == HEALTH_PATH:
             return connection.respond(http.HTTPStatus.OK, "OK\n")
-        return None
+        if self._auth_digest is None or self._authorized(request):
+            return None
+        self.stats.refused += 1
+        reason = "no" if not request.headers.get_all("Authorization") else "a wrong"
+        self.log(f"refused a connection from {_peer(connection.remote_address)}: {reason} API key (401)")
+        response = connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                      f"401 Unauthorized: send the header 'Authorization: {API_KEY_SCHEME} <key>'\n")
+        response.headers["WWW-Authenticate"] = API_KEY_SCHEME
+        return response
+
+    def access_line(self, port: int) -> str:
+        """The start-up line saying who may connect (a ``warning:`` line under ``insecure_no_auth``) and the limits."""
+        if self.requires_key:
+            access = f"clients must send 'Authorization: {API_KEY_SCHEME} <key>' ({HEALTH_PATH} stays open)"
+        elif self.insecure_no_auth:
+            access = (f"warning: --insecure-no-auth: no API key, anyone who can reach {self.host}:{port} can drive "
+                      "this policy; use it only on a trusted private network")
+        else:
+            access = f"no API key: only clients on this machine can connect ({self.host} is a loopback address)"
+        return (f"{access}; messages up to {self.max_message_mb:g} MB, {self.max_queued_requests} queued requests "
+                "per connection")
 
     async def run(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> ServerStats:
         """Serve until ``stop`` is set; then close every connection and return the stats.
@@ -131,11 +301,13 @@ class PolicyServer:
         from websockets.asyncio.server import serve as ws_serve
 
         try:
-            server = await ws_serve(self._handle, self.host, self.port, compression=None, max_size=None,
-                                    process_request=self._health, ping_interval=PING_INTERVAL_S,
+            server = await ws_serve(self._handle, self.host, self.port, compression=None,
+                                    max_size=self.max_message_bytes, max_queue=self.max_queued_requests,
+                                    process_request=self._process_request, ping_interval=PING_INTERVAL_S,
                                     ping_timeout=PING_TIMEOUT_S)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on --host {self.host} --port {self.port} ({exc.strerror or exc}); "
+        except (OSError, OverflowError) as exc:
+            detail = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"cannot listen on --host {self.host} --port {self.port} ({detail}); "
                               "pick a free port or another host") from None
         try:
             self.port = int(next(iter(server.sockets)).getsockname()[1])
@@ -150,12 +322,12 @@ class PolicyServer:
 
     async def _handle(self, ws: Any) -> None:
         import websockets
+        from websockets.frames import CloseCode
 
         conn_id = next(self._ids)
         self.stats.connections += 1
         session = self.policy.session()
-        peer = ws.remote_address
-        peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        peer = _peer(ws.remote_address)
         requests = errors = 0
         opened = time.monotonic()
         self.log(f"connection {conn_id} from {peer} opened")
@@ -173,8 +345,11 @@ class PolicyServer:
                     requests += 1
                 await ws.send(reply)
                 prev_total_ms = (time.perf_counter() - start) * 1e3
-        except websockets.ConnectionClosed:
-            pass
+        except websockets.ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                self.stats.oversized += 1
+                self.log(f"connection {conn_id} from {peer}: a message over --max-message-mb "
+                         f"{self.max_message_mb:g} MB was refused unread (close code 1009)")
         finally:
             self.log(f"connection {conn_id} from {peer} closed after {time.monotonic() - opened:.1f} s: "
                      f"{requests} requests, {errors} errors")
@@ -193,8 +368,10 @@ class PolicyServer:
             k = _chunk_request(request.pop(ACTION_CHUNK_REQUEST_KEY, None))
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, session.step, request, k)
-        except ObservationError as exc:
+        except BehaviorSmolVLAError as exc:  # the client's input, or a NaN output: answered, never an action
             self.stats.errors += 1
+            if isinstance(exc, PolicyOutputError):
+                self.log(f"policy output refused: {exc}")
             return f"error: {exc}"
         except Exception as exc:  # a bug or a model failure: report it, keep serving the others
             self.stats.errors += 1
@@ -214,6 +391,10 @@ class PolicyServer:
         return packb(reply)
 
 
+def _peer(address: Any) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
+
+
 def _chunk_request(value: Any) -> int | None:
     """``__action_chunk_size__`` as an int (None when absent); ObservationError when it is not one integer."""
     if value is None:
@@ -225,18 +406,22 @@ def _chunk_request(value: Any) -> int | None:
 
 
 def serve(policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
-          log: Callable[[str], None] = print) -> ServerStats:
+          log: Callable[[str], None] = print, *, api_key: str | None = None, insecure_no_auth: bool = False,
+          max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+          max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> ServerStats:
     """Run the policy server until SIGINT or SIGTERM; print the summary line and return the stats.
 
     Args:
         policy: from :func:`load_policy`.
         host, port: where to listen; port 0 picks a free port (the "listening" line names it).
         log: line sink (stdout by default).
+        api_key, insecure_no_auth, max_message_mb, max_queued_requests: see :class:`PolicyServer`.
 
     Raises:
-        ConfigError: the address cannot be bound.
+        ConfigError: a bad option (:func:`check_server_options`), or the address cannot be bound.
     """
-    server = PolicyServer(policy, host, port, log=log)
+    server = PolicyServer(policy, host, port, log=log, api_key=api_key, insecure_no_auth=insecure_no_auth,
+                          max_message_mb=max_message_mb, max_queued_requests=max_queued_requests)
 
     async def main() -> ServerStats:
         stop = asyncio.Event()
@@ -246,10 +431,11 @@ def serve(policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
 
         def ready(bound: int) -> None:
             meta = server.metadata
-            log(f"serving {meta['checkpoint']} on ws://{host}:{bound} (health: http://{host}:{bound}{HEALTH_PATH}); "
-                f"device {meta['device']}, proprio [{meta['proprio_dim']}] -> state map {meta['state_map']['name']} "
-                f"[{meta['state_dim']}], {len(meta['cameras'])} cameras at {meta['image_size']} px, "
-                f"{meta['n_action_steps']} of {meta['chunk_size']} actions per model call")
+            log(f"serving {server.checkpoint_path} on ws://{host}:{bound} (health: http://{host}:{bound}"
+                f"{HEALTH_PATH}); device {meta['device']}, proprio [{meta['proprio_dim']}] -> state map "
+                f"{meta['state_map']['name']} [{meta['state_dim']}], {len(meta['cameras'])} cameras at "
+                f"{meta['image_size']} px, {meta['n_action_steps']} of {meta['chunk_size']} actions per model call")
+            log(server.access_line(bound))
 
         try:
             return await server.run(stop, ready)
