@@ -116,7 +116,7 @@ def test_evaluator_observation_gives_the_training_readers_prediction(model):
     full = BehaviorDataset(data["path"], image_size=None, **kwargs)
     task_index = {text: index for index, text in reader.meta.tasks.items()}
     # The std the checkpoint normalises actions with (lerobot's unnormaliser step): the policy's own unit of error.
-    unnormalizer = next(step for step in model.bundle.postprocessor.steps if getattr(step, "stats", None))
+    unnormalizer = next(step for step in model.postprocessor.steps if getattr(step, "stats", None))
     action_std = np.asarray(unnormalizer.stats["action"]["std"], dtype=np.float32)
     for i in np.linspace(0, len(reader) - 1, 3).round().astype(int):
         sample, raw = reader[int(i)], full[int(i)]

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from behavior_smolvla.data.synthetic_render import episode_frames
 from behavior_smolvla.data import synthetic as S
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta
@@ -60,7 +61,7 @@ def _check_round_trip(root: Path, expected_version: str) -> None:
                 np.rint(sample[key].numpy().transpose(1, 2, 0) * 255))
     for (index, key), frames in decoded.items():
         frames = np.stack(frames)
-        rendered = truth[index].frames(key).astype(np.float64)
+        rendered = episode_frames(truth[index], key).astype(np.float64)
         assert len(frames) == len(rendered)
         mae = np.abs(frames[:, None] - rendered[None]).mean(axis=(2, 3, 4))  # [decoded, rendered]
         assert np.diag(mae).max() < MAX_FRAME_MAE, (index, key, np.diag(mae).max())
@@ -206,7 +207,7 @@ def test_2026_opens_in_lerobot_dataset(synthetic_2026):
         assert sample["task"] == ep.task
         for key in S.CAMERAS_2026.values():
             frame = sample[key].numpy().transpose(1, 2, 0) * 255
-            assert np.abs(frame - ep.frames(key, [f])[0]).mean() < MAX_FRAME_MAE
+            assert np.abs(frame - episode_frames(ep, key, [f])[0]).mean() < MAX_FRAME_MAE
 
 
 def test_2026_state_is_the_2025_blocks_in_the_2026_order():
@@ -218,7 +219,7 @@ def test_2026_state_is_the_2025_blocks_in_the_2026_order():
         expected = np.concatenate([blocks[name] for name, _, _ in S.STATE_BLOCKS_2026], axis=1)
         np.testing.assert_array_equal(b.state, expected)
         np.testing.assert_array_equal(b.action, a.action)
-        np.testing.assert_array_equal(b.frames("head"), a.frames("head"))
+        np.testing.assert_array_equal(episode_frames(b, "head"), episode_frames(a, "head"))
 
 
 # -- generator behaviour -----------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def test_same_seed_same_data_other_seed_other_data():
     c = S.synthesize(dataclasses.replace(spec, seed=7))
     for x, y, z in zip(a, b, c, strict=True):
         np.testing.assert_array_equal(x.state, y.state)
-        np.testing.assert_array_equal(x.frames("left_wrist"), y.frames("left_wrist"))
+        np.testing.assert_array_equal(episode_frames(x, "left_wrist"), episode_frames(y, "left_wrist"))
         assert not np.array_equal(x.action, z.action)
 
 
@@ -243,7 +244,7 @@ def test_content_is_learnable():
     allowed = np.r_[84:112, 152:158, 158:165, 179:186, 193:197, 197:204, 218:225, 232:244, 253:256]
 
     def features(ep):
-        pixels = [ep.frames(role)[:, ::4, ::4].reshape(ep.length, -1) / 255.0 for role in S.CAMERA_ROLES]
+        pixels = [episode_frames(ep, role)[:, ::4, ::4].reshape(ep.length, -1) / 255.0 for role in S.CAMERA_ROLES]
         return np.concatenate([ep.state[:, allowed], *pixels], axis=1)
 
     x = [features(ep) for ep in episodes]

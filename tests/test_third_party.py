@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from behavior_smolvla.data.synthetic_render import episode_frames
 from behavior_smolvla.data.synthetic import load_ground_truth, write_third_party_upload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_upload_is_a_lerobot_v30_dataset(upload):
         np.testing.assert_array_equal(sample["state"].numpy(), ep.state[f])
         np.testing.assert_array_equal(sample["actions"].numpy(), ep.action[f])
         frame = sample["image"].numpy().transpose(1, 2, 0)
-        assert np.abs(frame - ep.frames("head", [f])[0] / 255.0).mean() < MAX_FRAME_MAE
+        assert np.abs(frame - episode_frames(ep, "head", [f])[0] / 255.0).mean() < MAX_FRAME_MAE
 
 
 @pytest.mark.slow
@@ -143,7 +144,7 @@ def test_every_script_reads_it_with_the_key_flags(upload, tmp_path_factory, tmp_
     # head camera by position, and the batch equals what the training reader makes of the same frame.
     policy = load_policy(run_dir, device="cpu", noise_seed=0)
     ep = truth[HELD_OUT]
-    head = ep.frames("head", [0])[0]
+    head = episode_frames(ep, "head", [0])[0]
     rng = np.random.default_rng(0)
     obs = {"robot_r1::proprio": ep.state[0], "task_id": np.array([ep.task_index])}
     for role, key in EVALUATOR_RGB_KEYS.items():

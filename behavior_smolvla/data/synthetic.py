@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from behavior_smolvla.data.synthetic_render import episode_frames, render_frame
 from behavior_smolvla.data.synthetic_world import (
     ACTION_GROUPS,
     APPROACH_RATE,
@@ -71,6 +72,7 @@ __all__ = [
     "ACTION_GROUPS", "APPROACH_RATE", "BASE_CMD_LIMIT", "BASE_LAG", "CAMERAS_2025", "CAMERAS_2026", "CAMERA_ROLES",
     "CHUNKS_SIZE_2025", "CHUNKS_SIZE_2026", "FINGER_OPEN_M", "FINGER_STEP_M", "FPS", "SPEC_FILE", "STATE_BLOCKS_2025",
     "STATE_BLOCKS_2026", "TARGET_LIMIT", "TIMECODE_BITS", "SyntheticEpisode", "SyntheticSpec", "camera_role",
+    "episode_frames",
     "load_ground_truth", "synthesize", "task_strings", "write_behavior_2025", "write_behavior_2026",
     "write_demo_dataset", "write_third_party_upload",
 ]
@@ -244,7 +246,7 @@ def write_behavior_2025(root: str | Path, *, episodes: int = 4, frames: int | Se
             writer = _Mp4Writer(root / video_tpl.format(episode_chunk=chunk, video_key=key,
                                                         episode_index=ep.episode_index), spec, h, w)
             for t in range(T):
-                writer.write(ep._render_frame(role, t))
+                writer.write(render_frame(ep, role, t))
             writer.close()
         state = ep.state.astype(np.float64)
         episodes_rows.append({
@@ -408,7 +410,7 @@ def write_behavior_2026(root: str | Path, *, episodes: int = 4, frames: int | Se
                         f"videos/{key}/to_timestamp": start + ep.length / spec.fps})
                     collector = _ImageStats(ep.length)
                     for t in range(ep.length):
-                        rgb = ep._render_frame(role, t)
+                        rgb = render_frame(ep, role, t)
                         collector.add(t, rgb)
                         writer.write(rgb)
                     image_stats[key][ep.episode_index] = (collector.pixels(), len(collector.samples))

@@ -5,7 +5,7 @@ target and its finger opening. Shapes are aligned to even pixels so that yuv420p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,10 +15,10 @@ from behavior_smolvla.data.synthetic_world import (
     FINGER_OPEN_M,
     TARGET_LIMIT,
     TIMECODE_BITS,
+    SyntheticEpisode,
+    camera_role,
 )
-
-if TYPE_CHECKING:
-    from behavior_smolvla.data.synthetic_world import SyntheticEpisode
+from behavior_smolvla.errors import ConfigError
 
 
 def _task_colour(task_index: int) -> np.ndarray:
@@ -94,3 +94,26 @@ def _timecode(canvas: np.ndarray, t: int) -> None:
     for bit in range(TIMECODE_BITS):
         if (t >> bit) & 1:
             canvas[h - th:, edges[bit]:edges[bit + 1]] = (255, 255, 255)
+
+
+def episode_frames(ep: SyntheticEpisode, camera: str, indices: Sequence[int] | np.ndarray | None = None
+               ) -> np.ndarray:
+    """Rendered RGB frames of one camera, as they were handed to the encoder.
+
+    Args:
+        camera: a camera key of the layout (e.g. ``observation.images.rgb.head``) or a role (``head``; the
+            only way to name a camera written under another key, such as ``image``).
+        indices: frame indices within the episode (default: all).
+
+    Returns:
+        uint8 ``[N, H, W, 3]``.
+
+    Raises:
+        ConfigError: unknown camera or an index outside ``[0, length)``.
+    """
+    role = camera_role(camera, ep.spec.layout)
+    idx = np.arange(ep.length) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= ep.length):
+        raise ConfigError(f"frame indices must lie in [0, {ep.length}) for episode {ep.episode_index}")
+    return np.stack([render_frame(ep, role, int(t)) for t in idx]) if idx.size else np.zeros(
+        (0, *ep.spec.image_size[role], 3), np.uint8)

@@ -1,6 +1,6 @@
 """The synthetic world behind the small BEHAVIOR-shaped datasets: the spec of a dataset, the simulated R1Pro
 episodes (state, action, extra columns) and their ground truth. Writing them to disk is :mod:`.synthetic`'s job;
-what the cameras show is :mod:`.synthetic_render`'s.
+what the cameras show is :mod:`.synthetic_render`'s (it reads this module, never the other way round).
 
 The synthetic world (the same for both layouts; all quantities SI: radians, metres, m/s, rad/s):
 
@@ -280,34 +280,6 @@ class SyntheticEpisode:
     base_command: np.ndarray
     spec: SyntheticSpec
     _render: dict = field(repr=False, default_factory=dict)
-
-    def frames(self, camera: str, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Rendered RGB frames of one camera, as they were handed to the encoder.
-
-        Args:
-            camera: a camera key of the layout (e.g. ``observation.images.rgb.head``) or a role (``head``; the
-                only way to name a camera written under another key, such as ``image``).
-            indices: frame indices within the episode (default: all).
-
-        Returns:
-            uint8 ``[N, H, W, 3]``.
-
-        Raises:
-            ConfigError: unknown camera or an index outside ``[0, length)``.
-        """
-        role = camera_role(camera, self.spec.layout)
-        idx = np.arange(self.length) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.length):
-            raise ConfigError(f"frame indices must lie in [0, {self.length}) for episode {self.episode_index}")
-        return np.stack([self._render_frame(role, int(t)) for t in idx]) if idx.size else np.zeros(
-            (0, *self.spec.image_size[role], 3), np.uint8)
-
-    def _render_frame(self, role: str, t: int) -> np.ndarray:
-        """Frame ``t`` of camera ``role``, uint8 [H, W, 3] (see :mod:`.synthetic_render`)."""
-        # Imported here: the renderer reads this module's constants, so a top-level import would be circular.
-        from behavior_smolvla.data.synthetic_render import render_frame
-
-        return render_frame(self, role, t)
 
 
 def camera_role(camera: str, layout: str) -> str:
