@@ -26,8 +26,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 
 from behavior_smolvla.policy import checkpoint as ckpt
-from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file, validate_config
-from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, DatasetError
+from behavior_smolvla.config import (
+    TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
+)
+from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, DatasetError, unwrap_worker_error
 from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -99,7 +101,11 @@ def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> Train
                 raise ConfigError("--resume given without a folder: pass --resume RUN_DIR or --output-dir RUN_DIR")
             resume = out
         checkpoint = ckpt.resolve_checkpoint(resume)
+        ckpt.verify_checkpoint(checkpoint, training_state=True)  # before any work: name an intact one if damaged
         saved = ckpt.load_train_config(checkpoint)
+        if not isinstance(saved.get("run"), dict):
+            raise ckpt.damaged(checkpoint / ckpt.PRETRAINED_DIR / ckpt.TRAIN_CONFIG_FILE, checkpoint,
+                               "no 'run' section with the run's options")
         apply_overrides(cfg, saved["run"], f"{checkpoint}/pretrained_model/{ckpt.TRAIN_CONFIG_FILE}")
         cfg.output.output_dir = str(checkpoint.parent.parent)
         cfg.output.resume = str(checkpoint)
@@ -245,9 +251,12 @@ def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, 
     epoch, first = start_epoch, start_batch
     while True:
         k = first
-        for batch in loader:
-            yield epoch, k, batch
-            k += 1
+        try:
+            for batch in loader:
+                yield epoch, k, batch
+                k += 1
+        except BehaviorSmolVLAError as exc:  # a worker's error arrives wrapped in its traceback: one line again
+            raise unwrap_worker_error(exc) from None
         epoch, first = epoch + 1, 0
 
 
@@ -323,7 +332,11 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         )
     accelerator.wait_for_everyone()
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc}); pass a writable "
+                              "folder") from None
     if cfg.demo:
         if is_main:
             prepare_demo(cfg, run_dir, say)
@@ -359,6 +372,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         frame_stride=cfg.data.frame_stride,
         state_map=state_map,
     )
+    validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps), len(dataset) // world)
     transform = build_image_transform(cfg)
     val_dataset = None
     if val_eps and cfg.eval.eval_steps and accelerator.is_main_process:
@@ -464,7 +478,8 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         say(
             f"effective batch {cfg.optim.batch_size * world * cfg.optim.grad_accum_steps} = "
             f"{cfg.optim.batch_size} per process x {world} processes x {cfg.optim.grad_accum_steps} accumulation; "
-            f"{total_steps} steps; device {accelerator.device}; precision {accelerator.mixed_precision}"
+            f"{total_steps} steps; device {accelerator.device}; precision "
+            f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}"
         )
 
     metrics = MetricsLog(run_dir, resume_step=state.step if resuming else None) if is_main else None
