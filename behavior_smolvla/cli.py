@@ -61,6 +61,10 @@ def inspect_command(
              "0 = every file. Existence is checked for every file."),
     state_key: str = typer.Option("observation.state", "--state-key", help="Feature to describe as the state."),
     action_key: str = typer.Option("action", "--action-key", help="Feature to describe as the action."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Decode every frame of every video (parallel over files) and check the stored "
+                                "per-episode statistics against the data; lists each damaged file."),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="Files decoded in parallel by --verify (default: cores)."),
 ) -> None:
     """Report a dataset: format, fps, episodes, frames, tasks, state/action features, each camera as measured in
     its mp4 files (size, codec, keyframe interval, frames), and missing or unreadable files (exit code 1)."""
@@ -68,7 +72,8 @@ def inspect_command(
 
     from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
-    report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key)
+    report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key,
+                             verify=verify, jobs=jobs, console=err_console)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -279,6 +284,8 @@ def train_command(
     seed: int = _opt(None, "--seed", help="Seed for data order, augmentation, init and noise (1000)."),
     device: str = _opt(None, "--device", help="auto, cpu, cuda, cuda:N, mps."),
     image_aug: bool = _opt(None, "--image-aug", help="Colour-jitter augmentation (at most two transforms per sample)."),
+    verify_data: bool = _opt(None, "--verify-data", help="Decode every frame of the selected videos before training."),
+    recompute_stats: bool = _opt(None, "--recompute-stats", help="Recompute state/action statistics from the data."),
     output_dir: str = _opt(None, "--output-dir", help="Run folder (default outputs/<date>/<time>_<run-name>)."),
     run_name: str = _opt(None, "--run-name", help="Run name for the default folder and wandb."),
     save_steps: int = _opt(None, "--save-steps", help="Checkpoint every n steps (1000) and at the end."),
@@ -403,7 +410,8 @@ def eval_command(
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
         tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
-        state_key=state_key, action_key=action_key,
+        # Only when given: the engine on this branch has no such parameters yet (the lead's refactor adds them).
+        **{k: v for k, v in (("state_key", state_key), ("action_key", action_key)) if v is not None},
     )
     out = Console(width=max(Console().width, 140))
     out.print(summary_table(report))

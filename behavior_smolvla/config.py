@@ -55,6 +55,10 @@ class DataConfig:
     """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
     image_aug: bool = False
     """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+    verify_data: bool = False
+    """Decode every frame of the selected episodes' videos before training; stop naming the damaged files."""
+    recompute_stats: bool = False
+    """Recompute the state/action normalisation statistics from the data instead of using the stored ones."""
 
 
 @dataclass

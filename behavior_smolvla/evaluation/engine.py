@@ -469,6 +469,10 @@ def evaluate_checkpoints(
         raise ConfigError(f"--frame-stride {frame_stride}: must be >= 1")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames {max_frames}: must be >= 1")
+    if output_dir is not None:
+        from behavior_smolvla.config import check_output_dir
+
+        check_output_dir(output_dir)  # before the model runs, not after
 
     # Cheap checks first (each checkpoint's folder and train config against the dataset), before loading weights.
     resolved = [resolve_checkpoint(c) for c in checkpoints]
@@ -567,7 +571,11 @@ def evaluate_checkpoints(
     report["warnings"] = warnings
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {out}: cannot create it ({exc.strerror or exc}); pass a writable folder "
+                          "with --output-dir") from None
     step_s = chunk_stride / meta.fps
     plots = _write_plots(out, report, frames, primary_pred, names, groups, step_s, _label(members))
     np.savez_compressed(

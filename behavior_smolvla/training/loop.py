@@ -190,6 +190,22 @@ def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> t
     return train, val
 
 
+def verify_training_videos(meta: Any, episodes: list[int], cameras: list[str], console: Console | None) -> None:
+    """``--verify-data``: decode every frame of the episodes' videos (``data.inspect.verify_videos``) before training.
+
+    Raises:
+        VideoError: naming the first damaged file, its first bad frame, and how many files are damaged.
+    """
+    from behavior_smolvla.data.inspect import verify_videos
+    from behavior_smolvla.errors import VideoError
+
+    bad = verify_videos(meta, episodes, cameras, console=console)
+    if bad:
+        more = f" ({len(bad)} damaged files; smolvla-inspect --verify lists them)" if len(bad) > 1 else ""
+        raise VideoError(f"video {bad[0].path} is damaged from frame {bad[0].first_bad_frame} ({bad[0].reason}){more}; "
+                         "re-download it or leave its episodes out with --episodes")
+
+
 def build_image_transform(cfg: TrainConfig):
     """Colour jitter from lerobot's ImageTransforms (torchvision v2), at most two per sample, in random order."""
     if not cfg.data.image_aug:
@@ -363,6 +379,8 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     cameras = cfg.data.cameras or default_cameras(meta.camera_keys)
     cfg.data.cameras = list(cameras)
     train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes)
+    if cfg.data.verify_data:
+        verify_training_videos(meta, train_eps + val_eps, cameras, console if is_main else None)
     dataset = BehaviorDataset(
         dataset_path,
         episodes=train_eps,
@@ -371,6 +389,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         image_size=cfg.data.image_size,
         frame_stride=cfg.data.frame_stride,
         state_map=state_map,
+        recompute_stats=cfg.data.recompute_stats,
     )
     validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps), len(dataset) // world)
     transform = build_image_transform(cfg)
@@ -379,6 +398,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         val_dataset = BehaviorDataset(
             dataset_path, episodes=val_eps, cameras=cameras, chunk_size=cfg.policy.chunk_size,
             image_size=cfg.data.image_size, frame_stride=cfg.data.frame_stride, state_map=state_map,
+            recompute_stats=cfg.data.recompute_stats,
         )
 
     # Without augmentation the workers hand frames over as uint8 (a quarter of the bytes through shared memory) and
