@@ -305,7 +305,13 @@ def train_command(
 ) -> None:
     """Train lerobot's SmolVLA on a LeRobot / BEHAVIOR dataset, with checkpoints, exact resume and wandb."""
     values = {k: v for k, v in locals().items() if k != "config"}
-    from behavior_smolvla.config import load_config_file
+    from behavior_smolvla.config import load_config_file, resolve_config, validate_config
+
+    early = resolve_config(config, values)
+    if not early.demo and not early.output.resume:
+        # Flag errors in half a second, before torch is imported (train() validates again, also after the demo's
+        # and a resumed run's settings are filled in).
+        validate_config(early)
     from behavior_smolvla.training.loop import config_for_run, train
 
     cfg = config_for_run(config, values)
