@@ -345,8 +345,9 @@ def validate_against_data(cfg: TrainConfig, longest_episode: int, samples: int) 
 
     Raises:
         ConfigError: ``--chunk-size`` spans more frames than the longest episode has (every chunk would be mostly
-            padding, and the policy's attention grows with the square of the chunk), or ``--batch-size`` exceeds
-            the samples (every step would repeat the same partial batch).
+            padding, and the policy's attention grows with the square of the chunk), ``--batch-size`` exceeds
+            the samples (every step would repeat the same partial batch), or one batch of float32 frames at
+            ``--image-size`` would not fit in the machine's physical memory.
     """
     p, o, d = cfg.policy, cfg.optim, cfg.data
     span = (p.chunk_size - 1) * d.frame_stride + 1  # frames one chunk covers at the sampling stride
@@ -360,6 +361,24 @@ def validate_against_data(cfg: TrainConfig, longest_episode: int, samples: int) 
         raise ConfigError(
             f"--batch-size {o.batch_size}: larger than the {samples} training samples per process; use at most "
             f"{samples} or select more episodes")
+    # One batch of frames as the policy reads them (float32 [B, 3, S, S] per camera) must fit in memory at least once;
+    # a huge --image-size would otherwise be found by the kernel's OOM killer minutes later.
+    cameras = max(1, len(d.cameras or ()))
+    frame_bytes = o.batch_size * cameras * 3 * d.image_size ** 2 * 4
+    memory = _physical_memory()
+    if memory and frame_bytes > memory:
+        raise ConfigError(
+            f"--image-size {d.image_size}: one batch of {o.batch_size} x {cameras} camera frames at "
+            f"{d.image_size}x{d.image_size} takes {frame_bytes / 1e9:.0f} GB as float32, more than this machine's "
+            f"{memory / 1e9:.0f} GB of memory; SmolVLA uses 512")
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--output-dir") -> None:

@@ -249,6 +249,7 @@ CASES = [
     Case("train-snake-case-flag-checked", "smolvla-train", _train("--batch_size", "0"), ["--batch-size"]),
     Case("train-chunk-size-huge", "smolvla-train", _train("--chunk-size", "100000"), ["--chunk-size", "60"]),
     Case("train-batch-size-huge", "smolvla-train", _train("--batch-size", "100000"), ["--batch-size", "198"]),
+    Case("train-image-size-huge", "smolvla-train", _train("--image-size", "100000"), ["--image-size", "GB"]),
     Case("train-precision-unknown", "smolvla-train", _train("--precision", "fp8"), ["--precision"]),
     Case("train-config-bad-yaml", "smolvla-train",
          lambda c: ["--config", str(text_file(c, "cfg.yaml", BAD_YAML))], ["cfg.yaml"]),
@@ -351,3 +352,24 @@ def test_help_is_readable_at_80_columns(command):
     assert "…" not in proc.stdout, proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
     assert "--help" in proc.stdout
+
+
+def test_recompute_stats_replaces_stored_stats_that_disagree(synthetic_2025, tmp_path):
+    """Stored per-episode stats with a std of 0 on a moving dim: --verify lists them (above); the reader's
+    ``recompute_stats`` (``smolvla-train --recompute-stats``) recomputes them from the rows in a streaming pass."""
+    import numpy as np
+
+    from behavior_smolvla.data.dataset import BehaviorDataset
+    from behavior_smolvla.data.stats import data_stats
+
+    ds = zero_std(Ctx(dataset=synthetic_2025, vlm=tmp_path, run=tmp_path, tmp=tmp_path))
+    stored = BehaviorDataset(ds, cameras=[], chunk_size=4)
+    fixed = BehaviorDataset(ds, cameras=[], chunk_size=4, recompute_stats=True)
+    assert stored.stats_source == "episode stats" and fixed.stats_source == "recomputed from data"
+    exact = data_stats(fixed._action)  # every selected row, in memory
+    for key in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(fixed.stats["action"][key], exact[key], rtol=1e-5, atol=1e-6)
+    # the damaged std pulled the stored pooled std of dim 3 below the data's
+    assert stored.stats["action"]["std"][3] < exact["std"][3] - 1e-4
+    # quantiles are count-weighted averages of the episodes' exact ones: close to, not equal to, the pooled ones
+    assert np.all(fixed.stats["action"]["q01"] <= fixed.stats["action"]["q99"])
