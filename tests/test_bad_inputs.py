@@ -39,7 +39,7 @@ class Ctx:
 
 
 def run_cli(command: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / command), *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return subprocess.run([str(BIN / command), *args], check=False, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_intact_older_checkpoint_resumes_after_the_named_damage(base, tmp_path):
 @pytest.mark.parametrize("command", ["smolvla-inspect", "smolvla-filter-state", "smolvla-train", "smolvla-eval",
                                      "smolvla-serve"])
 def test_help_is_readable_at_80_columns(command):
-    proc = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True,
+    proc = subprocess.run([str(BIN / command), "--help"], check=False, capture_output=True, text=True,
                           env={**ENV, "COLUMNS": "80"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "…" not in proc.stdout, proc.stdout

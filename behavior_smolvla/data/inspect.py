@@ -408,8 +408,8 @@ def verify_videos(meta: DatasetMeta, episodes: Sequence[int] | None = None, came
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     files = video_files(meta, episodes, cameras)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
