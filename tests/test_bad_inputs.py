@@ -187,6 +187,8 @@ class Case:
     needles: list[str] = field(default_factory=list)
     """Substrings of the error line (exit 2) or of stdout (inspect's report, exit 1); ``{tmp}`` is the case folder."""
     code: int = 2
+    slow: bool = False
+    """Trains for some steps (marked ``slow``, deselected by ``make test-fast``)."""
 
 
 def _train(*extra: str) -> Callable[[Ctx], list[str]]:
@@ -271,7 +273,7 @@ CASES = [
          ["episode_00000010.mp4", "frame"]),
     Case("train-damaged-video-in-worker", "smolvla-train",
          _train_on(damaged_video, "--num-workers", "1", "--batch-size", "8", "--max-steps", "60"),
-         ["episode_00000010.mp4"]),
+         ["episode_00000010.mp4"], slow=True),
     # smolvla-train: damaged checkpoints (the intact older one must be named)
     Case("resume-model-truncated", "smolvla-train", lambda c: ["--resume", str(damaged_ckpt(c, MODEL))],
          ["model.safetensors", "000001"]),
@@ -305,7 +307,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
+                                  for c in CASES])
 def test_bad_input(case: Case, base, tmp_path):
     dataset, vlm, run = base
     ctx = Ctx(dataset=dataset, vlm=vlm, run=run, tmp=tmp_path)
@@ -329,6 +332,7 @@ def test_bad_input(case: Case, base, tmp_path):
         assert (tmp_path / "out" / "checkpoints").is_dir(), list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_intact_older_checkpoint_resumes_after_the_named_damage(base, tmp_path):
     """The checkpoint a damage message names really resumes, and the damaged step is rewritten."""
     dataset, vlm, run = base
