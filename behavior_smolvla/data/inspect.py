@@ -107,8 +107,10 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         keyframes; None when they disagree (see ``keyframe_intervals``) or when every probed file holds a single
         keyframe: then ``keyframe_interval_at_least`` is the longest such file's frame count), ``sizes``
         (distinct ``WxH``), ``frames`` (in the probed files) vs ``expected_frames`` (the metadata's lengths of
-        their episodes), ``files``, ``probed``, ``missing``) and ``problems`` (list of ``kind`` in {"missing",
-        "unreadable", "frame count", "row count"}, ``path`` relative to ``root``, ``detail``).
+        their episodes), ``files``, ``probed``, ``missing``), ``verified`` (``verify``) and ``problems`` (list of
+        ``kind`` in {"missing", "unreadable", "frame count", "row count", "codec" (info.json's ``video.codec``
+        differs from the probed files'), "damaged video", "stats" (the last two with ``verify``)}, ``path`` relative
+        to ``root``, ``detail``).
 
     Raises:
         DatasetError: the folder or its metadata (``meta/info.json``, episodes, tasks) is missing or malformed; file
