@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from behavior_smolvla.errors import BehaviorSmolVLAError
+from behavior_smolvla.errors import BehaviorSmolVLAError, unwrap_worker_error
 from behavior_smolvla.serving.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_QUEUED_REQUESTS
 
 err_console = Console(stderr=True)
@@ -32,14 +33,19 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except BehaviorSmolVLAError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # markup=False for the message: paths and shapes such as "[4, 23]" must print as they are.
+            err_console.print("[bold red]error:[/] ", end="", highlight=False)
+            err_console.print(str(unwrap_worker_error(exc)), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(code=2) from None
 
     return wrapper
 
 
 def _single_command_app(command: Callable[..., Any], help_text: str) -> typer.Typer:
-    app = typer.Typer(add_completion=False, help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
+    # Plain click help (rich_markup_mode=None): rich's option table cut long flag names ("--dataset-path,--d…") at
+    # 80 columns, while click puts a long name on its own line and wraps the help under it.
+    app = typer.Typer(add_completion=False, help=help_text, rich_markup_mode=None,
+                      context_settings={"help_option_names": ["-h", "--help"]})
     app.command()(_friendly_errors(command))
     return app
 
@@ -56,6 +62,10 @@ def inspect_command(
              "0 = every file. Existence is checked for every file."),
     state_key: str = typer.Option("observation.state", "--state-key", help="Feature to describe as the state."),
     action_key: str = typer.Option("action", "--action-key", help="Feature to describe as the action."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Decode every frame of every video (parallel over files) and check the stored "
+                                "per-episode statistics against the data; lists each damaged file."),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="Files decoded in parallel by --verify (default: cores)."),
 ) -> None:
     """Report a dataset: format, fps, episodes, frames, tasks, state/action features, each camera as measured in
     its mp4 files (size, codec, keyframe interval, frames), and missing or unreadable files (exit code 1)."""
@@ -63,7 +73,8 @@ def inspect_command(
 
     from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
-    report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key)
+    report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key,
+                             verify=verify, jobs=jobs, console=err_console)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -234,13 +245,10 @@ _SUBCOMMANDS["filter-state"] = filter_state_app
 
 
 def _opt(default: Any, *names: str, help: str, **kw: Any) -> Any:
-    """A Typer option that also accepts the seed project's snake_case spelling (``--max-steps``/``--max_steps``)."""
-    decls = []
-    for name in names:
-        decls.append(name)
-        if name.startswith("--") and "-" in name[2:] and "/" not in name:
-            decls.append("--" + name[2:].replace("-", "_"))
-    return typer.Option(default, *decls, help=help, **kw)
+    """A Typer option. The seed project's snake_case spellings (``--max_steps``) are accepted too: the argument
+    list is rewritten to dashes before parsing (:func:`_normalise_argv`), which keeps them out of ``--help``, where
+    they made the flag column too wide for 80 columns."""
+    return typer.Option(default, *names, help=help, **kw)
 
 
 def train_command(
@@ -277,6 +285,8 @@ def train_command(
     seed: int = _opt(None, "--seed", help="Seed for data order, augmentation, init and noise (1000)."),
     device: str = _opt(None, "--device", help="auto, cpu, cuda, cuda:N, mps."),
     image_aug: bool = _opt(None, "--image-aug", help="Colour-jitter augmentation (at most two transforms per sample)."),
+    verify_data: bool = _opt(None, "--verify-data", help="Decode every frame of the selected videos before training."),
+    recompute_stats: bool = _opt(None, "--recompute-stats", help="Recompute state/action statistics from the data."),
     output_dir: str = _opt(None, "--output-dir", help="Run folder (default outputs/<date>/<time>_<run-name>)."),
     run_name: str = _opt(None, "--run-name", help="Run name for the default folder and wandb."),
     save_steps: int = _opt(None, "--save-steps", help="Checkpoint every n steps (1000) and at the end."),
@@ -296,7 +306,13 @@ def train_command(
 ) -> None:
     """Train lerobot's SmolVLA on a LeRobot / BEHAVIOR dataset, with checkpoints, exact resume and wandb."""
     values = {k: v for k, v in locals().items() if k != "config"}
-    from behavior_smolvla.config import load_config_file
+    from behavior_smolvla.config import early_config, load_config_file, validate_config
+
+    early = early_config(config, values)
+    if not early.demo and not early.output.resume:
+        # Flag errors in half a second, before torch is imported (build_training validates again, also after the
+        # demo's and a resumed run's settings are filled in).
+        validate_config(early)
     from behavior_smolvla.training.build import config_for_run
     from behavior_smolvla.training.loop import train
 
@@ -304,7 +320,16 @@ def train_command(
     given = {k for k, v in values.items() if v is not None}
     if config:
         given |= {str(k).replace("-", "_") for k in load_config_file(config)}
-    result = train(cfg, given=given)
+    # The default run folder has a timestamp: new by construction (train() sets output_dir to it).
+    default_dir = cfg.output.output_dir is None
+    created = None if default_dir else _first_missing(cfg.output.output_dir)
+    try:
+        result = train(cfg, given=given)
+    except BaseException:
+        if default_dir and cfg.output.output_dir:
+            created = Path(cfg.output.output_dir).absolute()
+        _remove_unfinished_run(created, cfg.output.output_dir)
+        raise
     if not result.is_main_process:
         return
     out = Console()
@@ -317,14 +342,49 @@ def train_command(
     out.print(f"  smolvla-serve --checkpoint {last}   # websocket server for the BEHAVIOR evaluator", highlight=False, soft_wrap=True)
 
 
+def _first_missing(path: str) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run would create), or None."""
+    missing = None
+    p = Path(path).absolute()
+    while not p.exists() and p.parent != p:
+        missing, p = p, p.parent
+    return missing
+
+
+def _remove_unfinished_run(created: Path | None, run_dir: str | None) -> None:
+    """After a failed run: remove the folders it created when no checkpoint was published in them, so that a run
+    that fails before its first checkpoint leaves no empty run folder behind (a folder that existed is kept)."""
+    import shutil
+
+    from behavior_smolvla.policy.checkpoint import CHECKPOINTS_DIR, list_checkpoints
+
+    if created is None or run_dir is None or not created.is_dir():
+        return
+    run = Path(run_dir).absolute()
+    if run != created and created not in run.parents:
+        return
+    if list_checkpoints(run / CHECKPOINTS_DIR):
+        return
+    shutil.rmtree(created, ignore_errors=True)
+
+
 def _normalise_resume_flag(argv: list[str]) -> list[str]:
-    """``--resume`` with no value means "resume the run in --output-dir": give it the value ``auto``."""
+    """``--resume`` with no value means "resume the run in --output-dir": give it the value ``auto``. Flags spelt in
+    snake_case (``--max_steps 5``, ``--max_steps=5``) become their dashed names."""
     out = []
+    argv = [_dashed(arg) for arg in argv]
     for i, arg in enumerate(argv):
         out.append(arg)
         if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             out.append("auto")
     return out
+
+
+def _dashed(arg: str) -> str:
+    if not arg.startswith("--") or "_" not in arg.split("=", 1)[0]:
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("_", "-") + sep + value
 
 
 _train_typer = _single_command_app(train_command, "Train SmolVLA on BEHAVIOR / LeRobot data (smolvla-train).")
@@ -419,7 +479,8 @@ _SUBCOMMANDS["serve"] = serve_app
 
 def main() -> None:
     """``python cli.py <command> ...``: every console script as a sub-command of one Typer app."""
-    app = typer.Typer(add_completion=False, no_args_is_help=True, help="behavior-smolvla: SmolVLA on BEHAVIOR data.")
+    app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                      help="behavior-smolvla: SmolVLA on BEHAVIOR data.")
     for name, sub in _SUBCOMMANDS.items():
         # Each console script is a one-command Typer app; re-register its command so it is not nested a level deeper.
         info = sub.registered_commands[0]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,10 @@ class DataConfig:
     """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
     image_aug: bool = False
     """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+    verify_data: bool = False
+    """Decode every frame of the selected episodes' videos before training; stop naming the damaged files."""
+    recompute_stats: bool = False
+    """Recompute the state/action normalisation statistics from the data instead of using the stored ones."""
 
 
 @dataclass
@@ -230,6 +237,18 @@ def _coerce(owner: Any, attr: str, value: Any, source: str) -> Any:
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ConfigError(f"{source}: '{attr}' must be true or false, got {value!r}")
+    kind = str(f.type).split(" | ")[0]
+    if kind in ("int", "float") and not isinstance(value, bool):
+        # YAML reads "1e-4" (no dot) as a string; a wrong type here would surface later as a TypeError traceback.
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{attr}' must be a number, got {value!r}") from None
+        if kind == "float":
+            return number
+        if not math.isfinite(number) or number != int(number):
+            raise ConfigError(f"{source}: '{attr}' must be a whole number, got {value!r}")
+        return int(number)
     return value
 
 
@@ -252,23 +271,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Check option values that do not depend on the data; raise ConfigError naming the flag."""
-    o, d, p = cfg.optim, cfg.data, cfg.policy
+    """Check every option value that does not depend on the data, before any work starts.
+
+    Numbers must be finite; counts and the learning rate positive; rates, weight decay and the clip norm
+    non-negative. The run folder's parent must be creatable (:func:`check_output_dir`) unless resuming.
+
+    Raises:
+        ConfigError: the first bad value, naming its flag and the accepted range.
+    """
+    o, d, p, out, ev = cfg.optim, cfg.data, cfg.policy, cfg.output, cfg.eval
     if o.max_steps is None and o.num_epochs is None:
         raise ConfigError("neither --max-steps nor --num-epochs is set: pass one (e.g. --max-steps 20000)")
-    if o.max_steps is not None and o.max_steps <= 0:
-        raise ConfigError(f"--max-steps {o.max_steps}: must be positive")
-    if o.num_epochs is not None and o.num_epochs <= 0:
-        raise ConfigError(f"--num-epochs {o.num_epochs}: must be positive")
-    for flag, value in (("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
-                        ("--chunk-size", p.chunk_size), ("--frame-stride", d.frame_stride),
-                        ("--image-size", d.image_size), ("--save-steps", cfg.output.save_steps),
-                        ("--log-steps", cfg.logging.log_steps)):
+    positive_ints = [("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
+                     ("--chunk-size", p.chunk_size), ("--frame-stride", d.frame_stride),
+                     ("--image-size", d.image_size), ("--save-steps", out.save_steps),
+                     ("--log-steps", cfg.logging.log_steps), ("--decay-steps", o.decay_steps),
+                     ("--eval-max-frames", ev.eval_max_frames)]
+    positive_ints += [(flag, v) for flag, v in (("--max-steps", o.max_steps), ("--num-epochs", o.num_epochs),
+                                                ("--keep-last", out.keep_last), ("--eval-steps", ev.eval_steps),
+                                                ("--state-dim", p.state_dim), ("--n-action-steps", p.n_action_steps))
+                      if v is not None]
+    for flag, value in positive_ints:
         if value <= 0:
-            raise ConfigError(f"{flag} {value}: must be positive")
-    if d.num_workers < 0:
-        raise ConfigError(f"--num-workers {d.num_workers}: must be 0 or more")
-    if p.n_action_steps is not None and not 0 < p.n_action_steps <= p.chunk_size:
+            raise ConfigError(f"{flag} {value}: must be a positive whole number")
+    for flag, value in (("--num-workers", d.num_workers), ("--warmup-steps", o.warmup_steps), ("--seed", o.seed)):
+        if value < 0:
+            raise ConfigError(f"{flag} {value}: must be 0 or more")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"--lr {o.lr}: must be a finite learning rate above 0 (SmolVLA's preset is 1e-4)")
+    for flag, value, hint in (
+        ("--decay-lr", o.decay_lr, "the learning rate at the end of the cosine decay, e.g. 2.5e-6"),
+        ("--weight-decay", o.weight_decay, "e.g. 1e-10"),
+        ("--grad-clip-norm", o.grad_clip_norm, "0 disables clipping, SmolVLA's preset is 10"),
+    ):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} {value}: must be a finite number >= 0 ({hint})")
+    if p.n_action_steps is not None and p.n_action_steps > p.chunk_size:
         raise ConfigError(f"--n-action-steps {p.n_action_steps}: must be between 1 and --chunk-size ({p.chunk_size})")
     if o.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"--precision {o.precision}: use auto, fp32, bf16 or fp16")
@@ -278,3 +316,87 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--dataset-path is required (a LeRobot dataset folder), or use --demo for built-in data")
     if cfg.eval.eval_steps is not None and not d.val_episodes and not cfg.demo:  # the demo picks its own
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
+    if out.output_dir is not None and out.resume is None:
+        check_output_dir(out.output_dir)
+
+
+def early_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:
+    """Defaults < ``config_file`` < ``cli_values``, without reading a resumed checkpoint: enough for the CLI to check
+    the flags in half a second, before torch is imported (``training.build.config_for_run`` is the full resolution).
+    """
+    cfg = TrainConfig()
+    if config_file is not None:
+        apply_overrides(cfg, load_config_file(config_file), str(config_file))
+    apply_overrides(cfg, cli_values, "command line")
+    return cfg
+
+
+def validate_against_data(cfg: TrainConfig, longest_episode: int, samples: int) -> None:
+    """Check the options that depend on the selected training data, before the policy is built.
+
+    Args:
+        cfg: the run config.
+        longest_episode: frames in the longest selected training episode (at the dataset's fps, before the stride).
+        samples: training samples this process reads per epoch (its share of the sampled frames).
+
+    Raises:
+        ConfigError: ``--chunk-size`` spans more frames than the longest episode has (every chunk would be mostly
+            padding, and the policy's attention grows with the square of the chunk), ``--batch-size`` exceeds
+            the samples (every step would repeat the same partial batch), or one batch of float32 frames at
+            ``--image-size`` would not fit in the machine's physical memory.
+    """
+    p, o, d = cfg.policy, cfg.optim, cfg.data
+    span = (p.chunk_size - 1) * d.frame_stride + 1  # frames one chunk covers at the sampling stride
+    if span > longest_episode:
+        most = (longest_episode - 1) // d.frame_stride + 1
+        stride = f" at --frame-stride {d.frame_stride}" if d.frame_stride > 1 else ""
+        raise ConfigError(
+            f"--chunk-size {p.chunk_size}: a chunk{stride} spans {span} frames but the longest selected episode has "
+            f"{longest_episode}; use at most {most} (SmolVLA's default is 50)")
+    if o.batch_size > samples:
+        raise ConfigError(
+            f"--batch-size {o.batch_size}: larger than the {samples} training samples per process; use at most "
+            f"{samples} or select more episodes")
+    # One batch of frames as the policy reads them (float32 [B, 3, S, S] per camera) must fit in memory at least once;
+    # a huge --image-size would otherwise be found by the kernel's OOM killer minutes later.
+    cameras = max(1, len(d.cameras or ()))
+    frame_bytes = o.batch_size * cameras * 3 * d.image_size ** 2 * 4
+    memory = _physical_memory()
+    if memory and frame_bytes > memory:
+        raise ConfigError(
+            f"--image-size {d.image_size}: one batch of {o.batch_size} x {cameras} camera frames at "
+            f"{d.image_size}x{d.image_size} takes {frame_bytes / 1e9:.0f} GB as float32, more than this machine's "
+            f"{memory / 1e9:.0f} GB of memory; SmolVLA uses 512")
+
+
+def _physical_memory() -> int | None:
+    """Bytes of physical memory (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--output-dir") -> None:
+    """Fail early, with one line, when the folder ``path`` could not be created or written; create nothing.
+
+    The nearest existing ancestor must be a folder in which a file can be created (checked by creating and
+    removing a temporary folder there: permission bits alone miss read-only mounts and root's privileges).
+
+    Raises:
+        ConfigError: ``path`` (or an ancestor) is a file, or the nearest existing folder is not writable.
+    """
+    target = Path(path).expanduser().absolute()
+    probe = target
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == target else f"is under {probe}, which is a file"
+        raise ConfigError(f"{flag} {path}: {what}; pass a folder path")
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".smolvla-write-check-").cleanup()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create it in {probe} ({exc.strerror or exc}); pass a writable "
+                          "folder") from None

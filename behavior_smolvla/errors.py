@@ -45,3 +45,27 @@ class ObservationError(BehaviorSmolVLAError):
 class PolicyOutputError(BehaviorSmolVLAError):
     """A served policy predicted unusable actions (NaN/inf): nothing is sent to the client but this error (the
     policy server answers it as an error string and keeps serving)."""
+
+
+def unwrap_worker_error(exc: BaseException) -> BaseException:
+    """The one-line project error inside an exception re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type whose message is
+    ``"Caught <Type> in DataLoader worker process N.\\nOriginal Traceback (most recent call last): ..."``, so the
+    one-line message ends up after ~30 lines of worker traceback. This returns a new exception of the same type
+    holding only the original message (its last ``<module>.<Type>: message`` line); any other exception is
+    returned unchanged.
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return exc
+    kind = type(exc)
+    prefixes = (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: ")
+    for line in reversed(text.splitlines()):
+        for prefix in prefixes:
+            if line.startswith(prefix):
+                try:
+                    return kind(line[len(prefix):])
+                except TypeError:  # a subclass with another constructor: keep the original
+                    return exc
+    return exc

@@ -21,7 +21,7 @@ import torch
 from behavior_smolvla.data.meta import (
     ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parquet_columns, parse_episode_spec, read_parquet,
 )
-from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable
+from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable, stream_stats
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
 
@@ -115,6 +115,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
             ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).
         decoder_threads: FFmpeg threads per decoder (0 = FFmpeg's choice).
+        recompute_stats: ignore the statistics stored with the dataset and recompute them from the selected
+            episodes' rows (:func:`~behavior_smolvla.data.stats.stream_stats`).
 
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
@@ -147,6 +149,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         extra_columns: Sequence[str] = (),
         max_open_videos: int = 32,
         decoder_threads: int = 0,
+        recompute_stats: bool = False,
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
@@ -180,6 +183,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
                                      "re-download the videos/ folder or select other episodes/cameras")
 
         raw_state = self._load_rows()
+        self.recompute_stats = bool(recompute_stats)
         self.stats, self.stats_source = self._compute_stats(raw_state)
         self.state_map = state_map
         if self.state_map is None:
@@ -290,6 +294,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
     def _compute_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
         meta = self.meta
+        if self.recompute_stats:  # stored statistics distrusted (smolvla-train --recompute-stats)
+            return stream_stats(meta, self.episodes), "recomputed from data"
         dims = {STATE_KEY: meta.state_dim, ACTION_KEY: meta.action_dim}
         stored = meta.episode_stats(self.episodes)
         if all(ep in stored and all(f in stored[ep] and stats_usable(stored[ep][f], dims[f]) for f in dims)

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from behavior_smolvla.data.meta import ACTION_KEY, BOOKKEEPING_COLUMNS, STATE_KEY, DatasetMeta, format_indices
-from behavior_smolvla.errors import VideoError
-from behavior_smolvla.data.video import probe_video
+from behavior_smolvla.errors import DatasetError, VideoError
+from behavior_smolvla.data.video import DecodeCheck, probe_video, verify_video
 
 DEFAULT_PROBE_FILES = 8
 """Files measured per camera (and data files whose row counts are read) unless told otherwise: enough to see
@@ -76,7 +76,8 @@ def training_flags(meta: DatasetMeta) -> str | None:
 
 
 def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAULT_PROBE_FILES,
-                    state_key: str = STATE_KEY, action_key: str = ACTION_KEY) -> dict[str, Any]:
+                    state_key: str = STATE_KEY, action_key: str = ACTION_KEY, verify: bool = False,
+                    jobs: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Report on a dataset folder (JSON-serialisable). Any LeRobot dataset is described, one without an
     ``observation.state`` or ``action`` feature too.
 
@@ -86,6 +87,9 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
             None, with the float vector features listed as candidates and the flags to train on them).
         probe_files: how many files per camera to measure, and how many data files to read row counts from,
             spread over the dataset; ``None`` measures every file. Existence is checked for every file.
+        verify: also decode every frame of every video (:func:`verify_videos`, parallel over ``jobs`` files, a
+            progress bar on ``console``) and compare stored per-episode statistics with the data
+            (:func:`verify_stats`); adds ``verified`` (True) and "damaged video" / "stats" problems.
 
     Returns:
         dict with ``root``, ``format`` (``"v2.1"``/``"v3.0"``), ``codebase_version`` (as stored), ``robot_type``,
@@ -103,8 +107,10 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         keyframes; None when they disagree (see ``keyframe_intervals``) or when every probed file holds a single
         keyframe: then ``keyframe_interval_at_least`` is the longest such file's frame count), ``sizes``
         (distinct ``WxH``), ``frames`` (in the probed files) vs ``expected_frames`` (the metadata's lengths of
-        their episodes), ``files``, ``probed``, ``missing``) and ``problems`` (list of ``kind`` in {"missing",
-        "unreadable", "frame count", "row count"}, ``path`` relative to ``root``, ``detail``).
+        their episodes), ``files``, ``probed``, ``missing``), ``verified`` (``verify``) and ``problems`` (list of
+        ``kind`` in {"missing", "unreadable", "frame count", "row count", "codec" (info.json's ``video.codec``
+        differs from the probed files'), "damaged video", "stats" (the last two with ``verify``)}, ``path`` relative
+        to ``root``, ``detail``).
 
     Raises:
         DatasetError: the folder or its metadata (``meta/info.json``, episodes, tasks) is missing or malformed; file
@@ -149,6 +155,9 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
                                        f"have {expected} frames"})
 
     cameras = [_inspect_camera(meta, key, probe_files, problems) for key in meta.camera_keys]
+    if verify:
+        present_eps = [e for e in episodes if all(p.is_file() for p, _ in episodes[e].videos.values())]
+        problems.extend(verify_dataset(meta, present_eps, jobs=jobs, console=console))
 
     declared = set(meta.features)
     other = {k: {"dtype": f.get("dtype"), "shape": list(f.get("shape") or [])} for k, f in meta.features.items()
@@ -184,6 +193,7 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         "undeclared_columns": sorted(columns - declared),
         "data_files": {"count": len(data_paths), "checked": checked, "missing": len(missing_data)},
         "cameras": cameras,
+        "verified": verify,
         "problems": problems,
     }
 
@@ -223,6 +233,11 @@ def _inspect_camera(meta: DatasetMeta, key: str, probe_files: int | None,
                              "detail": f"{video.frame_count} frames, the metadata's episodes "
                                        f"{format_indices(files[path])} have {want}"})
     first = measured[0] if measured else None
+    codecs = sorted({v.codec for v in measured})
+    if declared["codec"] and codecs and any(not _same_codec(declared["codec"], c) for c in codecs):
+        problems.append({"kind": "codec", "path": "meta/info.json",
+                         "detail": f"camera {key} declares video.codec {declared['codec']!r} but its files are "
+                                   f"{', '.join(codecs)}; fix info.json (decoding follows the files)"})
     # probe_video gives frame_count for a file with a single keyframe: its interval is then only a lower bound.
     intervals = sorted({v.keyframe_interval for v in measured if v.keyframe_interval < v.frame_count})
     single = [v for v in measured if v.keyframe_interval >= v.frame_count]
@@ -245,6 +260,16 @@ def _inspect_camera(meta: DatasetMeta, key: str, probe_files: int | None,
         "probed": len(measured),
         "missing": len(missing),
     }
+
+
+_CODEC_ALIASES = {"h264": {"h264", "avc", "avc1", "libx264"}, "hevc": {"hevc", "h265", "hvc1", "hev1", "libx265"},
+                  "av1": {"av1", "av01", "libaom-av1", "libsvtav1", "libdav1d"}, "vp9": {"vp9", "libvpx-vp9"}}
+
+
+def _same_codec(declared: str, measured: str) -> bool:
+    """Whether two codec names mean the same format (info.json may use the encoder's or the fourcc's name)."""
+    a, b = declared.lower(), measured.lower()
+    return a == b or any(a in names and b in names for names in _CODEC_ALIASES.values())
 
 
 def _names_label(names: Sequence[str] | None, limit: int = 6) -> str:
@@ -316,7 +341,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     cameras.add_column("WxH")
     cameras.add_column("codec")
     cameras.add_column("keyframe every", justify="right")
-    cameras.add_column("frames", justify="right")
+    cameras.add_column("frames (probed files)", justify="right")
     cameras.add_column("files (probed)", justify="right")
     for cam in report["cameras"]:
         size = ", ".join(cam["sizes"]) or "-"
@@ -348,4 +373,99 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             problems.add_row("...", f"{len(report['problems']) - 50} more", "")
         console.print(problems)
     else:
-        console.print("[green]no problems found[/] (every file the metadata names exists; probed files match it)")
+        checked = ("every video decoded frame by frame, stored statistics match the data" if report.get("verified")
+                   else "probed files match it; --verify decodes every frame")
+        console.print(f"[green]no problems found[/] (every file the metadata names exists; {checked})")
+
+
+# -- full verification (--verify) --------------------------------------------------------------------------------
+
+
+def video_files(meta: DatasetMeta, episodes: Sequence[int] | None = None, cameras: Sequence[str] | None = None
+                ) -> dict[Path, tuple[str, list[int]]]:
+    """Every video file of ``episodes`` (None: all) and ``cameras`` (None: all) -> (camera, its episodes)."""
+    out: dict[Path, tuple[str, list[int]]] = {}
+    for ep in (meta.episodes if episodes is None else episodes):
+        for key in (meta.camera_keys if cameras is None else cameras):
+            path = meta.episodes[ep].videos[key][0]
+            out.setdefault(path, (key, []))[1].append(int(ep))
+    return out
+
+
+def verify_videos(meta: DatasetMeta, episodes: Sequence[int] | None = None, cameras: Sequence[str] | None = None,
+                  jobs: int | None = None, console: Console | None = None) -> list[DecodeCheck]:
+    """Decode every frame of every (selected) video file, in parallel over files, with a progress bar.
+
+    Files are checked by a thread pool (FFmpeg decodes outside the GIL), one decoding thread each. A file's
+    expected frame count is the metadata's length sum of the episodes it stores.
+
+    Args:
+        meta: the dataset.
+        episodes, cameras: the selection (None: everything).
+        jobs: parallel files (None: the usable cores).
+        console: where the progress bar goes (None: no bar).
+
+    Returns:
+        One :class:`~behavior_smolvla.data.video.DecodeCheck` per damaged or missing file (first bad frame and
+        why), in path order; empty when every file decodes whole.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    files = video_files(meta, episodes, cameras)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, int(jobs or cores))
+    bad: list[DecodeCheck] = []
+    progress = Progress(TextColumn("[bold]decoding videos"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, disable=console is None, transient=True)
+    with progress, ThreadPoolExecutor(max_workers=jobs) as pool:
+        task = progress.add_task("verify", total=len(files))
+        futures = [pool.submit(verify_video, path, sum(meta.episodes[e].length for e in eps), 1)
+                   for path, (_, eps) in files.items()]
+        for future in as_completed(futures):
+            check = future.result()
+            if check.first_bad_frame is not None:
+                bad.append(check)
+            progress.advance(task)
+    return sorted(bad, key=lambda c: str(c.path))
+
+
+def verify_stats(meta: DatasetMeta, episodes: Sequence[int] | None = None) -> list[dict[str, str]]:
+    """Compare the per-episode statistics stored with the dataset with ones recomputed from its rows.
+
+    Returns:
+        Problems (``kind`` "stats", ``path`` the episodes metadata, ``detail``: the episode, feature and the first
+        disagreeing statistic), one per episode and feature; empty when no statistics are stored or all agree.
+    """
+    from behavior_smolvla.data.stats import compare_stats, episode_data_stats
+
+    if meta.state_key is None or meta.action_key is None:
+        return []
+    selected = list(meta.episodes if episodes is None else episodes)
+    stored = meta.episode_stats(selected)
+    source = "meta/episodes_stats.jsonl" if meta.version == "v2.1" else "meta/episodes"
+    problems = []
+    for ep, computed in episode_data_stats(meta, [e for e in selected if e in stored]):
+        for feature, stats in computed.items():
+            if feature not in stored[ep]:
+                continue
+            for issue in compare_stats(stored[ep][feature], stats)[:1]:
+                problems.append({"kind": "stats", "path": source,
+                                 "detail": f"episode {ep} {feature}: {issue}; train with --recompute-stats"})
+    return problems
+
+
+def verify_dataset(meta: DatasetMeta, episodes: Sequence[int] | None = None, cameras: Sequence[str] | None = None,
+                   jobs: int | None = None, console: Console | None = None) -> list[dict[str, str]]:
+    """:func:`verify_videos` and :func:`verify_stats` as report problems (``kind`` "damaged video" / "stats")."""
+    problems = []
+    for check in verify_videos(meta, episodes, cameras, jobs=jobs, console=console):
+        problems.append({"kind": "damaged video", "path": _relative(check.path, meta.root),
+                         "detail": f"first bad frame {check.first_bad_frame}: {check.reason}"})
+    try:
+        problems += verify_stats(meta, episodes)
+    except DatasetError as exc:  # a data file that cannot be read: a problem to list, not a reason to stop
+        problems.append({"kind": "unreadable", "path": "data/", "detail": str(exc)})
+    return problems

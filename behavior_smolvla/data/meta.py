@@ -298,7 +298,8 @@ class DatasetMeta:
         """
         root = Path(root)
         if not root.is_dir():
-            raise DatasetError(f"dataset folder {root} does not exist; pass the folder that holds meta/info.json")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DatasetError(f"dataset folder {root} {what}; pass the folder that holds meta/info.json")
         info_path = root / "meta" / "info.json"
         if not info_path.is_file():
             raise DatasetError(f"{info_path} not found: {root} is not a LeRobot dataset folder "

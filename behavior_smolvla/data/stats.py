@@ -4,7 +4,7 @@ exact statistics computed from the data."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,3 +66,99 @@ def data_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 def stats_usable(stats: Mapping[str, Any], dim: int) -> bool:
     return all(k in stats and np.asarray(stats[k]).size == dim for k in BASIC_STATS)
 
+
+
+def episode_data_stats(meta: Any, episodes: Sequence[int]) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+    """Exact statistics (:func:`data_stats`) of the state and action of each episode, read one parquet file at a time.
+
+    Only the state and action columns are read, and only one data file is held in memory, so a pass over a whole
+    release costs the parquet reads and no more memory than its largest file.
+
+    Args:
+        meta: a :class:`~behavior_smolvla.data.meta.DatasetMeta` loaded with its state and action keys.
+        episodes: the episodes to read.
+
+    Yields:
+        ``(episode, {"observation.state": stats, "action": stats})`` in file order, each stats a dict of float32
+        ``[D]`` arrays (mean, std, min, max, q01, q99) plus ``count`` (frames, int64 ``[1]``).
+
+    Raises:
+        DatasetError: a missing or unreadable data file, or rows that do not fit the metadata.
+    """
+    from behavior_smolvla.data.meta import ACTION_KEY, STATE_KEY, read_parquet
+    from behavior_smolvla.errors import DatasetError
+
+    by_file: dict[Any, list[int]] = {}
+    for ep in episodes:
+        by_file.setdefault(meta.episodes[ep].data_path, []).append(int(ep))
+    keys = {STATE_KEY: (meta.state_key, meta.state_dim), ACTION_KEY: (meta.action_key, meta.action_dim)}
+    for path, eps in by_file.items():
+        table = read_parquet(path, [meta.state_key, meta.action_key], "data file")
+        arrays = {}
+        for name, (column, dim) in keys.items():
+            values = table.column(column).combine_chunks()
+            flat = values.flatten().to_numpy(zero_copy_only=False) if hasattr(values, "flatten") else \
+                values.to_numpy(zero_copy_only=False)
+            if flat.size != len(values) * dim:
+                raise DatasetError(f"column {column!r} of {path} does not hold {dim} numbers per row as "
+                                   "meta/info.json declares; fix the file or the feature's shape")
+            arrays[name] = flat.reshape(len(values), dim)
+        for ep in eps:
+            info = meta.episodes[ep]
+            if info.row_stop > table.num_rows:
+                raise DatasetError(f"episode {ep} should be rows {info.row_start}-{info.row_stop - 1} of {path} but "
+                                   f"the file has {table.num_rows} rows; the metadata and data disagree")
+            out = {}
+            for name, values in arrays.items():
+                rows = values[info.row_start:info.row_stop]
+                out[name] = {**data_stats(rows), "count": np.array([len(rows)], dtype=np.int64)}
+            yield ep, out
+
+
+def stream_stats(meta: Any, episodes: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
+    """Statistics of the state and action over ``episodes``, recomputed from the data in one streaming pass
+    (:func:`episode_data_stats` per episode, combined by :func:`aggregate_stats`).
+
+    mean, std, min and max are exact (pooled over the episodes); q01/q99 are count-weighted averages of the
+    episodes' exact quantiles, the approximation lerobot's ``aggregate_stats`` makes.
+
+    Returns:
+        ``{"observation.state": {stat: float32 [D]}, "action": {...}}``.
+    """
+    per: dict[str, list[dict[str, np.ndarray]]] = {}
+    counts: list[int] = []
+    for _, stats in episode_data_stats(meta, episodes):
+        for name, s in stats.items():
+            per.setdefault(name, []).append(s)
+        counts.append(int(next(iter(stats.values()))["count"][0]))
+    return {name: aggregate_stats(values, counts) for name, values in per.items()}
+
+
+def compare_stats(stored: Mapping[str, Any], computed: Mapping[str, np.ndarray], rtol: float = 0.05,
+                  atol: float = 1e-4) -> list[str]:
+    """Where stored statistics of one feature disagree with ones computed from the data.
+
+    A dim disagrees when its stored mean, std, min or max differs from the computed one by more than
+    ``atol + rtol * scale`` (``scale`` = the computed max - min of that dim, in the feature's units), e.g. a stored
+    std of 0 on a dim that moves. Tolerances allow float32 storage and lerobot's own sampling of long episodes.
+
+    Returns:
+        One short description per statistic that disagrees (``"std dim 3: stored 0, data 0.41"``), empty when
+        they agree; a stored statistic of another length is reported as such.
+    """
+    scale = np.asarray(computed["max"], np.float64) - np.asarray(computed["min"], np.float64)
+    out = []
+    for key in BASIC_STATS:
+        if key not in stored:
+            continue
+        s = np.asarray(stored[key], np.float64).reshape(-1)
+        c = np.asarray(computed[key], np.float64).reshape(-1)
+        if s.shape != c.shape:
+            out.append(f"{key}: stored {s.size} values, data has {c.size} dims")
+            continue
+        bad = np.flatnonzero(~(np.abs(s - c) <= atol + rtol * scale))
+        if len(bad):
+            d = int(bad[0])
+            more = f" (and {len(bad) - 1} more dims)" if len(bad) > 1 else ""
+            out.append(f"{key} dim {d}: stored {s[d]:.4g}, data {c[d]:.4g}{more}")
+    return out

@@ -206,6 +206,65 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
+@dataclass(frozen=True)
+class DecodeCheck:
+    """Result of :func:`verify_video` for one file.
+
+    Attributes:
+        path: the file.
+        frames: frames decoded without error.
+        first_bad_frame: index (decode order = frame index for these files) of the first frame that failed or is
+            missing, or None when every frame decoded.
+        reason: one line saying what failed (None when intact).
+    """
+
+    path: Path
+    frames: int
+    first_bad_frame: int | None
+    reason: str | None
+
+
+def verify_video(path: str | os.PathLike, expected_frames: int | None = None, threads: int = 1) -> DecodeCheck:
+    """Decode every frame of the first video stream of ``path`` (no conversion to RGB) and report the first bad one.
+
+    A frame is bad when FFmpeg reports an error while demuxing or decoding it (``err_detect`` is set to ``explode``
+    so that a corrupt slice fails instead of being concealed), or when the file ends before ``expected_frames`` (or
+    the frame count its header declares) frames were decoded.
+
+    Args:
+        path: the video file.
+        expected_frames: frames the dataset's metadata says the file holds (sum over the episodes stored in it);
+            None = trust the header.
+        threads: FFmpeg decoding threads (1 when files are checked in parallel).
+
+    Returns:
+        :class:`DecodeCheck`; never raises for a damaged file (a file that cannot be opened is bad at frame 0).
+    """
+    path = Path(path)
+    try:
+        container = _open(path)
+    except VideoError as exc:
+        return DecodeCheck(path, 0, 0, str(exc))
+    frames = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_count = max(1, int(threads))
+        stream.codec_context.options = {"err_detect": "explode"}
+        declared = int(stream.frames or 0)
+        try:
+            for packet in container.demux(stream):
+                for _ in packet.decode():
+                    frames += 1
+        except (av.FFmpegError, ValueError) as exc:
+            return DecodeCheck(path, frames, frames, f"decoding failed ({_one_line(exc)})")
+        wanted = expected_frames if expected_frames is not None else declared
+        if wanted and frames < wanted:
+            return DecodeCheck(path, frames, frames, f"ends after {frames} of {wanted} frames (truncated)")
+        return DecodeCheck(path, frames, None, None)
+    finally:
+        container.close()
+
+
 _FORK_ORPHANS: list = []
 """FFmpeg objects inherited through fork, kept referenced for the life of the child process. Freeing one there
 would close a decoder whose worker threads only exist in the parent (the child waits for them forever); fork children

@@ -276,6 +276,10 @@ def evaluate_checkpoints(
         raise ConfigError(f"--frame-stride {frame_stride}: must be >= 1")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames {max_frames}: must be >= 1")
+    if output_dir is not None:
+        from behavior_smolvla.config import check_output_dir
+
+        check_output_dir(output_dir)  # before the model runs, not after
 
     # Cheap checks first (each checkpoint's input contract against the dataset), before loading any weights.
     resolved = [resolve_checkpoint(c) for c in checkpoints]
@@ -367,7 +371,11 @@ def evaluate_checkpoints(
     report["warnings"] = warnings
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {out}: cannot create it ({exc.strerror or exc}); pass a writable folder "
+                          "with --output-dir") from None
     step_s = chunk_stride / meta.fps
     plots = write_plots(out, report, frames, primary_pred, names, groups, step_s, members_label(members))
     np.savez_compressed(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError
 
 from behavior_smolvla.errors import CheckpointError
 
@@ -202,10 +203,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
         candidates.insert(0, p.parent)
     for c in candidates:
         if (c / PRETRAINED_DIR / "model.safetensors").is_file():
-            return c.resolve()
+            found = c.resolve()
+            verify_checkpoint(found)
+            return found
+    run = p if (p / CHECKPOINTS_DIR).is_dir() else p.parent if p.name == CHECKPOINTS_DIR else None
+    older = newest_intact_checkpoint(run) if run is not None else None
+    hint = f"; the newest intact checkpoint is {older}: pass it instead" if older else \
+        "; train first or pass checkpoints/<step>"
     raise CheckpointError(
         f"{p}: no complete checkpoint found (expected {PRETRAINED_DIR}/model.safetensors in it, or in "
-        f"checkpoints/last); train first or pass checkpoints/<step>"
+        f"checkpoints/last){hint}"
     )
 
 
@@ -221,7 +228,13 @@ def load_train_config(checkpoint: Path) -> dict[str, Any]:
             f"{path}: missing; this checkpoint was not written by smolvla-train (it needs {TRAIN_CONFIG_FILE} "
             "with the state map, cameras and image size)"
         )
-    return yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise damaged(path, checkpoint, _first_line(exc)) from None
+    if not isinstance(data, dict):
+        raise damaged(path, checkpoint, "not a mapping of sections")
+    return data
 
 
 def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> TrainingState:
@@ -238,9 +251,112 @@ def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> Tra
     step_file = training / TRAINING_STEP_FILE
     if not step_file.is_file():
         raise CheckpointError(f"{step_file}: missing; cannot resume from {checkpoint} (pick an older checkpoint)")
-    state = TrainingState(**json.loads(step_file.read_text()))
-    load_optimizer_state(optimizer, training)
-    if scheduler is not None:
-        load_scheduler_state(scheduler, training)
-    load_rng_state(training)
+    verify_checkpoint(checkpoint, training_state=True)
+    try:
+        state = TrainingState(**json.loads(step_file.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise damaged(step_file, checkpoint, _first_line(exc)) from None
+    try:
+        load_optimizer_state(optimizer, training)
+        if scheduler is not None:
+            load_scheduler_state(scheduler, training)
+        load_rng_state(training)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        # Headers were checked above; this is a file whose tensors do not fit the optimizer it is loaded into.
+        raise damaged(training, checkpoint, _first_line(exc)) from None
     return state
+
+
+# --- integrity ------------------------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _check_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as what its suffix says, or None when it parses (cheap: headers only)."""
+    from safetensors import safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            # safetensors checks the header and that the file covers every tensor's byte range: a truncated file,
+            # random bytes or an empty file fail here without reading the tensors.
+            with safe_open(str(path), framework="numpy") as f:
+                f.keys()
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, SafetensorError) as exc:
+        return _first_line(exc)
+    return None
+
+
+def verify_checkpoint(checkpoint: str | Path, training_state: bool = False) -> None:
+    """Check that every file of a checkpoint parses: safetensors headers and sizes, JSON and YAML files.
+
+    Costs a few milliseconds (no tensor is read). Tensor bytes altered in place, with the file length kept, are
+    not detected: safetensors stores no checksum.
+
+    Args:
+        checkpoint: a step folder (holding ``pretrained_model/``).
+        training_state: also check ``training_state/`` (what ``--resume`` reads).
+
+    Raises:
+        CheckpointError: naming the first damaged file and the newest intact older checkpoint of the run.
+    """
+    root = Path(checkpoint)
+    verify_policy_folder(root / PRETRAINED_DIR)
+    if training_state:
+        _verify_folder(root / TRAINING_STATE_DIR, root)
+
+
+def verify_policy_folder(folder: str | Path) -> None:
+    """:func:`verify_checkpoint` for one ``pretrained_model`` folder (also one outside a run).
+
+    Raises:
+        CheckpointError: naming the damaged file (and, inside a run, the newest intact older checkpoint).
+    """
+    folder = Path(folder)
+    _verify_folder(folder, folder.parent if folder.name == PRETRAINED_DIR else folder)
+
+
+def _verify_folder(folder: Path, checkpoint: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in (".safetensors", ".json", ".yaml", ".yml"):
+            reason = _check_file(path)
+            if reason is not None:
+                raise damaged(path, checkpoint, reason)
+
+
+def _is_intact(checkpoint: Path) -> bool:
+    try:
+        verify_checkpoint(checkpoint, training_state=True)
+    except CheckpointError:
+        return False
+    return (checkpoint / PRETRAINED_DIR / "model.safetensors").is_file() and (
+        checkpoint / TRAINING_STATE_DIR / TRAINING_STEP_FILE).is_file()
+
+
+def newest_intact_checkpoint(run_dir: str | Path, before: int | None = None) -> Path | None:
+    """The newest step folder of ``run_dir`` whose files all parse (:func:`verify_checkpoint`, with the training
+    state), among steps below ``before`` (None: all); None when there is none."""
+    for path in reversed(list_checkpoints(Path(run_dir) / CHECKPOINTS_DIR)):
+        if (before is None or int(path.name) < before) and _is_intact(path):
+            return path
+    return None
+
+
+def damaged(path: Path, checkpoint: Path, reason: str) -> CheckpointError:
+    """The one-line error for a damaged checkpoint file: the file, why, and the newest intact older checkpoint."""
+    checkpoint = Path(checkpoint)
+    hint = "; no intact older checkpoint in this run"
+    if checkpoint.name.isdigit() and checkpoint.parent.name == CHECKPOINTS_DIR:
+        older = newest_intact_checkpoint(checkpoint.parent.parent, before=int(checkpoint.name))
+        if older is not None:
+            hint = f"; the newest intact older checkpoint is {older}: pass it to --resume or --checkpoint"
+    return CheckpointError(f"{path}: damaged ({reason}){hint}")

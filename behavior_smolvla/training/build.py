@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from behavior_smolvla.config import TrainConfig, apply_overrides, load_config_file, validate_config
+from behavior_smolvla.config import (
+    TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
+)
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec
 from behavior_smolvla.data.sampler import TrainingStream
@@ -62,7 +64,11 @@ def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> Train
                 raise ConfigError("--resume given without a folder: pass --resume RUN_DIR or --output-dir RUN_DIR")
             resume = out
         checkpoint = ckpt.resolve_checkpoint(resume)
+        ckpt.verify_checkpoint(checkpoint, training_state=True)  # before any work: name an intact one if damaged
         saved = ckpt.load_train_config(checkpoint)
+        if not isinstance(saved.get("run"), dict):
+            raise ckpt.damaged(checkpoint / ckpt.PRETRAINED_DIR / ckpt.TRAIN_CONFIG_FILE, checkpoint,
+                               "no 'run' section with the run's options")
         apply_overrides(cfg, saved["run"], f"{checkpoint}/pretrained_model/{ckpt.TRAIN_CONFIG_FILE}")
         cfg.output.output_dir = str(checkpoint.parent.parent)
         cfg.output.resume = str(checkpoint)
@@ -96,6 +102,23 @@ def split_episodes(meta: DatasetMeta, train_spec: str | None, val_spec: str | No
     if not train:
         raise ConfigError("no training episodes left after --val-episodes; hold out fewer episodes")
     return train, val
+
+
+def verify_training_videos(meta: DatasetMeta, episodes: list[int], cameras: list[str], console: Console | None
+                           ) -> None:
+    """``--verify-data``: decode every frame of the episodes' videos (``data.inspect.verify_videos``) before training.
+
+    Raises:
+        VideoError: naming the first damaged file, its first bad frame, and how many files are damaged.
+    """
+    from behavior_smolvla.data.inspect import verify_videos
+    from behavior_smolvla.errors import VideoError
+
+    bad = verify_videos(meta, episodes, cameras, console=console)
+    if bad:
+        more = f" ({len(bad)} damaged files; smolvla-inspect --verify lists them)" if len(bad) > 1 else ""
+        raise VideoError(f"video {bad[0].path} is damaged from frame {bad[0].first_bad_frame} ({bad[0].reason}){more}; "
+                         "re-download it or leave its episodes out with --episodes")
 
 
 def build_image_transform(cfg: TrainConfig):
@@ -305,7 +328,11 @@ def _prepare_run_dir(cfg: TrainConfig, accelerator: Any, resuming: bool, say: Ca
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc}); pass a writable "
+                              "folder") from None
     if cfg.demo:
         from behavior_smolvla.training.demo import prepare_demo
 
@@ -366,7 +393,11 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
         inputs = PolicyInputs.resolve(meta, cfg.data, cfg.policy, train_eps)
     cfg.data.state_map = cfg.data.state_map or inputs.state_map.name
     cfg.data.cameras = list(inputs.cameras)
-    dataset = inputs.dataset(meta, train_eps)
+    if cfg.data.verify_data:
+        verify_training_videos(meta, train_eps + val_eps, list(inputs.cameras), console if is_main else None)
+    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats)
+    validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps),
+                          len(dataset) // accelerator.num_processes)
     val_dataset = inputs.eval_dataset(meta, val_eps) if val_eps and cfg.eval.eval_steps and is_main else None
     transform = build_image_transform(cfg)
 

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 
 from behavior_smolvla.config import TrainConfig
-from behavior_smolvla.errors import BehaviorSmolVLAError
+from behavior_smolvla.errors import BehaviorSmolVLAError, unwrap_worker_error
 from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import save_policy
 from behavior_smolvla.training.build import Training, build_training
@@ -57,9 +57,12 @@ def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, 
     epoch, first = start_epoch, start_batch
     while True:
         k = first
-        for batch in loader:
-            yield epoch, k, batch
-            k += 1
+        try:
+            for batch in loader:
+                yield epoch, k, batch
+                k += 1
+        except BehaviorSmolVLAError as exc:  # a worker's error arrives wrapped in its traceback: one line again
+            raise unwrap_worker_error(exc) from None
         epoch, first = epoch + 1, 0
 
 
