@@ -588,9 +588,7 @@ def load_policy_bundle(
     missing = [name for name in POLICY_FILES if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(f"{folder} lacks {missing}; pass a complete pretrained_model folder")
-    from behavior_smolvla.policy.checkpoint import verify_policy_folder
-
-    verify_policy_folder(folder)  # a truncated or overwritten file: one line naming it, not a SafetensorError
+    ckpt.verify_policy_folder(folder)  # a truncated or overwritten file: one line naming it, not a SafetensorError
     torch_device = resolve_device(device)
     config = _load_smolvla_config(folder, "the policy folder")
     config.device = str(torch_device)
