@@ -53,6 +53,15 @@ class DataConfig:
     """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
     image_aug: bool = False
     """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+    action_mode: str = "absolute"
+    """``absolute`` (the action as recorded) or ``delta`` (action minus the same joint's current state, for the dims
+    that have one: R1Pro torso and arms, or equal action/state names; see ``behavior_smolvla.actions``)."""
+    action_norm: str | None = None
+    """``global`` (one mean/std per action dim) or ``per-step`` (one per chunk step and dim); default: per-step in
+    delta mode, global in absolute mode."""
+    action_reference: str | None = None
+    """YAML file mapping action dims to the raw-state dims they are deltas of (overrides the R1Pro layouts and the
+    equal-names rule)."""
 
 
 @dataclass
@@ -107,6 +116,12 @@ class OptimConfig:
     """Seeds the data order, augmentation, model init and flow-matching noise."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    schedule_steps: int | None = None
+    """Steps the learning-rate schedule was built for, fixed at the start of a run and saved (set by the trainer;
+    a resumed run keeps it unless ``reschedule``)."""
+    reschedule: bool = False
+    """On ``--resume`` with another ``--max-steps``: rebuild the schedule for the new length (default: continue the
+    saved schedule, then hold its final lr)."""
 
 
 @dataclass
