@@ -167,9 +167,9 @@ def resolve_action_reference(meta: Any, reference_file: str | None = None) -> tu
 
 def describe_reference(reference: Reference | None, action_names: Sequence[str] | None = None,
                        state_names: Sequence[str] | None = None) -> str:
-    """One line: which action dims are deltas of which raw-state dims (runs compressed: ``3:7 <- 236:240``)."""
+    """One line: which action dims reference which raw-state dims, runs compressed (``3:7 <- state 236:240``)."""
     if reference is None or all(r is None for r in reference):
-        return "no action dim has a reference state dim (all absolute)"
+        return "no action dim has a reference state dim"
     runs: list[tuple[int, int, int | None]] = []  # (action start, action stop, state start or None)
     for a, s in enumerate(reference):
         if runs:
@@ -180,12 +180,10 @@ def describe_reference(reference: Reference | None, action_names: Sequence[str] 
         runs.append((a, a + 1, s))
     parts = []
     for a0, a1, s0 in runs:
-        if s0 is None:
-            parts.append(f"{a0}:{a1} absolute")
-        else:
+        if s0 is not None:
             parts.append(f"{a0}:{a1} <- state {s0}:{s0 + a1 - a0}")
     n = sum(r is not None for r in reference)
-    return f"{n} of {len(reference)} action dims are deltas: " + ", ".join(parts)
+    return f"{n} of {len(reference)} action dims reference a raw-state dim: " + ", ".join(parts)
 
 
 # --- applying it ------------------------------------------------------------------------------------------------

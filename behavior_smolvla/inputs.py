@@ -190,8 +190,11 @@ class PolicyInputs:
 
     def describe_actions(self) -> str:
         """One line: the action mode, normalisation and the action -> state reference."""
-        return (f"actions: {self.action_mode}, {self.action_norm} normalisation; "
-                f"{describe_reference(self.action_reference)}")
+        if self.delta_reference is not None:
+            return (f"actions: delta (action - state[t]) where {describe_reference(self.action_reference)}; the "
+                    f"other dims absolute; {self.action_norm} normalisation")
+        return (f"actions: absolute, {self.action_norm} normalisation ({describe_reference(self.action_reference)}; "
+                "the eval's state baseline uses it)")
 
     @property
     def step_s(self) -> float:

@@ -328,7 +328,8 @@ def evaluate_checkpoints(
     # One reader per distinct input view (cameras, image size, state map); members sharing a view share decoding.
     views: dict[str, tuple[BehaviorDataset, list[int]]] = {}
     for k, m in enumerate(members):
-        key = json.dumps([list(m.inputs.cameras), m.inputs.image_size, m.inputs.state_map.to_dict()], sort_keys=True)
+        key = json.dumps([list(m.inputs.cameras), m.inputs.image_size, m.inputs.state_map.to_dict(),
+                          m.inputs.action_reference], sort_keys=True)
         if key not in views:
             views[key] = (m.inputs.eval_dataset(meta, selected), [])
         views[key][1].append(k)
