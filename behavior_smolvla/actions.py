@@ -25,7 +25,8 @@ after the post-processor, so evaluation and serving always see absolute actions.
 
 ``--action-norm``: ``global`` normalises each action dim with one mean/std (lerobot's way); ``per-step`` uses a
 mean/std for each chunk step and dim (float32 [chunk, A]), computed by :func:`chunk_action_stats` in one streaming
-pass over the training samples. lerobot 0.6.1's ``NormalizerProcessorStep`` broadcasts statistics against the action
+pass over the training samples (mean, std, min, max; no quantiles, since SmolVLA normalises the action with
+MEAN_STD only). lerobot 0.6.1's ``NormalizerProcessorStep`` broadcasts statistics against the action
 tensor ``[B, chunk, A]`` and saves / restores them with their shape, so per-step statistics live in lerobot's own
 processors and ``PolicyProcessorPipeline.from_pretrained`` restores them unchanged.
 """

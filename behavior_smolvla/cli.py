@@ -365,7 +365,7 @@ def eval_command(
         tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
         state_key=state_key, action_key=action_key, vlm_model=vlm_model,
     )
-    out = Console(width=max(Console().width, 140))
+    out = Console(width=max(Console().width, 180))  # 13 columns: the policy and three reference predictors
     out.print(summary_table(report))
     if "ensemble" in report:
         e = report["ensemble"]

@@ -81,7 +81,7 @@ def _fmt(value: float | None, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
 
 
-PREDICTOR_LABELS = {"hold": "hold (prev. recorded action)"}
+PREDICTOR_LABELS = {"hold": "hold (prev. recorded)"}
 """Table labels where the key alone would mislead: ``hold`` uses an input the policy never sees."""
 
 
@@ -115,7 +115,9 @@ def summary_table(report: Mapping[str, Any]) -> Any:
                         f"MAE in action units, close = within {report['tolerance']:g} of each dim's range")
     for i, col in enumerate(header):
         primary = col.endswith("\n" + report["primary"])
-        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None)
+        # The group names are the row labels: never cut (right_gripper once became "right_gripp…").
+        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None,
+                         no_wrap=i == 0, min_width=max(len(r[0]) for r in rows) if i == 0 else None)
     for row in rows:
         table.add_row(*row)
     return table
