@@ -191,7 +191,7 @@ class PolicyInputs:
     def describe_actions(self) -> str:
         """One line: the action mode, normalisation and the action -> state reference."""
         if self.delta_reference is not None:
-            return (f"actions: delta (action - state[t]) where {describe_reference(self.action_reference)}; the "
+            return (f"actions: delta (action - current state) where {describe_reference(self.action_reference)}; the "
                     f"other dims absolute; {self.action_norm} normalisation")
         return (f"actions: absolute, {self.action_norm} normalisation ({describe_reference(self.action_reference)}; "
                 "the eval's state baseline uses it)")

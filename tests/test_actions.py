@@ -210,7 +210,7 @@ def test_delta_checkpoint_loads_in_lerobot_and_train_eval_serve_agree(delta_run,
     from behavior_smolvla.training.build import model_batch
 
     run, stdout = delta_run
-    assert ("actions: delta (action - state[t]) where 18 of 23 action dims reference a raw-state dim: 3:7 <- state "
+    assert ("actions: delta (action - current state) where 18 of 23 action dims reference a raw-state dim: 3:7 <- state "
             "53:57, 7:14 <- state 3:10, 15:22 <- state 28:35; the other dims absolute; per-step normalisation") in stdout
     assert ("schedule: --decay-steps 100 is longer than the schedule's 6 steps: lerobot shortens it to warm-up 0 "
             "(from 2) and cosine decay 6 steps") in stdout
