@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import yaml
 
-from behavior_smolvla.data.dataset import REFERENCE_KEY
+from behavior_smolvla.data.dataset import REFERENCE_KEY  # noqa: F401  (re-exported: the batch key)
 from behavior_smolvla.errors import ConfigError
 
 ACTION_MODES = ("absolute", "delta")

@@ -80,7 +80,8 @@ def train(args: argparse.Namespace, mode: str, vlm: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              check=False)
     if proc.returncode != 0:
         raise SystemExit(f"training {mode} failed ({proc.returncode}); see {log}")
     return out
@@ -131,7 +132,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"setup": setup, "rows": rows}, indent=2))
         return
-    fmt = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
+    def fmt(v: float | None) -> str:
+        return "" if v is None else f"{v:.4g}"
+
     if args.markdown:
         print(setup + "\n")
         print("| predictor | first-action MAE | chunk MAE | final train loss |\n|---|---:|---:|---:|")
