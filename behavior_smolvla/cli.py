@@ -287,6 +287,10 @@ def train_command(
     image_aug: bool = _opt(None, "--image-aug", help="Colour-jitter augmentation (at most two transforms per sample)."),
     verify_data: bool = _opt(None, "--verify-data", help="Decode every frame of the selected videos before training."),
     recompute_stats: bool = _opt(None, "--recompute-stats", help="Recompute state/action statistics from the data."),
+    action_mode: str = _opt(None, "--action-mode", help="absolute (as recorded) or delta (minus the joint's current state)."),
+    action_norm: str = _opt(None, "--action-norm", help="global or per-step (default: per-step in delta mode)."),
+    action_reference: str = _opt(None, "--action-reference", help="YAML: action dim -> raw-state dim (delta reference)."),
+    reschedule: bool = _opt(None, "--reschedule", help="On --resume with another --max-steps: rebuild the lr schedule."),
     output_dir: str = _opt(None, "--output-dir", help="Run folder (default outputs/<date>/<time>_<run-name>)."),
     run_name: str = _opt(None, "--run-name", help="Run name for the default folder and wandb."),
     save_steps: int = _opt(None, "--save-steps", help="Checkpoint every n steps (1000) and at the end."),
@@ -422,7 +426,7 @@ def eval_command(
         tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
         state_key=state_key, action_key=action_key, vlm_model=vlm_model,
     )
-    out = Console(width=max(Console().width, 140))
+    out = Console(width=max(Console().width, 180))  # 13 columns: the policy and three reference predictors
     out.print(summary_table(report))
     if "ensemble" in report:
         e = report["ensemble"]

@@ -60,6 +60,15 @@ class DataConfig:
     """Decode every frame of the selected episodes' videos before training; stop naming the damaged files."""
     recompute_stats: bool = False
     """Recompute the state/action normalisation statistics from the data instead of using the stored ones."""
+    action_mode: str = "absolute"
+    """``absolute`` (the action as recorded) or ``delta`` (action minus the same joint's current state, for the dims
+    that have one: R1Pro torso and arms, or equal action/state names; see ``behavior_smolvla.actions``)."""
+    action_norm: str | None = None
+    """``global`` (one mean/std per action dim) or ``per-step`` (one per chunk step and dim); default: per-step in
+    delta mode, global in absolute mode."""
+    action_reference: str | None = None
+    """YAML file mapping action dims to the raw-state dims they are deltas of (overrides the R1Pro layouts and the
+    equal-names rule)."""
 
 
 @dataclass
@@ -114,6 +123,12 @@ class OptimConfig:
     """Seeds the data order, augmentation, model init and flow-matching noise."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    schedule_steps: int | None = None
+    """Steps the learning-rate schedule was built for, fixed at the start of a run and saved (set by the trainer;
+    a resumed run keeps it unless ``reschedule``)."""
+    reschedule: bool = False
+    """On ``--resume`` with another ``--max-steps``: rebuild the schedule for the new length (default: continue the
+    saved schedule, then hold its final lr)."""
 
 
 @dataclass

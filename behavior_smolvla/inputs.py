@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from behavior_smolvla.actions import (
+    ACTION_MODES, ACTION_NORMS, Reference, default_action_norm, describe_reference, reference_state,
+    resolve_action_reference,
+)
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import ACTION_KEY, STATE_KEY, DatasetMeta
 from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, StateMapError
@@ -35,9 +39,6 @@ if TYPE_CHECKING:
 INPUTS_VERSION = 1
 """Version of the saved ``inputs`` section; bumped when its meaning changes (a newer one is refused, older ones are
 converted)."""
-
-ACTION_MODES = ("absolute",)
-"""Action representations the policy can be trained in (``absolute``: the dataset's action as recorded)."""
 
 POLICY_IMAGE_PREFIX = "observation.images.camera"
 """SmolVLA's image keys are ``observation.images.camera{i}``, i = 1, 2, ... in policy order (the BEHAVIOR convention
@@ -102,7 +103,12 @@ class PolicyInputs:
         frame_stride: the policy steps every ``frame_stride`` dataset frames (3: 30 Hz data -> 10 Hz policy); the
             action chunk is at that rate.
         fps: the dataset's frame rate (Hz); a policy step lasts ``frame_stride / fps`` seconds.
-        action_mode: the action representation (:data:`ACTION_MODES`).
+        action_mode: the action representation (``behavior_smolvla.actions.ACTION_MODES``: ``absolute`` as
+            recorded, ``delta`` = minus the reference state where there is one).
+        action_norm: ``global`` (one mean/std per action dim) or ``per-step`` (one per chunk step and dim).
+        action_reference: one RAW-state index (before the state map) or None per action dim: the state dim holding
+            the same joint (``behavior_smolvla.actions.resolve_action_reference``); None when no dim has one (and in
+            checkpoints written before it existed). Used by ``delta`` and by the evaluation's ``state`` predictor.
         task_map: task index -> instruction, the dataset's task table (serving maps the evaluator's ``task_id``).
         tasks: the instructions trained on, sorted.
     """
@@ -119,6 +125,8 @@ class PolicyInputs:
     frame_stride: int
     fps: float
     action_mode: str = "absolute"
+    action_norm: str = "global"
+    action_reference: Reference | None = None
     task_map: dict[int, str] = field(default_factory=dict)
     tasks: tuple[str, ...] = ()
 
@@ -134,6 +142,16 @@ class PolicyInputs:
                               f"({self.chunk_size})")
         if self.action_mode not in ACTION_MODES:
             raise ConfigError(f"--action-mode {self.action_mode!r}: use one of {', '.join(ACTION_MODES)}")
+        if self.action_norm not in ACTION_NORMS:
+            raise ConfigError(f"--action-norm {self.action_norm!r}: use one of {', '.join(ACTION_NORMS)}")
+        if self.action_reference is not None:
+            ref = self.action_reference
+            if len(ref) != self.action_dim or any(r is not None and not 0 <= r < self.state_dim for r in ref):
+                raise ConfigError(f"action reference {list(ref)}: needs {self.action_dim} entries, each a raw-state "
+                                  f"index below {self.state_dim} or None; fix --action-reference")
+        if self.action_mode == "delta" and self.delta_reference is None:
+            raise ConfigError("--action-mode delta: no action dim has a reference state dim (no R1Pro layout, no "
+                              "equal action/state names); pass --action-reference FILE (action dim -> state dim)")
         policy_camera_keys(self.cameras)  # validates: at least one, no duplicates
 
     # -- derived facts ----------------------------------------------------------------------------------------
@@ -152,6 +170,32 @@ class PolicyInputs:
     def camera_map(self) -> dict[str, str]:
         """Dataset camera key -> SmolVLA image key (:func:`policy_camera_keys`)."""
         return policy_camera_keys(self.cameras)
+
+    @property
+    def delta_reference(self) -> Reference | None:
+        """The reference the readers attach and the policy's targets subtract: :attr:`action_reference` in ``delta``
+        mode when some dim has one, else None (absolute actions)."""
+        if self.action_mode != "delta" or self.action_reference is None:
+            return None
+        return self.action_reference if any(r is not None for r in self.action_reference) else None
+
+    def reference_state(self, raw_state: Any) -> Any:
+        """float32 [..., state_dim] raw state -> float32 [..., action_dim] reference (0 where none; all 0 when the
+        contract has no reference)."""
+        import numpy as np
+
+        raw_state = np.asarray(raw_state, dtype=np.float32)
+        if self.action_reference is None:
+            return np.zeros((*raw_state.shape[:-1], self.action_dim), dtype=np.float32)
+        return reference_state(raw_state, self.action_reference)
+
+    def describe_actions(self) -> str:
+        """One line: the action mode, normalisation and the action -> state reference."""
+        if self.delta_reference is not None:
+            return (f"actions: delta (action - current state) where {describe_reference(self.action_reference)}; the "
+                    f"other dims absolute; {self.action_norm} normalisation")
+        return (f"actions: absolute, {self.action_norm} normalisation ({describe_reference(self.action_reference)}; "
+                "the eval's state baseline uses it)")
 
     @property
     def step_s(self) -> float:
@@ -180,6 +224,8 @@ class PolicyInputs:
         for key in cameras:
             meta.check_camera(key)
         episodes = list(meta.episodes) if train_episodes is None else list(train_episodes)
+        mode = data.action_mode or "absolute"
+        reference, _ = resolve_action_reference(meta, data.action_reference)
         return cls(
             state_key=meta.state_key,
             action_key=meta.action_key,
@@ -192,6 +238,9 @@ class PolicyInputs:
             n_action_steps=int(policy.n_action_steps or policy.chunk_size),
             frame_stride=int(data.frame_stride),
             fps=float(meta.fps),
+            action_mode=mode,
+            action_norm=data.action_norm or default_action_norm(mode),
+            action_reference=reference,
             task_map=dict(meta.tasks),
             tasks=tuple(sorted({t for e in episodes for t in meta.episodes[e].tasks})),
         )
@@ -233,14 +282,16 @@ class PolicyInputs:
         loader options such as ``max_open_videos``, ``decoder_threads``)."""
         return BehaviorDataset(meta, episodes=episodes, cameras=list(self.cameras), chunk_size=self.chunk_size,
                                image_size=self.image_size, frame_stride=self.frame_stride, state_map=self.state_map,
-                               **reader)
+                               action_reference=self.delta_reference, **reader)
 
     def eval_dataset(self, meta: DatasetMeta, episodes: str | Sequence[int] | None) -> BehaviorDataset:
         """The evaluation reader: every frame (stride 1) with a chunk of ``(chunk_size - 1) * frame_stride + 1``
-        actions, so any frame can be evaluated and its ground truth at the policy's rate is ``chunk[::stride]``."""
+        actions, so any frame can be evaluated and its ground truth at the policy's rate is ``chunk[::stride]``.
+        Samples hold ``action.reference`` whenever the contract has a reference (any mode): the evaluation's ``state``
+        predictor reads it, and ``predict_chunk`` adds it back in delta mode."""
         return BehaviorDataset(meta, episodes=episodes, cameras=list(self.cameras),
                                chunk_size=(self.chunk_size - 1) * self.frame_stride + 1, image_size=self.image_size,
-                               frame_stride=1, state_map=self.state_map)
+                               frame_stride=1, state_map=self.state_map, action_reference=self.action_reference)
 
     # -- saving and loading -----------------------------------------------------------------------------------
 
@@ -286,6 +337,8 @@ class PolicyInputs:
             values["action_names"] = tuple(data["action_names"]) if data.get("action_names") else None
             values["tasks"] = tuple(data.get("tasks") or ())
             values["task_map"] = {int(k): str(v) for k, v in (data.get("task_map") or {}).items()}
+            if data.get("action_reference") is not None:
+                values["action_reference"] = tuple(None if r is None else int(r) for r in data["action_reference"])
             return cls(**values)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: the 'inputs' section is incomplete or malformed ({type(exc).__name__}: "
@@ -337,6 +390,7 @@ class PolicyInputs:
     def describe(self) -> str:
         """One line for logs: state, action, cameras, sizes."""
         return (f"state {self.state_key} ({self.state_dim} -> {self.policy_state_dim} dims, map "
-                f"{self.state_map.name}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}); "
+                f"{self.state_map.name}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}, "
+                f"{self.action_norm} norm); "
                 f"cameras {list(self.cameras)} at {self.image_size} px; chunk {self.chunk_size}, "
                 f"{self.n_action_steps} executed; stride {self.frame_stride} ({1 / self.step_s:g} Hz)")

@@ -135,7 +135,7 @@ def _all_numbers(tree) -> list:
 def test_report_holds_every_metric_finite(single_report):
     out = Path(single_report["output_dir"])
     report = json.loads((out / "report.json").read_text())
-    assert set(report["predictors"]) == {"policy", "hold", "mean_action"} and report["primary"] == "policy"
+    assert set(report["predictors"]) == {"policy", "state", "hold", "mean_action"} and report["primary"] == "policy"
     groups = [g for g, _, _ in ACTION_GROUPS]
     for name, m in report["predictors"].items():
         for metric in ("first_action_mae", "chunk_mae", "percent_close", "percent_close_chunk"):
@@ -180,7 +180,7 @@ def test_reference_predictors_equal_direct_computation(single_report):
     chunk, tol = single_report["chunk_size"], single_report["tolerance"]
     assert single_report["chunk_stride"] == 1 and single_report["frame_stride"] == 1
     train = np.concatenate(list(_episode_actions(dataset, cfg["dataset"]["train_episodes"]).values()))
-    mean, value_range = train.mean(0), train.max(0) - train.min(0)
+    mean, value_range = train.mean(0), np.maximum(train.max(0) - train.min(0), 1e-3)  # metrics.RANGE_FLOOR
     first = {"hold": [], "mean_action": []}
     chunk_err = {"hold": [], "mean_action": []}
     chunk_valid = []

@@ -25,6 +25,9 @@ from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usabl
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
 
+REFERENCE_KEY = "action.reference"
+"""Sample key of the reference state of each action dim (the same name as ``behavior_smolvla.actions``')."""
+
 # -- column decoding --------------------------------------------------------------------------------------------
 
 
@@ -117,6 +120,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
         decoder_threads: FFmpeg threads per decoder (0 = FFmpeg's choice).
         recompute_stats: ignore the statistics stored with the dataset and recompute them from the selected
             episodes' rows (:func:`~behavior_smolvla.data.stats.stream_stats`).
+        action_reference: one raw-state index (or None) per action dim (``behavior_smolvla.actions``); when given,
+            samples also hold ``action.reference`` float32 ``[A]``: the RAW state (before the state map) of those
+            dims at the sample's frame, 0 for dims without one.
 
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
@@ -150,6 +156,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         max_open_videos: int = 32,
         decoder_threads: int = 0,
         recompute_stats: bool = False,
+        action_reference: Sequence[int | None] | None = None,
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
@@ -184,6 +191,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
         raw_state = self._load_rows()
         self.recompute_stats = bool(recompute_stats)
+        self.action_reference = self._reference_rows(raw_state, action_reference)
         self.stats, self.stats_source = self._compute_stats(raw_state)
         self.state_map = state_map
         if self.state_map is None:
@@ -343,9 +351,45 @@ class BehaviorDataset(torch.utils.data.Dataset):
             "timestamp": torch.tensor(self._timestamp[row], dtype=torch.float32),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+        if self._reference is not None:
+            sample[REFERENCE_KEY] = torch.from_numpy(self._reference[row].copy())
         for column, values in self._extras.items():
             sample[column] = torch.as_tensor(np.asarray(values[row]))
         return sample
+
+    def action_chunks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The action chunks of many samples at once, as :meth:`numeric_sample` gives them one by one.
+
+        Args:
+            indices: int [N] sample positions in ``[0, len)``.
+
+        Returns:
+            ``(action float32 [N, chunk, A], action_is_pad bool [N, chunk], action.reference float32 [N, A] or
+            None when the reader was built without ``action_reference``)``.
+        """
+        rows = self.frame_table["row"][np.asarray(indices, dtype=np.int64)]
+        wanted = rows[:, None] + np.arange(self.chunk_size, dtype=np.int64)[None, :] * self.frame_stride
+        stop = self._row_stop[rows][:, None]
+        action = self._action[np.minimum(wanted, stop - 1)]
+        reference = self._reference[rows] if self._reference is not None else None
+        return action, wanted >= stop, reference
+
+    def _reference_rows(self, raw_state: np.ndarray, reference: Sequence[int | None] | None) -> tuple | None:
+        """Keep the raw state of the referenced dims (float32 [rows, A], 0 where none) before the state map runs."""
+        self._reference = None
+        if reference is None:
+            return None
+        reference = tuple(None if r is None else int(r) for r in reference)
+        if len(reference) != self.meta.action_dim or any(r is not None and not 0 <= r < self.meta.state_dim
+                                                         for r in reference):
+            raise ConfigError(f"action reference {list(reference)} does not fit {self.meta.root}: it needs one entry "
+                              f"per action dim ({self.meta.action_dim}), each a state index below "
+                              f"{self.meta.state_dim} or None")
+        idx = np.array([0 if r is None else r for r in reference], dtype=np.int64)
+        values = raw_state[:, idx]
+        values[:, [r is None for r in reference]] = 0.0
+        self._reference = np.ascontiguousarray(values, dtype=np.float32)
+        return reference
 
     def load_sample(self, index: int, decoders: DecoderCache | MutableMapping[Path, VideoFile] | None = None
                     ) -> dict[str, Any]:

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from behavior_smolvla.data.dataset import BehaviorDataset
+from behavior_smolvla.actions import reference_mask, to_delta
+from behavior_smolvla.data.dataset import REFERENCE_KEY, BehaviorDataset
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.evaluation.metrics import (
     _num, action_layout, action_stats, chunk_metrics, ensemble_disagreement, hold_chunks, mean_action_chunks, pearson,
+    state_chunks,
 )
 from behavior_smolvla.evaluation.report import (
     default_output_dir, members_label, project_commit, summary_markdown, write_plots,
@@ -66,6 +68,8 @@ class EvalFrames:
         truth: float32 [N, C, A], the recorded chunk at the policy's training stride.
         is_pad: bool [N, C].
         previous_action: float32 [N, A], the action recorded at the frame before (own action at an episode's start).
+        reference_state: float32 [N, A], the raw state of each action dim's reference joint at the frame (0 where
+            none), or None when the reader gives none (a contract without an action -> state reference).
     """
 
     indices: np.ndarray
@@ -75,6 +79,7 @@ class EvalFrames:
     truth: np.ndarray
     is_pad: np.ndarray
     previous_action: np.ndarray
+    reference_state: np.ndarray | None = None
 
 
 def select_eval_frames(dataset: Any, chunk_size: int, chunk_stride: int, frame_stride: int,
@@ -93,9 +98,11 @@ def select_eval_frames(dataset: Any, chunk_size: int, chunk_stride: int, frame_s
     episode_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
     position = np.arange(n) - episode_start
     indices = spread_evenly(np.flatnonzero(position % frame_stride == 0), max_frames)
-    truth, pad, prev, ts = [], [], [], []
+    truth, pad, prev, ts, ref = [], [], [], [], []
     for i in indices:
         sample = dataset.numeric_sample(int(i))
+        if REFERENCE_KEY in sample:
+            ref.append(sample[REFERENCE_KEY].numpy())
         truth.append(sample["action"].numpy()[::chunk_stride])
         pad.append(sample["action_is_pad"].numpy()[::chunk_stride])
         ts.append(float(sample["timestamp"]))
@@ -112,6 +119,7 @@ def select_eval_frames(dataset: Any, chunk_size: int, chunk_stride: int, frame_s
         truth=truth_arr,
         is_pad=np.stack(pad).astype(bool),
         previous_action=np.stack(prev).astype(np.float32),
+        reference_state=np.stack(ref).astype(np.float32) if ref else None,
     )
 
 
@@ -153,9 +161,13 @@ def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[Behavi
                 idx = frames.indices[start:start + batch_size]
                 for ds, member_ids in views:
                     samples = [ds.load_sample(int(i)) for i in idx]
-                    observation = _collate(samples, [*ds.cameras, "observation.state", "task"])
+                    keys = [*ds.cameras, "observation.state", "task"]
+                    observation = _collate(samples, keys + ([REFERENCE_KEY] if REFERENCE_KEY in samples[0] else []))
                     if with_loss and 0 in member_ids:
-                        batch = {**observation, "action": torch.from_numpy(frames.truth[start:start + len(idx)]),
+                        truth = torch.from_numpy(frames.truth[start:start + len(idx)])
+                        if first.inputs.delta_reference is not None:  # the loss is on the trained (delta) targets
+                            truth = to_delta(truth, observation[REFERENCE_KEY])
+                        batch = {**observation, "action": truth,
                                  "action_is_pad": torch.from_numpy(frames.is_pad[start:start + len(idx)])}
                         torch.manual_seed(seed + b)  # SmolVLA draws the loss's noise and time from the forked RNG
                         with torch.no_grad():
@@ -173,20 +185,25 @@ def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[Behavi
 
 
 def score(predictions: np.ndarray, frames: EvalFrames, stats: Mapping[str, np.ndarray], tolerance: float,
-          names: Sequence[str], groups: Mapping[str, Sequence[int]]) -> dict[str, dict[str, Any]]:
+          names: Sequence[str], groups: Mapping[str, Sequence[int]],
+          action_reference: Sequence[int | None] | None = None) -> dict[str, dict[str, Any]]:
     """:func:`~behavior_smolvla.evaluation.metrics.chunk_metrics` of a prediction [N, C, A] and of the reference
-    predictors ``hold`` and ``mean_action`` (``stats``: the policy's action statistics: mean, min, max [A])."""
+    predictors ``state`` (when ``action_reference`` has a reference dim and ``frames`` hold the reference state),
+    ``hold`` and ``mean_action`` (``stats``: the policy's absolute action statistics: mean, min, max [A])."""
     value_range = stats["max"] - stats["min"]
     chunk = predictions.shape[1]
 
     def metrics_of(p: np.ndarray) -> dict[str, Any]:
         return chunk_metrics(p, frames.truth, frames.is_pad, value_range, tolerance, names, groups)
 
-    return {
-        "policy": metrics_of(predictions),
-        "hold": metrics_of(hold_chunks(frames.previous_action, chunk)),
-        "mean_action": metrics_of(mean_action_chunks(stats["mean"], len(frames.indices), chunk)),
-    }
+    out = {"policy": metrics_of(predictions)}
+    if (action_reference is not None and any(r is not None for r in action_reference)
+            and frames.reference_state is not None):
+        out["state"] = metrics_of(state_chunks(frames.reference_state, reference_mask(tuple(action_reference)),
+                                               stats["mean"], chunk))
+    out["hold"] = metrics_of(hold_chunks(frames.previous_action, chunk))
+    out["mean_action"] = metrics_of(mean_action_chunks(stats["mean"], len(frames.indices), chunk))
+    return out
 
 
 def _ensemble_summary(member_preds: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -248,7 +265,8 @@ def evaluate_checkpoints(
 
     Returns:
         The report (also written as ``report.json``): see the module docstring; keys ``predictors`` (``policy`` or
-        ``ensemble``, ``hold``, ``mean_action``: each :func:`chunk_metrics`), ``primary``, ``members`` and
+        ``ensemble``, ``state`` (where the contract has a reference), ``hold``, ``mean_action``: each
+        :func:`chunk_metrics`), ``primary``, ``members`` and
         ``ensemble`` (several checkpoints), ``checkpoints``, ``dataset``, ``episodes``, ``git_commit``, ``warnings``,
         ``files`` (paths relative to ``output_dir``), ``output_dir``.
 
@@ -314,7 +332,8 @@ def evaluate_checkpoints(
     # One reader per distinct input view (cameras, image size, state map); members sharing a view share decoding.
     views: dict[str, tuple[BehaviorDataset, list[int]]] = {}
     for k, m in enumerate(members):
-        key = json.dumps([list(m.inputs.cameras), m.inputs.image_size, m.inputs.state_map.to_dict()], sort_keys=True)
+        key = json.dumps([list(m.inputs.cameras), m.inputs.image_size, m.inputs.state_map.to_dict(),
+                          m.inputs.action_reference], sort_keys=True)
         if key not in views:
             views[key] = (m.inputs.eval_dataset(meta, selected), [])
         views[key][1].append(k)
@@ -356,7 +375,7 @@ def evaluate_checkpoints(
     }
     primary = "policy" if len(members) == 1 else "ensemble"
     primary_pred = preds[0] if len(members) == 1 else preds.mean(axis=0)
-    scores = score(primary_pred, frames, stats, tolerance, names, groups)
+    scores = score(primary_pred, frames, stats, tolerance, names, groups, first.inputs.action_reference)
     predictors = {primary: scores.pop("policy"), **scores}
     if len(members) > 1:
         report["members"] = [
@@ -421,7 +440,8 @@ def validate(
         Flat dict of floats: ``val_loss`` (SmolVLA's flow-matching training loss, mean over frames, each averaged
         over its valid chunk steps and action dims, normalised units), ``first_action_mae``, ``chunk_mae`` (action
         units, mean over dims), ``percent_close`` (first action, [0, 1]), ``percent_close_chunk``,
-        ``mean_action_first_action_mae`` (the reference), ``first_action_mae/<group>`` per action group, ``frames``;
+        ``mean_action_first_action_mae`` and ``state_first_action_mae`` (the references; the latter where the
+        contract has an action -> state reference), ``first_action_mae/<group>`` per action group, ``frames``;
         plus ``plots``: ``{name: Path}`` (empty without ``output_dir``).
 
     Raises:
@@ -435,7 +455,7 @@ def validate(
     preds, losses = predict_frames([bundle], [(dataset, [0])], frames, seed=seed, batch_size=batch_size,
                                    with_loss=True)
     names, groups = action_layout(bundle.action_dim, dataset.action_names)
-    scores = score(preds[0], frames, action_stats(bundle), tolerance, names, groups)
+    scores = score(preds[0], frames, action_stats(bundle), tolerance, names, groups, inputs.action_reference)
     m, ref = scores["policy"], scores["mean_action"]
     result: dict[str, Any] = {
         "val_loss": float(losses.mean()),
@@ -444,6 +464,7 @@ def validate(
         "percent_close": m["percent_close"]["mean"],
         "percent_close_chunk": m["percent_close_chunk"]["mean"],
         "mean_action_first_action_mae": ref["first_action_mae"]["mean"],
+        **({"state_first_action_mae": scores["state"]["first_action_mae"]["mean"]} if "state" in scores else {}),
         **{f"first_action_mae/{g}": v for g, v in m["first_action_mae"]["per_group"].items()},
         "frames": len(frames.indices),
         "plots": {},

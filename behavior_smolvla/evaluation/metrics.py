@@ -7,11 +7,16 @@ UNnormalised prediction):
 * the mean absolute error (MAE) of the first predicted action and of the whole chunk (padded steps, those past the
   episode's end, excluded), per action dim, per action group and averaged over dims;
 * the MAE as a function of the step inside the chunk (0 .. chunk_size - 1);
-* "percent close": the fraction of predictions within ``tolerance * (max - min)`` of the truth, per dim (max / min
-  from the checkpoint's action statistics, i.e. the training data), for the first action and for the whole chunk;
-* the same metrics for two reference predictors that need no learning: ``hold`` (every step of the chunk repeats the
-  action recorded at the frame just before, the last command a controller would keep sending; the episode's first
-  frame uses its own action) and ``mean_action`` (the training data's mean action, from the checkpoint's stats);
+* "percent close": the fraction of predictions within ``tolerance * max(max - min, RANGE_FLOOR)`` of the truth, per
+  dim (max / min from the checkpoint's absolute action statistics, i.e. the training data), for the first action and
+  for the whole chunk;
+* the same metrics for reference predictors that need no learning: ``state`` (the zero-delta predictor, which the
+  policy could match from its inputs: each action dim with a reference state dim predicts that joint's current raw
+  state at every chunk step, the others the training mean; only where the checkpoint's contract has a reference),
+  ``hold`` (every step of the chunk repeats the action RECORDED at the frame just before, the last command a
+  controller would keep sending; the policy never sees it, so it is not a baseline the policy could match from its
+  inputs; the episode's first frame uses its own action) and ``mean_action`` (the training data's mean action, from
+  the checkpoint's stats);
 * with several checkpoints: each member's metrics, the ensemble mean's metrics, the per-frame disagreement (std
   across members of the first predicted action, averaged over dims) and its Pearson correlation with the ensemble's
   per-frame first-action error (averaged over dims).
@@ -36,7 +41,13 @@ from behavior_smolvla.errors import CheckpointError
 from behavior_smolvla.r1pro import ACTION_DIM, ACTION_GROUPS, ACTION_NAMES
 
 ALL_DIMS = "all dims"
-REFERENCE_PREDICTORS = ("hold", "mean_action")
+REFERENCE_PREDICTORS = ("state", "hold", "mean_action")
+"""The no-learning predictors reported beside the policy (``state`` only where the contract has an action -> state
+reference)."""
+RANGE_FLOOR = 1e-3
+"""Floor (in each dim's units) on the range that "percent close" takes a fraction of: the normalisation std floor
+(``data.stats.MIN_STD``). A dim that is constant in the training data (range 0) is then judged by its error (within
+``tolerance * 1e-3``) instead of never being close."""
 
 
 # --- action layout ---------------------------------------------------------------------------------------------
@@ -90,7 +101,7 @@ def chunk_metrics(
         truth: float [N, C, A] recorded chunks (padded steps hold anything: they are excluded).
         is_pad: bool [N, C], True where a chunk step lies past the episode's end.
         value_range: float [A], max - min of each action dim (same units); a dim counts as "close" where
-            ``|pred - truth| <= tolerance * value_range``.
+            ``|pred - truth| <= tolerance * max(value_range, RANGE_FLOOR)``.
         tolerance: fraction of the range, e.g. 0.05.
         names: A dim names; groups: group name -> dims.
 
@@ -109,7 +120,7 @@ def chunk_metrics(
     if pred.shape != truth.shape or pred.ndim != 3 or valid.shape != pred.shape[:2]:
         raise ValueError(f"pred {pred.shape}, truth {truth.shape}, is_pad {valid.shape}: expected [N, C, A] x2, [N, C]")
     err = np.abs(pred - truth)
-    close = err <= tolerance * np.asarray(value_range, dtype=np.float64)
+    close = err <= tolerance * np.maximum(np.asarray(value_range, dtype=np.float64), RANGE_FLOOR)
     first_valid = valid[:, 0]
     w = valid[..., None].astype(np.float64)
     n_valid = max(float(valid.sum()), 1.0)
@@ -131,6 +142,17 @@ def hold_chunks(previous_action: np.ndarray, chunk_size: int) -> np.ndarray:
     """The ``hold`` reference: float [N, A] last recorded actions -> float [N, chunk_size, A] (each step repeats it)."""
     previous_action = np.asarray(previous_action)
     return np.repeat(previous_action[:, None, :], chunk_size, axis=1)
+
+
+def state_chunks(reference_state: np.ndarray, has_reference: np.ndarray, mean_action: np.ndarray,
+                 chunk_size: int) -> np.ndarray:
+    """The ``state`` reference (the zero-delta predictor): float [N, A] raw reference state at each frame, bool [A]
+    which dims have a reference, float [A] training mean -> float [N, chunk_size, A]: the current state of the
+    referenced dims, the mean elsewhere, at every step."""
+    reference_state = np.asarray(reference_state, dtype=np.float64)
+    one = np.where(np.asarray(has_reference, dtype=bool)[None, :], reference_state,
+                   np.asarray(mean_action, dtype=np.float64)[None, :])
+    return np.repeat(one[:, None, :], chunk_size, axis=1)
 
 
 def mean_action_chunks(mean_action: np.ndarray, frames: int, chunk_size: int) -> np.ndarray:
@@ -161,7 +183,8 @@ def _num(value: Any) -> float | None:
 
 
 def action_stats(bundle: Any) -> dict[str, np.ndarray]:
-    """The action statistics a policy was trained with (its post-processor's unnormaliser): the training data's.
+    """The absolute action statistics of a policy's training data: ``bundle.action_stats`` (saved with every
+    checkpoint, whatever the action mode), else its post-processor's unnormaliser (older, absolute checkpoints).
 
     Args:
         bundle: ``policy.PolicyBundle`` (or anything with a lerobot ``postprocessor`` pipeline).
@@ -172,6 +195,9 @@ def action_stats(bundle: Any) -> dict[str, np.ndarray]:
     Raises:
         CheckpointError: the post-processor holds no action mean/min/max.
     """
+    saved = getattr(bundle, "action_stats", None)
+    if saved is not None:
+        return {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in saved.items()}
     for step in getattr(bundle.postprocessor, "steps", []):
         stats = getattr(step, "stats", None)
         if isinstance(stats, Mapping) and "action" in stats:

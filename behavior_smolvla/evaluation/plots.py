@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 # Line styles per predictor, so that every plot reads the same way: the policy solid, references dashed/dotted.
 _STYLES = {
     "ground truth": {"color": "black", "linestyle": "-", "linewidth": 1.6},
+    "state": {"linestyle": "-.", "linewidth": 1.2},
     "hold": {"linestyle": "--", "linewidth": 1.2},
     "mean_action": {"linestyle": ":", "linewidth": 1.4},
 }

@@ -57,7 +57,8 @@ def write_plots(out: Path, report: Mapping[str, Any], frames: Any, primary_pred:
     from behavior_smolvla.evaluation.plots import plot_error_vs_chunk_step, plot_first_actions
 
     primary = report["primary"]
-    curves = {p: report["predictors"][p]["mae_by_chunk_step"] for p in (primary, *REFERENCE_PREDICTORS)}
+    curves = {p: report["predictors"][p]["mae_by_chunk_step"] for p in (primary, *REFERENCE_PREDICTORS)
+              if p in report["predictors"]}
     paths = [plot_error_vs_chunk_step(out / "error_vs_chunk_step.png", curves, step_s,
                                       f"{label}: MAE vs step inside the chunk ({report['frames_evaluated']} frames)")]
     for ep in report["episodes"]:
@@ -80,14 +81,18 @@ def _fmt(value: float | None, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
 
 
+PREDICTOR_LABELS = {"hold": "hold (prev. recorded)"}
+"""Table labels where the key alone would mislead: ``hold`` uses an input the policy never sees."""
+
+
 def summary_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main figures as a table: one row per action group plus "all dims"; for each of first-action MAE, chunk
-    MAE and percent close (first action) the primary predictor, ``hold`` and ``mean_action`` side by side."""
+    MAE and percent close (first action) the primary predictor and the reference predictors side by side."""
     preds = report["predictors"]
-    order = [report["primary"], *REFERENCE_PREDICTORS]
+    order = [report["primary"], *(p for p in REFERENCE_PREDICTORS if p in preds)]
     header = ["group"]
     for metric in ("first-action MAE", "chunk MAE", "% close"):
-        header += [f"{metric} {p}" for p in order]
+        header += [f"{metric} {PREDICTOR_LABELS.get(p, p)}" for p in order]
     rows = []
     for group in [ALL_DIMS, *report["action_groups"]]:
         row = [group]
@@ -110,7 +115,9 @@ def summary_table(report: Mapping[str, Any]) -> Any:
                         f"MAE in action units, close = within {report['tolerance']:g} of each dim's range")
     for i, col in enumerate(header):
         primary = col.endswith("\n" + report["primary"])
-        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None)
+        # The group names are the row labels: never cut (right_gripper once became "right_gripp…").
+        table.add_column(col, justify="left" if i == 0 else "right", style="bold" if primary else None,
+                         no_wrap=i == 0, min_width=max(len(r[0]) for r in rows) if i == 0 else None)
     for row in rows:
         table.add_row(*row)
     return table
@@ -134,8 +141,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
         + (f", at most {report['max_frames']}" if report["max_frames"] else "") + ")",
         f"- chunk: {report['chunk_size']} actions, one every {report['chunk_stride']} frame(s); noise seed "
         f"{report['seed']}; project commit {report['git_commit'] or 'unknown'}",
-        f"- predictors: **{report['primary']}**; `hold` repeats the previous frame's recorded action; "
-        "`mean_action` is the training data's mean action",
+        f"- predictors: **{report['primary']}**; `state` (where the checkpoint has an action -> state reference) "
+        "predicts each referenced joint's current state (zero delta) and the training mean elsewhere; `hold` repeats "
+        "the previous frame's recorded action (which the policy never sees); `mean_action` is the training data's "
+        "mean action",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",

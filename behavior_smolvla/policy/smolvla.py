@@ -135,6 +135,10 @@ class PolicyBundle:
         inputs: the :class:`~behavior_smolvla.inputs.PolicyInputs` the policy reads (cameras, state map, sizes).
         checkpoint: the checkpoint folder it was loaded from (None for a policy built in memory).
         train_config: the checkpoint's whole ``train_config.yaml`` (empty for a policy built in memory).
+        action_stats: statistics of the ABSOLUTE action in the training data (``mean``, ``std``, ``min``, ``max``:
+            float32 [A]), whatever the action mode (the processors hold those of the trained targets, e.g. per-step
+            deltas). Evaluation's reference predictors and ranges read them; None = read from the post-processor
+            (checkpoints written before they were saved, all absolute / global).
     """
 
     policy: SmolVLAPolicy
@@ -144,6 +148,7 @@ class PolicyBundle:
     reinitialised: list[str] = field(default_factory=list)
     checkpoint: Path | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
+    action_stats: dict[str, np.ndarray] | None = None
 
     @property
     def chunk_size(self) -> int:
@@ -171,14 +176,27 @@ class PolicyBundle:
 
         Args:
             batch: each of ``inputs.cameras`` -> float32 [B, 3, H, W] in [0, 1]; ``observation.state`` float32
-                [B, D] (already mapped by ``inputs.state_map``); ``task`` list[str] of length B. The reader's samples
-                and the serving observation spec both produce this.
+                [B, D] (already mapped by ``inputs.state_map``); ``task`` list[str] of length B; in ``delta`` action
+                mode also ``action.reference`` float32 [B, A] (the raw state of each action dim's reference joint,
+                ``inputs.reference_state``). The reader's samples and the serving observation spec both produce this.
             noise_seed: seeds the flow-matching noise (float32 [B, chunk, max_action_dim], standard normal) so the
                 prediction is repeatable; None draws from the global RNG.
 
         Returns:
-            float32 [B, chunk_size, action_dim] actions in the dataset's units (radians, m/s, gripper command).
+            float32 [B, chunk_size, action_dim] ABSOLUTE actions in the dataset's units (radians, m/s, gripper
+            command): in ``delta`` mode the reference state is added back here (the only place it is).
+
+        Raises:
+            DatasetError: a delta-mode policy given a batch without ``action.reference``.
         """
+        from behavior_smolvla.actions import REFERENCE_KEY, to_absolute
+
+        reference = None
+        if self.inputs.delta_reference is not None:
+            if REFERENCE_KEY not in batch:
+                raise DatasetError(f"this policy predicts delta actions but the batch lacks {REFERENCE_KEY!r} (the "
+                                   "reference state); build the reader or observation spec from its inputs")
+            reference = torch.as_tensor(batch[REFERENCE_KEY], dtype=torch.float32).cpu()
         policy = self.policy
         inputs = self.preprocessor(to_policy_batch(batch, self.inputs.camera_map))
         noise = None
@@ -188,7 +206,10 @@ class PolicyBundle:
             noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
         with torch.inference_mode():
             actions = policy.predict_action_chunk(inputs, noise=noise)
-        return self.postprocessor(actions).detach().to("cpu", torch.float32).numpy()
+        actions = self.postprocessor(actions).detach().to("cpu", torch.float32)
+        if reference is not None:
+            actions = to_absolute(actions, reference)
+        return actions.numpy()
 
 
 def to_policy_batch(sample_batch: Mapping[str, Any], camera_map: Mapping[str, str]) -> dict[str, Any]:
@@ -231,11 +252,15 @@ def _policy_stats(dataset_stats: Mapping[str, Mapping[str, Any]], inputs: Policy
         for stat in ("mean", "std"):
             if stat not in dataset_stats[key]:
                 raise DatasetError(f"dataset statistics of {key!r} lack {stat!r}; SmolVLA normalises with MEAN_STD")
+        allowed = {(dim,)}
+        if key == ACTION and inputs.action_norm == "per-step":
+            allowed = {(inputs.chunk_size, dim)}  # one mean/std per chunk step; lerobot broadcasts [C, A] on [B, C, A]
         for stat, value in dataset_stats[key].items():
             shape = tuple(np.shape(value))
-            if shape != (dim,):
+            if shape not in allowed:
                 raise DatasetError(
-                    f"dataset statistics {key}.{stat} have shape {shape}, expected ({dim},) for a {dim}-dim {key}; "
+                    f"dataset statistics {key}.{stat} have shape {shape}, expected {sorted(allowed)[0]} for a "
+                    f"{dim}-dim {key} ({inputs.action_norm if key == ACTION else 'global'} normalisation); "
                     "compute the stats after the state map"
                 )
     camera_map = inputs.camera_map
@@ -441,7 +466,8 @@ def _load_weights_leniently(policy: SmolVLAPolicy, weights_file: Path) -> list[s
 
 
 def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Mapping[str, Mapping[str, Any]],
-                  device: str | torch.device = "auto", policy_path: str | None = None) -> PolicyBundle:
+                  device: str | torch.device = "auto", policy_path: str | None = None,
+                  action_stats: Mapping[str, Any] | None = None) -> PolicyBundle:
     """Build a SmolVLA policy and its pre/post processors for an input contract.
 
     From scratch (``options.from_scratch``): a new ``SmolVLAConfig`` on the ``options.vlm_model`` backbone.
@@ -458,6 +484,8 @@ def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Ma
         device: where the policy goes (:func:`resolve_device`).
         policy_path: the pretrained policy to load instead of ``options.policy_path`` (a resumed run loads its own
             checkpoint's ``pretrained_model``); ignored from scratch.
+        action_stats: statistics of the absolute action (float32 [A] each; :attr:`PolicyBundle.action_stats`);
+            None = ``dataset_stats["action"]`` when those are absolute and global, else left unset.
 
     Returns:
         :class:`PolicyBundle` with the policy in training mode.
@@ -494,7 +522,11 @@ def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Ma
             f"cannot load the tokenizer of {config.vlm_model_name!r} ({type(e).__name__}); pass --vlm-model "
             "<local SmolVLM folder>"
         ) from e
-    return PolicyBundle(policy, preprocessor, postprocessor, inputs, reinitialised)
+    if action_stats is None and inputs.action_mode == "absolute" and inputs.action_norm == "global":
+        action_stats = dataset_stats[ACTION]
+    absolute = ({k: np.asarray(v, dtype=np.float32) for k, v in action_stats.items()}
+                if action_stats is not None else None)
+    return PolicyBundle(policy, preprocessor, postprocessor, inputs, reinitialised, action_stats=absolute)
 
 
 def save_policy(
@@ -630,4 +662,7 @@ def load_policy_bundle(
         to_output=transition_to_policy_action,
     )
     policy.eval()
-    return PolicyBundle(policy, preprocessor, postprocessor, inputs, [], checkpoint, train_config)
+    saved = train_config.get("action_stats")
+    action_stats = ({k: np.asarray(v, dtype=np.float32) for k, v in saved.items()}
+                    if isinstance(saved, Mapping) else None)
+    return PolicyBundle(policy, preprocessor, postprocessor, inputs, [], checkpoint, train_config, action_stats)

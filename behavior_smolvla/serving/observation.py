@@ -35,6 +35,7 @@ import av
 import numpy as np
 import torch
 
+from behavior_smolvla.actions import REFERENCE_KEY, reference_state
 from behavior_smolvla.errors import CheckpointError, ObservationError
 from behavior_smolvla.r1pro import CAMERA_ROLES, EVALUATOR_RGB_KEYS, camera_role
 
@@ -136,6 +137,8 @@ class ObservationSpec:
         task_map: BEHAVIOR task index (as str) -> instruction, saved with the checkpoint.
         tasks: the instructions the checkpoint was trained on.
         task: a fixed instruction overriding ``task_id`` (``--task``), or None.
+        action_reference: the contract's delta reference (``PolicyInputs.delta_reference``: raw proprio index or
+            None per action dim), or None for an absolute-action policy.
     """
 
     state_map: Any
@@ -145,6 +148,7 @@ class ObservationSpec:
     task_map: dict[str, str]
     tasks: list[str]
     task: str | None = None
+    action_reference: tuple[int | None, ...] | None = None
 
     @classmethod
     def from_inputs(cls, inputs: PolicyInputs, task: str | None = None) -> ObservationSpec:
@@ -157,7 +161,7 @@ class ObservationSpec:
         return cls(state_map=inputs.state_map, cameras=list(inputs.cameras),
                    camera_sources=evaluator_camera_sources(inputs.cameras), image_size=inputs.image_size,
                    task_map={str(k): v for k, v in inputs.task_map.items()}, tasks=list(inputs.tasks),
-                   task=task.strip() if task and task.strip() else None)
+                   task=task.strip() if task and task.strip() else None, action_reference=inputs.delta_reference)
 
     @property
     def proprio_dim(self) -> int:
@@ -187,7 +191,9 @@ class ObservationSpec:
 
         Returns:
             ``{camera key: float32 tensor [1, 3, h, w] in [0, 1], "observation.state": float32 tensor [1, D_out],
-            "task": [str]}`` (camera keys are the checkpoint's dataset keys; ``h, w`` per ``image_size``).
+            "task": [str]}`` (camera keys are the checkpoint's dataset keys; ``h, w`` per ``image_size``), plus
+            ``"action.reference"`` float32 [1, A] (the raw proprio of each action dim's reference joint) for a
+            delta-action policy, which ``predict_chunk`` adds back to its predicted deltas.
         """
         batch: dict[str, Any] = {}
         for camera, source in self.camera_sources.items():
@@ -196,6 +202,8 @@ class ObservationSpec:
                 .div_(255.0).unsqueeze(0)
         state = np.ascontiguousarray(self.state_map.apply(parsed.proprio[None, :]), dtype=np.float32)
         batch["observation.state"] = torch.from_numpy(state)
+        if self.action_reference is not None:
+            batch[REFERENCE_KEY] = torch.from_numpy(reference_state(parsed.proprio[None, :], self.action_reference))
         batch["task"] = [parsed.task]
         return batch
 

@@ -169,6 +169,8 @@ class BehaviorPolicy:
             "state_map": inputs.state_map.to_dict(),
             "proprio_dim": self.spec.proprio_dim,
             "state_dim": inputs.policy_state_dim,
+            "action_mode": inputs.action_mode,
+            "action_norm": inputs.action_norm,
             "cameras": [{"observation_key": self.spec.camera_sources[c], "dataset_key": c,
                          "policy_key": inputs.camera_map[c]} for c in inputs.cameras],
             "image_size": inputs.image_size,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from behavior_smolvla.actions import REFERENCE_KEY, chunk_action_stats, to_delta
 from behavior_smolvla.config import (
     TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
 )
@@ -28,7 +29,7 @@ from behavior_smolvla.data.sampler import TrainingStream
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.inputs import PolicyInputs
 from behavior_smolvla.policy import checkpoint as ckpt
-from behavior_smolvla.policy.smolvla import PolicyBundle, create_policy, resolve_device, to_policy_batch
+from behavior_smolvla.policy.smolvla import ACTION, PolicyBundle, create_policy, resolve_device, to_policy_batch
 
 MIN_STD = 1e-3
 """Floor for the normalisation std of state and action dims (in each dim's own units). lerobot divides by
@@ -187,6 +188,49 @@ def make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
+# --- the learning-rate schedule --------------------------------------------------------------------------------
+
+
+def scheduled_phases(warmup_steps: int, decay_steps: int, schedule_steps: int) -> tuple[int, int]:
+    """(warm-up, decay) steps lerobot 0.6.1's ``CosineDecayWithWarmupSchedulerConfig.build`` actually uses for a
+    schedule of ``schedule_steps``: when that is shorter than ``decay_steps`` it scales warm-up by
+    ``schedule_steps / decay_steps`` (rounded down) and decays over ``schedule_steps``."""
+    if schedule_steps < decay_steps:
+        return int(warmup_steps * schedule_steps / decay_steps), schedule_steps
+    return warmup_steps, decay_steps
+
+
+def schedule_length(cfg: TrainConfig, total_steps: int, resuming: bool, say: Callable[[str], None]) -> int:
+    """The number of steps the lr schedule is built for, fixed at a run's start and saved (``optim.schedule_steps``).
+
+    A fresh run builds it for its ``total_steps``. A resumed run keeps the saved length, so its lr continues the
+    curve it was on and, past the end of that curve, holds the final lr (``decay_lr``); with ``--reschedule`` it is
+    rebuilt for the new ``total_steps`` (the lr jumps to the new curve). One line says which, and one line says when
+    lerobot shortens ``--decay-steps`` (and the warm-up with it) to fit, with the values used.
+    """
+    o = cfg.optim
+    saved = o.schedule_steps if resuming else None
+    length = total_steps
+    if saved is not None and saved != total_steps:
+        if o.reschedule:
+            say(f"schedule: --reschedule: rebuilt for {total_steps} steps (was {saved}); the lr jumps to the new "
+                "curve at the resumed step")
+        else:
+            length = saved
+            warm, decay = scheduled_phases(o.warmup_steps, o.decay_steps, saved)
+            end = f"then holds lr {o.decay_lr:g} from step {decay} to {total_steps}" if decay < total_steps else \
+                f"and stops at step {total_steps}, before its end at step {decay}"
+            say(f"schedule: --max-steps {total_steps} differs from the {saved} steps the lr schedule was built for: "
+                f"it continues unchanged {end}; pass --reschedule to rebuild it for {total_steps} steps")
+    o.schedule_steps = length
+    warm, decay = scheduled_phases(o.warmup_steps, o.decay_steps, length)
+    if (warm, decay) != (o.warmup_steps, o.decay_steps) and not (resuming and saved == length):
+        say(f"schedule: --decay-steps {o.decay_steps} is longer than the schedule's {length} steps: lerobot shortens "
+            f"it to warm-up {warm} (from {o.warmup_steps}) and cosine decay {decay} steps (lr {o.lr:g} -> "
+            f"{o.decay_lr:g})")
+    return length
+
+
 # --- optimizer and schedule -----------------------------------------------------------------------------------
 
 
@@ -217,7 +261,13 @@ def model_batch(preprocessor: Any, batch: dict[str, Any], camera_map: dict[str, 
                 ) -> dict[str, Any]:
     """A loader batch as the policy's forward takes it: SmolVLA's keys, the pre-processor (task tokens, normalised
     state and action, moved to the policy's device), then uint8 ``[B, 3, H, W]`` frames -> float32 in [0, 1]
-    (on the device: a quarter of the bytes cross from the workers and to the GPU)."""
+    (on the device: a quarter of the bytes cross from the workers and to the GPU).
+
+    A batch with ``action.reference`` (float32 [B, A]: the reader gives it in ``delta`` action mode) is trained on
+    delta targets: ``action`` [B, chunk, A] minus the reference at every chunk step (``actions.to_delta``), before
+    the normaliser sees it."""
+    if REFERENCE_KEY in batch and ACTION in batch:
+        batch = {**batch, ACTION: to_delta(batch[ACTION], batch[REFERENCE_KEY])}
     inputs = preprocessor(to_policy_batch(batch, camera_map))
     if uint8_frames:
         for key in camera_map.values():
@@ -411,19 +461,32 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     total_steps = cfg.optim.max_steps or cfg.optim.num_epochs * steps_per_epoch
 
     # Policy: lerobot's SmolVLA, built or loaded by policy.smolvla.
+    say(inputs.describe_actions())
+    stats = floor_std(dataset.stats)
+    absolute_action_stats = stats[ACTION]
+    if (inputs.action_mode, inputs.action_norm) != ("absolute", "global"):
+        # The normaliser sees the trained targets (deltas, per chunk step): their statistics, from the training
+        # samples themselves (a resumed run recomputes the same ones from the same episodes).
+        targets = chunk_action_stats(dataset, inputs.action_norm == "per-step")
+        stats = {**stats, ACTION: floor_std({ACTION: targets})[ACTION]}
     torch.manual_seed(cfg.optim.seed)
     # A resumed run loads its own checkpoint like a pretrained policy (from scratch or not).
     options = dataclasses.replace(cfg.policy, from_scratch=cfg.policy.from_scratch and not resuming)
+    if cfg.policy.from_scratch and cfg.policy.train_expert_only and not resuming:
+        say("policy: --from-scratch with --train-expert-only (the default): only the action expert learns, on a "
+            "randomly initialised, frozen VLM; pass --no-train-expert-only to train the VLM too")
     bundle = create_policy(
-        inputs, options, floor_std(dataset.stats),
+        inputs, options, stats,
         # lerobot accepts "cpu" but not "cpu:0" (what accelerate reports under multi-process CPU runs).
         device="cpu" if accelerator.device.type == "cpu" else str(accelerator.device),
         policy_path=str(Path(cfg.output.resume) / ckpt.PRETRAINED_DIR) if resuming else None,
+        action_stats=absolute_action_stats,
     )
     if bundle.reinitialised and not resuming:
         say(f"policy: freshly initialised {', '.join(bundle.reinitialised)} (shape changed from the pretrained one)")
 
-    optimizer, scheduler = build_optimizer(cfg, bundle.policy, total_steps)
+    schedule_steps = schedule_length(cfg, total_steps, resuming, say)
+    optimizer, scheduler = build_optimizer(cfg, bundle.policy, schedule_steps)
     policy, optimizer = accelerator.prepare(bundle.policy, optimizer)
 
     state = ckpt.TrainingState(step=0, epoch=0, batch=0, world_size=world, batch_size=cfg.optim.batch_size,
@@ -443,6 +506,9 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     checkpoint_config = {
         "run": cfg.to_dict(),
         "inputs": inputs.to_dict(),
+        # The absolute action's statistics (the processors hold those of the trained targets): evaluation's ranges
+        # and reference predictors read them whatever the action mode.
+        "action_stats": {k: np.asarray(v, dtype=np.float32).tolist() for k, v in absolute_action_stats.items()},
         "dataset": {
             "path": str(dataset_path.resolve()),
             "version": meta.version,
