@@ -30,6 +30,7 @@ Generated inputs (the stand-in, ~1.8 GB, and the dataset) are cached under ``--r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -98,7 +99,7 @@ def ensure_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
     if not (standin / "standin.json").is_file():
         say(args, f"building the smolvla_base stand-in in {standin} (~30 s, 1.8 GB) ...")
     # A subprocess: the build's ~3 GB peak must not count in this process (nor stay allocated here).
-    proc = subprocess.run([sys.executable, "-m", "behavior_smolvla.policy.standin", str(standin)],
+    proc = subprocess.run([sys.executable, "-m", "behavior_smolvla.policy.standin", str(standin)], check=False,
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"building the stand-in failed:\n{proc.stderr[-2000:]}")
@@ -137,8 +138,16 @@ class Trainee:
         from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
         from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
-        from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device
-        from behavior_smolvla.state_maps.maps import default_state_map, standard_track_map
+        from behavior_smolvla.policy.smolvla import (
+            PolicySpec,
+            create_policy,
+            policy_camera_keys,
+            resolve_device,
+        )
+        from behavior_smolvla.state_maps.maps import (
+            default_state_map,
+            standard_track_map,
+        )
         from behavior_smolvla.training.loop import default_cameras, floor_std
 
         self.spec = spec
@@ -348,11 +357,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["sweep"]:
         fits = None
         for b in spec["batch_sizes"]:
+            oom = False
             try:
                 out["runs"].append(trainee.kept_run(b, spec["warmup"], spec["steps"]))
                 fits = b
             except torch.OutOfMemoryError:
+                oom = True
+            if oom:  # outside the except block: its traceback no longer holds the failed step's tensors
                 trainee.optimizer.zero_grad(set_to_none=True)
+                gc.collect()
                 torch.cuda.empty_cache()
                 out["runs"].append({"batch_size": b, "fed_by": "kept batch (compute only)", "oom": True})
                 break
@@ -379,7 +392,7 @@ def run_child(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
         spec = {**spec, "result": result.name}
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, check=False,
                               stdout=sys.stderr if args.json else None)
         if proc.returncode != 0:
             sys.exit(f"measuring process failed ({proc.returncode}) for {spec['batch_sizes']}")
