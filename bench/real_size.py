@@ -52,6 +52,8 @@ GOP = 250
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                   help="side SmolVLA resizes the cameras to (512, smolvla_base's; less only to try the script)")
     p.add_argument("--batch-sizes", default=None,
                    help="comma-separated (default: 1,2 on CPU; on CUDA the sweep 8,16,32,... up to --max-batch)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the CUDA sweep tries")
@@ -158,11 +160,11 @@ class Trainee:
         state_map = state_map.bind(meta.state_dim, meta.state_names)
         cameras = default_cameras(meta.camera_keys)
         self.dataset = BehaviorDataset(spec["dataset"], episodes=sorted(meta.episodes), cameras=cameras,
-                                       chunk_size=CHUNK_SIZE, image_size=IMAGE_SIZE, state_map=state_map)
+                                       chunk_size=CHUNK_SIZE, image_size=spec["image_size"], state_map=state_map)
         torch.manual_seed(spec["seed"])
         bundle = create_policy(PolicySpec(
             cameras=list(cameras), state_dim=state_map.output_dim, action_dim=meta.action_dim, chunk_size=CHUNK_SIZE,
-            image_size=IMAGE_SIZE, policy_path=spec["policy_path"], device=str(self.device),
+            image_size=spec["image_size"], policy_path=spec["policy_path"], device=str(self.device),
         ), floor_std(self.dataset.stats))
         self.bundle, self.policy, self.pre = bundle, bundle.policy, bundle.preprocessor
         self.reinitialised = bundle.reinitialised
@@ -405,7 +407,7 @@ def summarise(args: argparse.Namespace, children: list[dict[str, Any]]) -> dict[
     fed = [r for r in runs if r.get("fed_by") == "DataLoader"]
     main = fed[-1] if args.device.startswith("cuda") else fed[0]
     summary = {
-        "device": args.device, "precision": args.precision, "image_size": IMAGE_SIZE, "cameras": 3,
+        "device": args.device, "precision": args.precision, "image_size": args.image_size, "cameras": 3,
         "chunk_size": CHUNK_SIZE, "state_map": first["state_map"], "state_dim": first["state_dim"],
         "reinitialised": first["reinitialised"], "torch_threads": first["torch_threads"],
         "params_total": first["params_total"], "params_trainable": first["params_trainable"],
@@ -474,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [1, 2]
     run_dir = args.root / "runs" / f"{args.device.replace(':', '')}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    base = {"device": args.device, "dataset": str(data), "policy_path": str(pretrained), "seed": args.seed,
+    base = {"device": args.device, "image_size": args.image_size, "dataset": str(data),
+            "policy_path": str(pretrained), "seed": args.seed,
             "precision": args.precision, "filter_state": args.filter_state, "num_workers": args.num_workers,
             "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "run_dir": str(run_dir)}
     if cuda:
