@@ -7,7 +7,7 @@
 #      generated 512 px HEVC GOP-250 data: a batch-size sweep to the first out-of-memory, samples/s and
 #      data_wait_frac with 8 DataLoader workers at the largest batch that fit, peak GPU memory, checkpoint
 #      size / write / load, BehaviorPolicy.act latency p50/p95;
-#   3. bench/serve.py --device cuda on the checkpoint step 2 wrote: smolvla-serve over loopback;
+#   3. bench/serve.py --device cuda on the 1-step trainer checkpoint step 2 made: smolvla-serve over loopback;
 #   4. writes $OUT/gpu_check.json (one object: both benchmarks' figures, versions, GPU, seconds per stage) next to
 #      each stage's log. Every stage runs under its own timeout, so the summary is written even when one fails.
 #
@@ -66,12 +66,12 @@ assert torch.cuda.is_available(), 'CUDA is not available'
 "
 
 # 2. the full-size model on the GPU (the stand-in and data are built under $WORK on the first run).
-stage real_size 330 "$PY" bench/real_size.py --device cuda --json --keep-checkpoint --root "$WORK/real_size" \
+stage real_size 330 "$PY" bench/real_size.py --device cuda --json --root "$WORK/real_size" \
     --episodes 4 --frames 250 --steps "$STEPS" --warmup 2 --max-batch "$MAX_BATCH" --num-workers 8 \
     --ckpt-repeat 2 --serve-calls 20
 
-# 3. the policy server on the checkpoint real_size.py kept.
-CKPT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['checkpoint_dir'])" "$OUT/real_size.out" 2>/dev/null)
+# 3. the policy server on the 1-step trainer checkpoint real_size.py made for its serving figures.
+CKPT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['serve_checkpoint'])" "$OUT/real_size.out" 2>/dev/null)
 if [ -n "$CKPT" ]; then
     stage serve 150 "$PY" bench/serve.py --checkpoint "$CKPT" --device cuda --requests 100 --chunk-requests 5 --json
 else

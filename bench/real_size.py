@@ -6,6 +6,7 @@ fine-tuned through ``create_policy`` exactly as ``smolvla-train --policy-path`` 
 or ``--filter-state`` for 217 dims), on a generated BEHAVIOR-2025-shaped dataset: three 512 x 512 HEVC cameras
 with a 250-frame keyframe interval, like the release. Chunk 50, SmolVLA's AdamW preset, grad clipping, cosine
 schedule. Prints a table, or one JSON object with ``--json``. Not a test; asserts nothing.
+The serving figures use a 1-step checkpoint of the trainer itself (``cli.py train`` from the stand-in).
 
 Per batch size, each in its own process so that its peak RSS is its own: seconds per training step (data wait +
 forward/backward + optimizer, median over ``--steps`` after ``--warmup``, with min-max spread), the data wait's
@@ -118,6 +119,25 @@ def ensure_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
                             codec="libx265", gop=GOP, overwrite=True)
         (data / ".complete").touch()
     return pretrained, data
+
+
+def trainer_checkpoint(args: argparse.Namespace, pretrained: Path, data: Path) -> Path:
+    """A 1-step checkpoint of the trainer itself (``cli.py train``) from the stand-in: what the server loads."""
+    run = args.root / "runs" / f"serve_{args.device.replace(':', '')}_{args.image_size}px"
+    if not (run / "checkpoints" / "last").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        say(args, f"training a 1-step checkpoint for the serving figures into {run} ...")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+               "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), "train", "--dataset-path", str(data), "--policy-path",
+             str(pretrained), "--image-size", str(args.image_size), "--batch-size", "1", "--max-steps", "1",
+             "--save-steps", "1", "--num-workers", "0", "--device", args.device, "--wandb-disable",
+             "--output-dir", str(run)] + (["--filter-state"] if args.filter_state else []),
+            capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            sys.exit(f"training the serving checkpoint failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+    return run / "checkpoints" / "last"
 
 
 # -- one measuring process (child) -------------------------------------------------------------------------------
@@ -379,9 +399,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             out["runs"].append(trainee.fed_run(b, spec["num_workers"], spec["warmup"], spec["steps"]))
     if spec["ckpt_repeat"]:
         out.update(trainee.checkpoints(Path(spec["run_dir"]), spec["ckpt_repeat"]))
-        if spec["serve_calls"]:
-            del trainee
-            out.update(serve_latency(Path(out["checkpoint_dir"]), spec["device"], spec["serve_calls"]))
+    if spec.get("serve_checkpoint"):
+        del trainee
+        out.update(serve_latency(Path(spec["serve_checkpoint"]), spec["device"], spec["serve_calls"]))
     out["peak_rss_mib_process"] = _peak_rss_mib()
     return out
 
@@ -474,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= args.max_batch]
     else:
         sizes = [1, 2]
+    serve_ckpt = trainer_checkpoint(args, pretrained, data) if args.serve_calls else None
     run_dir = args.root / "runs" / f"{args.device.replace(':', '')}"
     shutil.rmtree(run_dir, ignore_errors=True)
     base = {"device": args.device, "image_size": args.image_size, "dataset": str(data),
@@ -482,15 +503,19 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "run_dir": str(run_dir)}
     if cuda:
         groups = [{"batch_sizes": sizes, "sweep": True, "ckpt_repeat": args.ckpt_repeat,
-                   "serve_calls": args.serve_calls}]
+                   "serve_calls": args.serve_calls, "serve_checkpoint": str(serve_ckpt) if serve_ckpt else None}]
     else:  # one process per batch size: each peak RSS is its own
         groups = [{"batch_sizes": [b], "sweep": False, "ckpt_repeat": args.ckpt_repeat if i == 0 else 0,
-                   "serve_calls": args.serve_calls if i == 0 else 0} for i, b in enumerate(sizes)]
+                   "serve_calls": args.serve_calls if i == 0 else 0,
+                   "serve_checkpoint": str(serve_ckpt) if serve_ckpt and i == 0 else None}
+                  for i, b in enumerate(sizes)]
     children = []
     for group in groups:
         say(args, f"measuring batch size(s) {group['batch_sizes']} on {args.device} ...")
         children.append(run_child(args, {**base, **group}))
     summary = summarise(args, children)
+    if serve_ckpt:
+        summary["serve_checkpoint"] = str(serve_ckpt)
     if args.keep_checkpoint:
         summary["checkpoint_dir"] = children[0]["checkpoint_dir"]
     else:
