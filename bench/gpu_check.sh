@@ -52,13 +52,13 @@ install() {
         "$REPO"/.whl/*.whl
 }
 if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
-    stage install 180 install
+    stage install 60 install
 else
     echo "no wheels in .whl/: see bench/README.md (gpu_check.sh) for the list to carry" >"$OUT/install.log"
     STAGES+=("install:1:0")
 fi
 PY=$VENV/bin/python
-stage imports 120 "$PY" -c "
+stage imports 30 "$PY" -c "
 import torch, av, websockets, lerobot, transformers, behavior_smolvla.cli, behavior_smolvla.policy.standin
 from lerobot.policies.smolvla import SmolVLAPolicy
 print(torch.__version__, transformers.__version__, lerobot.__version__, torch.cuda.get_device_name(0))
@@ -67,13 +67,13 @@ assert torch.cuda.is_available(), 'CUDA is not available'
 
 # 2. the full-size model on the GPU (the stand-in and data are built under $WORK on the first run).
 stage real_size 330 "$PY" bench/real_size.py --device cuda --json --root "$WORK/real_size" \
-    --episodes 4 --frames 250 --steps "$STEPS" --warmup 2 --max-batch "$MAX_BATCH" --num-workers 8 \
-    --ckpt-repeat 2 --serve-calls 20
+    --episodes 4 --frames 200 --steps "$STEPS" --warmup 2 --max-batch "$MAX_BATCH" --num-workers 8 \
+    --ckpt-repeat 1 --serve-calls 20
 
 # 3. the policy server on the 1-step trainer checkpoint real_size.py made for its serving figures.
 CKPT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['serve_checkpoint'])" "$OUT/real_size.out" 2>/dev/null)
 if [ -n "$CKPT" ]; then
-    stage serve 150 "$PY" bench/serve.py --checkpoint "$CKPT" --device cuda --requests 100 --chunk-requests 5 --json
+    stage serve 60 "$PY" bench/serve.py --checkpoint "$CKPT" --device cuda --requests 100 --chunk-requests 5 --json
 else
     echo "no checkpoint from real_size: serve skipped" >"$OUT/serve.log"
     STAGES+=("serve:1:0")
