@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="model calls before timing (first-call overheads)")
     p.add_argument("--api-key", nargs="?", const="", default=None,
                    help="serve with this API key (no value: a random one); clients send Authorization: Api-Key KEY")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) after the table")
     args = p.parse_args(argv)
     if args.api_key == "":
         args.api_key = secrets.token_urlsafe(32)
@@ -210,6 +211,25 @@ def main(argv: list[str] | None = None) -> None:
               "ms per request (user + system, all threads)")
     if summary:
         print(f"\nserver: {summary.strip()}")
+    if args.json:
+        import json
+
+        def figures(rtt_ms: list[float], infer_ms: list[float], per_request: int = 1) -> dict | None:
+            if not rtt_ms:
+                return None
+            a = np.asarray(rtt_ms)
+            return {"requests": len(a), "requests_per_s": len(a) / (a.sum() / 1e3),
+                    "actions_per_s": per_request * len(a) / (a.sum() / 1e3), "p50_ms": float(np.percentile(a, 50)),
+                    "p95_ms": float(np.percentile(a, 95)), "server_infer_p50_ms": float(np.percentile(infer_ms, 50))}
+
+        print(json.dumps({
+            "device": meta["device"], "image_size": meta["image_size"], "chunk_size": meta["chunk_size"],
+            "n_action_steps": n, "request_mb": size_mb,
+            "queue_served": figures([rtt[i] for i in queue], [infer[i] for i in queue]),
+            "model_call": figures([rtt[i] for i in model], [infer[i] for i in model]),
+            "all_steps": figures(rtt, infer),
+            "action_chunk": figures(chunk_rtt, chunk_infer, n),
+        }))
 
 
 if __name__ == "__main__":

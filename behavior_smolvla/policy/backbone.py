@@ -16,6 +16,10 @@ network access:
 
 The folder holds no weights: SmolVLA initialises such a backbone randomly (``load_vlm_weights=False``).
 With 3 cameras at 64 px, a 32-dim state, 23-dim actions and chunk 10 the whole policy has ~0.5 M parameters.
+
+:func:`build_smolvlm2_500m_standin` writes the same kind of folder at full size: the published architecture of
+``HuggingFaceTB/SmolVLM2-500M-Video-Instruct`` (:data:`SMOLVLM2_500M`, the backbone of ``lerobot/smolvla_base``)
+with the same tiny tokenizer; ``behavior_smolvla.policy.standin`` builds a whole random ``smolvla_base`` on it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from behavior_smolvla.errors import ConfigError, PolicyLoadError
 
-__all__ = ["TINY_VLM_FORMAT", "build_tiny_vlm", "tiny_vlm_vocabulary"]
+__all__ = ["SMOLVLM2_500M", "TINY_VLM_FORMAT", "build_smolvlm2_500m_standin", "build_tiny_vlm", "tiny_vlm_vocabulary"]
 
 TINY_VLM_FORMAT = 1
 """Version of the folder layout below; written into ``tiny_vlm.json`` so a stale folder is detected."""
@@ -46,6 +50,43 @@ _GRID = 6
 
 _PATCH_SIZE = 16
 _SCALE_FACTOR = 2
+
+SMOLVLM2_500M = {
+    "name": "SmolVLM2-500M-Video-Instruct",
+    # text_config of https://huggingface.co/HuggingFaceTB/SmolVLM2-500M-Video-Instruct/blob/main/config.json
+    # (SmolLM2-360M: 32 llama layers, hidden 960, MLP 2560, 15 query heads and 5 KV heads of 64 dims, RoPE theta
+    # 1e5, 8192 positions, vocabulary 49,280 = SmolLM2's 49,152 + the image/row/col special tokens).
+    "text_config": {
+        "vocab_size": 49280,
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "head_dim": 64,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+    },
+    # vision_config of the same file: SigLIP base patch-16/512 (the SmolVLM paper, arXiv 2504.05299, Table 1:
+    # a 93 M vision encoder): 12 layers, hidden 768, MLP 3072, 12 heads, 512 px images, 16 px patches.
+    "vision_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 512,
+        "patch_size": 16,
+    },
+    # Same file: "scale_factor": 4 (pixel shuffle: (512 / 16 / 4) ** 2 = 64 tokens per image, the processor's
+    # image_seq_len) and untied input/output embeddings.
+    "scale_factor": 4,
+    "patch_size": 16,
+    "tie_word_embeddings": False,
+}
+"""The published architecture sizes of SmolVLM2-500M-Video-Instruct, the backbone of ``lerobot/smolvla_base``."""
 
 _WORDS = """
 a about above across after again against all along also an and another any anything apart apron are area
@@ -116,7 +157,8 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _FILES)
 
 
-def _write_folder(folder: Path, image_size: int, params: dict) -> None:
+def _write_folder(folder: Path, image_size: int, params: dict, shape: dict | None = None) -> None:
+    """Write config, processor and tokenizer; ``shape`` = None: the tiny sizes, else :data:`SMOLVLM2_500M`."""
     # Imported here: transformers takes seconds to import and most of the package never needs it.
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import (
@@ -149,15 +191,22 @@ def _write_folder(folder: Path, image_size: int, params: dict) -> None:
         model_max_length=2048,
     )
     size = {"longest_edge": image_size}
-    tokens_per_side = image_size // _PATCH_SIZE // _SCALE_FACTOR
+    patch_size = shape["patch_size"] if shape else _PATCH_SIZE
+    scale_factor = shape["scale_factor"] if shape else _SCALE_FACTOR
+    tokens_per_side = image_size // patch_size // scale_factor
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
         tokenizer=tokenizer,
         video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
         image_seq_len=tokens_per_side**2,
     )
-    config = SmolVLMConfig(
-        text_config={
+    special_ids = {
+        "pad_token_id": vocab[_PAD],
+        "bos_token_id": vocab[_BOS],
+        "eos_token_id": vocab[_EOU],
+    }
+    if shape is None:
+        text_config = {
             "model_type": "llama",
             "vocab_size": len(vocab),
             "hidden_size": 64,
@@ -168,21 +217,28 @@ def _write_folder(folder: Path, image_size: int, params: dict) -> None:
             "head_dim": 16,
             "max_position_embeddings": 1024,
             "rms_norm_eps": 1e-5,
-            "pad_token_id": vocab[_PAD],
-            "bos_token_id": vocab[_BOS],
-            "eos_token_id": vocab[_EOU],
-        },
-        vision_config={
+            **special_ids,
+        }
+        vision_config = {
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "image_size": image_size,
             "patch_size": _PATCH_SIZE,
-        },
-        scale_factor=_SCALE_FACTOR,
+        }
+        extra: dict = {}
+    else:
+        text_config = {"model_type": "llama", **shape["text_config"], **special_ids}
+        vision_config = dict(shape["vision_config"])
+        extra = {"tie_word_embeddings": shape["tie_word_embeddings"]}
+    config = SmolVLMConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        scale_factor=scale_factor,
         image_token_id=vocab[_IMAGE],
         pad_token_id=vocab[_PAD],
+        **extra,
     )
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -213,22 +269,26 @@ def build_tiny_vlm(out_dir: str | Path, *, image_size: int = 64) -> Path:
             f"tiny VLM image_size={image_size!r} must be a positive multiple of {_PATCH_SIZE * _SCALE_FACTOR} "
             f"(patch size {_PATCH_SIZE} x pixel-shuffle factor {_SCALE_FACTOR}); use e.g. 64"
         )
+    return _build_folder(out_dir, image_size, _build_params(image_size), None)
+
+
+def _build_folder(out_dir: str | Path, image_size: int, params: dict, shape: dict | None) -> Path:
+    """Reuse ``out_dir`` when it holds the same build, else build in a temporary sibling and rename into place."""
     folder = Path(out_dir).expanduser().resolve()
-    params = _build_params(image_size)
     if _is_complete(folder):
         existing = json.loads((folder / _MARKER).read_text())
         if existing != params:
             raise PolicyLoadError(
-                f"{folder} holds a tiny VLM built with {existing}, not {params}; delete it or choose another folder"
+                f"{folder} holds a local VLM built with {existing}, not {params}; delete it or choose another folder"
             )
         return folder
     if folder.exists() and any(p.name not in _FILES for p in folder.iterdir()):
-        raise PolicyLoadError(f"{folder} exists and is not a tiny VLM folder; choose an empty or new folder")
+        raise PolicyLoadError(f"{folder} exists and is not a local VLM folder; choose an empty or new folder")
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _write_folder(staging, image_size, params)
+        _write_folder(staging, image_size, params, shape)
         if folder.exists():  # an interrupted earlier build: only known file names are in it (checked above)
             shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -240,3 +300,29 @@ def build_tiny_vlm(out_dir: str | Path, *, image_size: int = 64) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def build_smolvlm2_500m_standin(out_dir: str | Path) -> Path:
+    """Write (or reuse) a backbone folder shaped like ``HuggingFaceTB/SmolVLM2-500M-Video-Instruct``, no weights.
+
+    The architecture is the published one (:data:`SMOLVLM2_500M`: a 32-layer, 960-wide llama text model with 15
+    query / 5 KV heads of 64 dims and a 49,280-token vocabulary; a 12-layer, 768-wide SigLIP vision encoder on
+    512 x 512 images in 16 px patches; pixel shuffle 4, so 64 tokens per image), so a SmolVLA built on it has the
+    parameter count, tensor shapes, memory and compute of ``lerobot/smolvla_base``. Only the tokenizer differs:
+    the tiny word-level vocabulary of :func:`tiny_vlm_vocabulary` (~760 ids, all inside the 49,280-row embedding),
+    which SmolVLA only uses to turn the task string into ids. SmolVLA initialises the weights randomly
+    (``load_vlm_weights=False``).
+
+    Args:
+        out_dir: folder to create; reused untouched when it already holds this build (same rules as
+            :func:`build_tiny_vlm`).
+
+    Returns:
+        ``out_dir`` as an absolute :class:`~pathlib.Path`.
+
+    Raises:
+        PolicyLoadError: ``out_dir`` holds another build or is a non-empty folder that is not a local VLM.
+    """
+    image_size = SMOLVLM2_500M["vision_config"]["image_size"]
+    params = {**_build_params(image_size), "shape": SMOLVLM2_500M["name"]}
+    return _build_folder(out_dir, image_size, params, SMOLVLM2_500M)
