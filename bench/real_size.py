@@ -156,45 +156,30 @@ class Trainee:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
-        from lerobot.optim.optimizers import AdamWConfig
-        from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
-        from behavior_smolvla.data.dataset import BehaviorDataset, DatasetMeta
-        from behavior_smolvla.policy.smolvla import (
-            PolicySpec,
-            create_policy,
-            policy_camera_keys,
-            resolve_device,
-        )
-        from behavior_smolvla.state_maps.maps import (
-            default_state_map,
-            standard_track_map,
-        )
-        from behavior_smolvla.training.loop import default_cameras, floor_std
+        from behavior_smolvla.config import TrainConfig
+        from behavior_smolvla.data.meta import DatasetMeta
+        from behavior_smolvla.inputs import PolicyInputs
+        from behavior_smolvla.policy.smolvla import create_policy, resolve_device
+        from behavior_smolvla.training.build import build_optimizer, floor_std
 
         self.spec = spec
         self.device = resolve_device(spec["device"])
+        # What the policy reads comes from the input contract, resolved as smolvla-train resolves it.
+        cfg = TrainConfig()
+        cfg.data.filter_state, cfg.data.image_size = bool(spec["filter_state"]), int(spec["image_size"])
+        cfg.policy.chunk_size, cfg.policy.policy_path = CHUNK_SIZE, spec["policy_path"]
         meta = DatasetMeta.load(spec["dataset"])
-        pick = standard_track_map if spec["filter_state"] else default_state_map
-        state_map = pick(meta.state_dim)
-        state_map = state_map.bind(meta.state_dim, meta.state_names)
-        cameras = default_cameras(meta.camera_keys)
-        self.dataset = BehaviorDataset(spec["dataset"], episodes=sorted(meta.episodes), cameras=cameras,
-                                       chunk_size=CHUNK_SIZE, image_size=spec["image_size"], state_map=state_map)
+        self.inputs = PolicyInputs.resolve(meta, cfg.data, cfg.policy)
+        self.dataset = self.inputs.dataset(meta, sorted(meta.episodes))
         torch.manual_seed(spec["seed"])
-        bundle = create_policy(PolicySpec(
-            cameras=list(cameras), state_dim=state_map.output_dim, action_dim=meta.action_dim, chunk_size=CHUNK_SIZE,
-            image_size=spec["image_size"], policy_path=spec["policy_path"], device=str(self.device),
-        ), floor_std(self.dataset.stats))
+        bundle = create_policy(self.inputs, cfg.policy, floor_std(self.dataset.stats), device=str(self.device))
         self.bundle, self.policy, self.pre = bundle, bundle.policy, bundle.preprocessor
         self.reinitialised = bundle.reinitialised
-        self.camera_map = policy_camera_keys(cameras)
-        self.optimizer = AdamWConfig(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=1e-10,
-                                     grad_clip_norm=10.0).build(self.policy.get_optim_params())
-        self.scheduler = CosineDecayWithWarmupSchedulerConfig(
-            peak_lr=1e-4, decay_lr=2.5e-6, num_warmup_steps=1000, num_decay_steps=30000,
-        ).build(self.optimizer, 30000)
-        self.state_map, self.cameras = state_map, cameras
+        self.camera_map = self.inputs.camera_map
+        # The trainer's optimizer and schedule (SmolVLA's AdamW preset, cosine with warm-up over the preset's 30k).
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.policy, cfg.optim.decay_steps)
+        self.state_map, self.cameras = self.inputs.state_map, list(self.inputs.cameras)
         self.policy.train()
 
     def loader(self, batch_size: int, workers: int):
@@ -202,7 +187,7 @@ class Trainee:
         from torch.utils.data import DataLoader
 
         from behavior_smolvla.data.sampler import TrainingStream
-        from behavior_smolvla.training.loop import worker_decoder_threads
+        from behavior_smolvla.training.build import worker_decoder_threads
 
         stream = TrainingStream(self.dataset, seed=self.spec["seed"], batch_size=batch_size, rank=0, world_size=1,
                                 uint8_images=True,
@@ -217,9 +202,9 @@ class Trainee:
         """One optimizer step; returns the loss (a host sync, as the trainer's ``loss.item()``)."""
         import torch
 
-        from behavior_smolvla.training.loop import policy_inputs
+        from behavior_smolvla.training.build import model_batch
 
-        inputs = batch if preprocessed else policy_inputs(self.pre, batch, self.camera_map, uint8_frames=True)
+        inputs = batch if preprocessed else model_batch(self.pre, batch, self.camera_map, uint8_frames=True)
         if self.spec["precision"] == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 loss, _ = self.policy.forward(inputs)
@@ -284,9 +269,9 @@ class Trainee:
                 "samples_per_s": batch_size * len(total) / sum(total), **self._memory()}
 
     def _preprocess(self, batch: dict) -> dict:
-        from behavior_smolvla.training.loop import policy_inputs
+        from behavior_smolvla.training.build import model_batch
 
-        return policy_inputs(self.pre, batch, self.camera_map, uint8_frames=True)
+        return model_batch(self.pre, batch, self.camera_map, uint8_frames=True)
 
     @staticmethod
     def _tile(inputs: dict, batch_size: int) -> dict:
@@ -343,10 +328,8 @@ def serve_latency(checkpoint: Path, device: str, calls: int) -> dict[str, Any]:
     """``BehaviorPolicy.act`` model calls (``n_action_steps=1``) on release-size evaluator observations."""
     import numpy as np
 
-    try:  # the server module may be split (serving/policy.py holds load_policy there)
-        from behavior_smolvla.serving.policy import load_policy
-    except ImportError:
-        from behavior_smolvla.serving.server import load_policy
+    from behavior_smolvla.serving.policy import load_policy
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve import observations
 
