@@ -254,6 +254,7 @@ def train_command(
     num_workers: int = _opt(None, "--num-workers", help="DataLoader workers per process (2)."),
     state_map: str = _opt(None, "--state-map", help="State map name or YAML file (default by state dim)."),
     filter_state: bool = _opt(None, "--filter-state", help="Use the standard-track state map (r1pro-2025-standard, 217 dims)."),
+    cache_dir: str = _opt(None, "--cache-dir", help="Numeric cache folder (default beside the Hugging Face cache)."),
     state_dim: int = _opt(None, "--state-dim", help="SmolVLA max_state_dim (state zero-padded to it)."),
     policy_path: str = _opt(None, "--policy-path", help="Hub id or local pretrained_model folder (lerobot/smolvla_base)."),
     from_scratch: bool = _opt(None, "--from-scratch", help="Build a fresh SmolVLA around --vlm-model."),

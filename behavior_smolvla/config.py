@@ -52,6 +52,10 @@ class DataConfig:
     """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
     image_aug: bool = False
     """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+    cache_dir: str | None = None
+    """Folder of the numeric cache (state, action, timestamps memory-mapped from ``.npy`` files built once per
+    dataset and selection); default ``$SMOLVLA_CACHE_DIR``, else ``behavior_smolvla/`` beside the Hugging Face
+    cache. Under DDP give every process of a node the same folder (shared storage works too)."""
 
 
 @dataclass

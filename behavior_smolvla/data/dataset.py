@@ -1,8 +1,10 @@
 """The random-access reader: ``BehaviorDataset`` turns selected episodes of a LeRobot dataset into samples (camera
 frames, the state through a bound state map, an action chunk with its padding mask, the task).
 
-The numeric columns of the selected episodes are read once, with pyarrow, into contiguous numpy arrays (float32
-state/action), so samples cost no parquet access and the dataset pickles cheaply to DataLoader workers. Frames are
+The numeric columns of the selected episodes (state, action, timestamps, frame and task indices) are read once,
+with pyarrow, into the numeric cache (:mod:`behavior_smolvla.data.cache`) and memory-mapped from there, so samples
+cost no parquet access, memory does not grow with the number of frames, and the dataset pickles to DataLoader
+workers as metadata plus file names. ``in_memory=True`` keeps them in this process's memory instead. Frames are
 decoded by :mod:`behavior_smolvla.data.video` with decoders opened lazily in the process that reads.
 """
 
@@ -16,11 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from behavior_smolvla.data.meta import (
-    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parquet_columns, parse_episode_spec, read_parquet,
+    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parse_episode_spec,
 )
+from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy
 from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
@@ -74,7 +78,81 @@ def _extra_column(table: pa.Table, name: str) -> np.ndarray:
     return values.astype(np.float32) if values.dtype.kind == "f" else values
 
 
-# -- statistics -------------------------------------------------------------------------------------------------
+def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_columns: Sequence[str] = ()
+                      ) -> dict[int, tuple]:
+    """The rows of episodes ``eps`` from their data file ``path``, read once and checked against the metadata.
+
+    Returns:
+        episode -> ``(state float32 [n, D], action float32 [n, A], timestamp float32 [n], frame_index int64 [n],
+        task_index int64 [n], {extra column: values [n, ...]})`` with ``n`` the episode's length.
+
+    Raises:
+        DatasetError: a missing or unreadable file, missing columns, fewer rows than the metadata says, rows of
+            another episode, unknown task indices.
+    """
+    if not path.is_file():
+        raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
+                           "folder or select other episodes")
+    reverse_tasks = {text: index for index, text in meta.tasks.items()}
+    try:  # one open per file: the schema and the columns come from the same handle
+        handle = pq.ParquetFile(path)
+        schema_names = handle.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
+    for key in (meta.state_key, meta.action_key, *extra_columns):
+        if key not in schema_names:
+            raise DatasetError(
+                f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
+    optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
+    try:
+        table = handle.read(columns=list(dict.fromkeys([meta.state_key, meta.action_key, *optional,
+                                                        *extra_columns])))
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
+    finally:
+        handle.close()
+    state = _vector_column(table, meta.state_key, meta.state_dim, path)
+    action = _vector_column(table, meta.action_key, meta.action_dim, path)
+    columns = {c: table.column(c).to_numpy() for c in optional}
+    extras = {c: _extra_column(table, c) for c in extra_columns}
+    loaded: dict[int, tuple] = {}
+    for ep in eps:
+        info = meta.episodes[ep]
+        lo, hi = info.row_start, info.row_stop
+        if hi > table.num_rows:
+            raise DatasetError(f"episode {ep} should be rows {lo}-{hi - 1} of {path} (meta length "
+                               f"{info.length}) but the file has {table.num_rows} rows; the metadata and "
+                               "data disagree")
+        if "episode_index" in columns:
+            found = np.unique(columns["episode_index"][lo:hi])
+            if len(found) != 1 or int(found[0]) != ep:
+                raise DatasetError(f"rows {lo}-{hi - 1} of {path} hold episode(s) {format_indices(found)}, "
+                                   f"not episode {ep} as the metadata says; the metadata and data disagree")
+        if "task_index" in columns:
+            task_index = columns["task_index"][lo:hi].astype(np.int64)
+            unknown = set(np.unique(task_index).tolist()) - set(meta.tasks)
+            if unknown:
+                raise DatasetError(f"{path} uses task_index {sorted(unknown)} that the task table does not "
+                                   f"define (it has {format_indices(list(meta.tasks))})")
+        elif info.tasks and info.tasks[0] in reverse_tasks:
+            task_index = np.full(hi - lo, reverse_tasks[info.tasks[0]], dtype=np.int64)
+        else:
+            raise DatasetError(f"{path} has no task_index column and episode {ep}'s task is not in the "
+                               "task table")
+        timestamp = (columns["timestamp"][lo:hi].astype(np.float32) if "timestamp" in columns
+                     else (np.arange(hi - lo) / meta.fps).astype(np.float32))
+        frame_index = (columns["frame_index"][lo:hi].astype(np.int64) if "frame_index" in columns
+                       else np.arange(hi - lo, dtype=np.int64))
+        loaded[ep] = (state[lo:hi], action[lo:hi], timestamp, frame_index, task_index,
+                      {c: extras[c][lo:hi] for c in extra_columns})
+    return loaded
+
+
+class _MappedFile:
+    """A memory-mapped array's file name, standing in for the array while a dataset is pickled."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
 
 
 # -- the dataset ------------------------------------------------------------------------------------------------
@@ -115,6 +193,14 @@ class BehaviorDataset(torch.utils.data.Dataset):
             ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).
         decoder_threads: FFmpeg threads per decoder (0 = FFmpeg's choice).
+        cache_dir: folder of the numeric cache (:mod:`behavior_smolvla.data.cache`; ``--cache-dir``); None = the
+            default (``$SMOLVLA_CACHE_DIR``, else ``behavior_smolvla/`` beside the Hugging Face cache). The state,
+            action, timestamps and indices of the selected episodes are memory-mapped from there (built on first
+            use, reused while the data files are unchanged), so memory does not grow with the number of frames and
+            a pickled dataset (what a DataLoader worker receives) holds metadata and file names only: about 1 KB
+            per episode, independent of its length.
+        in_memory: read the numeric columns into this process's memory instead (no cache; for a few episodes,
+            e.g. offline evaluation). ``extra_columns`` imply it.
 
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
@@ -131,7 +217,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
             info.json, rows that do not belong to the episode the metadata says.
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
-        ConfigError: a non-positive ``chunk_size`` or ``frame_stride``.
+        ConfigError: a non-positive ``chunk_size`` or ``frame_stride``; an unwritable ``cache_dir``.
         StateMapError: a state map that is not bound to this dataset's state size.
     """
 
@@ -147,6 +233,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         extra_columns: Sequence[str] = (),
         max_open_videos: int = 32,
         decoder_threads: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
@@ -179,7 +267,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
                     raise VideoError(f"video file {path} (camera {key}, episode {ep}) does not exist; "
                                      "re-download the videos/ folder or select other episodes/cameras")
 
-        raw_state = self._load_rows()
+        self._cache: NumericCache | None = None
+        raw_state = self._load_rows() if in_memory or self.extra_columns else self._open_cache(cache_dir)
         self.stats, self.stats_source = self._compute_stats(raw_state)
         self.state_map = state_map
         if self.state_map is None:
@@ -189,10 +278,20 @@ class BehaviorDataset(torch.utils.data.Dataset):
             self.stats[STATE_KEY] = {
                 k: np.asarray(v, dtype=np.float32)
                 for k, v in self.state_map.map_stats(self.stats[STATE_KEY], raw_state=raw_state).items()}
-            self._state = np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32)
+            self._state = (self._cache.mapped_state(self.state_map) if self._cache is not None
+                           else np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32))
             self.state_names = list(self.state_map.names) if self.state_map.names is not None else None
         self.action_names = meta.action_names
 
+        if self._cache is not None:
+            self.frame_table = self._cache.frame_table(self.frame_stride, self.episodes, FRAME_TABLE_DTYPE)
+        else:
+            self.frame_table = self._frame_table_in_memory()
+        used = self._cache.task_indices if self._cache is not None else np.unique(self._task_index)
+        self.tasks = sorted({meta.tasks[int(t)] for t in used})
+        self._decoders = DecoderCache(max_open=max_open_videos, threads=decoder_threads)
+
+    def _frame_table_in_memory(self) -> np.ndarray:
         table = np.empty(0, dtype=FRAME_TABLE_DTYPE)
         parts = []
         for ep in self.episodes:
@@ -203,18 +302,12 @@ class BehaviorDataset(torch.utils.data.Dataset):
             part["frame_index"] = self._frame_index[rows]
             part["row"] = rows
             parts.append(part)
-        self.frame_table = np.concatenate(parts) if parts else table
-        self._row_stop = np.empty(len(self._frame_index), dtype=np.int64)
-        for begin, end in self._bounds.values():
-            self._row_stop[begin:end] = end
-        used = np.unique(self._task_index)
-        self.tasks = sorted({meta.tasks[int(t)] for t in used})
-        self._decoders = DecoderCache(max_open=max_open_videos, threads=decoder_threads)
+        return np.concatenate(parts) if parts else table
 
     # -- loading ------------------------------------------------------------------------------------------------
 
     def _load_rows(self) -> np.ndarray:
-        """Read the selected episodes' rows; sets the internal arrays and returns the raw float32 state."""
+        """Read the selected episodes' rows into memory; sets the internal arrays and returns the raw float32 state."""
         meta = self.meta
         by_file: dict[Path, list[int]] = {}
         for ep in self.episodes:
@@ -223,52 +316,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         extra_parts: dict[str, list[np.ndarray]] = {c: [] for c in self.extra_columns}
         self._bounds: dict[int, tuple[int, int]] = {}
         loaded: dict[int, tuple] = {}
-        reverse_tasks = {text: index for index, text in meta.tasks.items()}
         for path, eps in by_file.items():
-            if not path.is_file():
-                raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
-                                   "folder or select other episodes")
-            schema_names = parquet_columns(path, "data file")
-            for key in (meta.state_key, meta.action_key, *self.extra_columns):
-                if key not in schema_names:
-                    raise DatasetError(
-                        f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
-            optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
-            table = read_parquet(path, list(dict.fromkeys([meta.state_key, meta.action_key, *optional,
-                                                           *self.extra_columns])), "data file")
-            state = _vector_column(table, meta.state_key, meta.state_dim, path)
-            action = _vector_column(table, meta.action_key, meta.action_dim, path)
-            columns = {c: table.column(c).to_numpy() for c in optional}
-            extras = {c: _extra_column(table, c) for c in self.extra_columns}
-            for ep in eps:
-                info = meta.episodes[ep]
-                lo, hi = info.row_start, info.row_stop
-                if hi > table.num_rows:
-                    raise DatasetError(f"episode {ep} should be rows {lo}-{hi - 1} of {path} (meta length "
-                                       f"{info.length}) but the file has {table.num_rows} rows; the metadata and "
-                                       "data disagree")
-                if "episode_index" in columns:
-                    found = np.unique(columns["episode_index"][lo:hi])
-                    if len(found) != 1 or int(found[0]) != ep:
-                        raise DatasetError(f"rows {lo}-{hi - 1} of {path} hold episode(s) {format_indices(found)}, "
-                                           f"not episode {ep} as the metadata says; the metadata and data disagree")
-                if "task_index" in columns:
-                    task_index = columns["task_index"][lo:hi].astype(np.int64)
-                    unknown = set(np.unique(task_index).tolist()) - set(meta.tasks)
-                    if unknown:
-                        raise DatasetError(f"{path} uses task_index {sorted(unknown)} that the task table does not "
-                                           f"define (it has {format_indices(list(meta.tasks))})")
-                elif info.tasks and info.tasks[0] in reverse_tasks:
-                    task_index = np.full(hi - lo, reverse_tasks[info.tasks[0]], dtype=np.int64)
-                else:
-                    raise DatasetError(f"{path} has no task_index column and episode {ep}'s task is not in the "
-                                       "task table")
-                timestamp = (columns["timestamp"][lo:hi].astype(np.float32) if "timestamp" in columns
-                             else (np.arange(hi - lo) / meta.fps).astype(np.float32))
-                frame_index = (columns["frame_index"][lo:hi].astype(np.int64) if "frame_index" in columns
-                               else np.arange(hi - lo, dtype=np.int64))
-                loaded[ep] = (state[lo:hi], action[lo:hi], timestamp, frame_index, task_index,
-                              {c: extras[c][lo:hi] for c in self.extra_columns})
+            loaded.update(read_episode_rows(meta, path, eps, self.extra_columns))
         cursor = 0
         for ep in self.episodes:
             st, ac, ts, fi, ti, ex = loaded[ep]
@@ -288,6 +337,48 @@ class BehaviorDataset(torch.utils.data.Dataset):
         self._extras = {c: np.concatenate(extra_parts[c]) for c in self.extra_columns}
         return np.ascontiguousarray(np.concatenate(state_parts), dtype=np.float32)
 
+    def _open_cache(self, cache_dir: str | os.PathLike | None) -> np.ndarray:
+        """Memory-map the selected episodes' rows from the numeric cache (built on first use); sets the internal
+        arrays and returns the raw float32 state (a read-only memory map)."""
+        meta = self.meta
+
+        def read(path: Path, eps: list[int]) -> dict[int, tuple[np.ndarray, ...]]:
+            return {ep: rows[:5] for ep, rows in read_episode_rows(meta, path, eps, ()).items()}
+
+        self._cache = NumericCache.open_or_build(meta, self.episodes, read, cache_dir)
+        arrays = self._cache.arrays
+        self._bounds = dict(self._cache.bounds)
+        self._action = arrays["action"]
+        self._timestamp = arrays["timestamp"]
+        self._frame_index = arrays["frame_index"]
+        self._task_index = arrays["task_index"]
+        self._extras = {}
+        return arrays["state"]
+
+    # Memory maps travel to DataLoader workers as file names and are mapped again there, so the pickled reader is
+    # O(episodes) (metadata and bounds), not O(frames).
+    _MAPPED = ("_state", "_action", "_timestamp", "_frame_index", "_task_index", "frame_table")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self._MAPPED:
+            value = state.get(name)
+            if isinstance(value, np.memmap) and value.filename is not None:
+                state[name] = _MappedFile(value.filename)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self._MAPPED:
+            if isinstance(state.get(name), _MappedFile):
+                state[name] = open_npy(Path(state[name].path))
+        self.__dict__.update(state)
+
+    @property
+    def numeric_in_memory(self) -> bool:
+        """True when the numeric columns live in this process's memory (``cache_dir=False`` or extra columns);
+        False when they are memory-mapped from the numeric cache."""
+        return self._cache is None
+
     def _compute_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
         meta = self.meta
         dims = {STATE_KEY: meta.state_dim, ACTION_KEY: meta.action_dim}
@@ -305,7 +396,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         if whole is not None and all(stats_usable(whole[f], dims[f]) for f in dims):
             return ({f: {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in whole[f].items() if k != "count"}
                      for f in dims}, "meta/stats.json")
-        return {STATE_KEY: data_stats(raw_state), ACTION_KEY: data_stats(self._action)}, "computed from data"
+        return ({STATE_KEY: columnwise_data_stats(raw_state, data_stats),
+                 ACTION_KEY: columnwise_data_stats(self._action, data_stats)}, "computed from data")
 
     # -- samples ------------------------------------------------------------------------------------------------
 
@@ -325,11 +417,11 @@ class BehaviorDataset(torch.utils.data.Dataset):
         index = int(index) % len(self)
         entry = self.frame_table[index]
         row = int(entry["row"])
-        stop = int(self._row_stop[row])
+        stop = self._bounds[int(entry["episode_index"])][1]
         wanted = row + np.arange(self.chunk_size, dtype=np.int64) * self.frame_stride
         sample = {
             STATE_KEY: torch.from_numpy(self._state[row].copy()),
-            ACTION_KEY: torch.from_numpy(self._action[np.minimum(wanted, stop - 1)]),
+            ACTION_KEY: torch.from_numpy(np.asarray(self._action[np.minimum(wanted, stop - 1)])),
             "action_is_pad": torch.from_numpy(wanted >= stop),
             "task": self.meta.tasks[int(self._task_index[row])],
             "episode_index": torch.tensor(int(entry["episode_index"]), dtype=torch.int64),

@@ -358,6 +358,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         image_size=cfg.data.image_size,
         frame_stride=cfg.data.frame_stride,
         state_map=state_map,
+        cache_dir=cfg.data.cache_dir,
     )
     transform = build_image_transform(cfg)
     val_dataset = None
@@ -365,6 +366,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         val_dataset = BehaviorDataset(
             dataset_path, episodes=val_eps, cameras=cameras, chunk_size=cfg.policy.chunk_size,
             image_size=cfg.data.image_size, frame_stride=cfg.data.frame_stride, state_map=state_map,
+            cache_dir=cfg.data.cache_dir,
         )
 
     # Without augmentation the workers hand frames over as uint8 (a quarter of the bytes through shared memory) and
