@@ -21,7 +21,7 @@ from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta
 from behavior_smolvla.data.stats import data_stats
 from behavior_smolvla.errors import ConfigError
-from behavior_smolvla.state_maps.maps import standard_track_map
+from behavior_smolvla.state_maps.maps import load_state_map, standard_track_map
 
 
 def _assert_same_samples(a: BehaviorDataset, b: BehaviorDataset, indices) -> None:
@@ -56,6 +56,14 @@ def test_cached_samples_equal_in_memory(name, request, tmp_path):
     _assert_same_samples(cached, memory, range(len(cached)))
     # what a DataLoader worker receives: the same samples, mapped again from the files
     _assert_same_samples(pickle.loads(pickle.dumps(cached)), memory, range(0, len(cached), 5))
+
+
+def test_cached_state_with_sum_entries_equals_in_memory(synthetic_2025, tmp_path):
+    """r1pro-2025-b1k23 sums gripper finger widths: mapping one cached row at a time gives the whole-array values."""
+    state_map = load_state_map("r1pro-2025-b1k23").bind(256)
+    kwargs = dict(cameras=[], chunk_size=3, state_map=state_map)
+    _assert_same_samples(BehaviorDataset(synthetic_2025, cache_dir=tmp_path, **kwargs),
+                         BehaviorDataset(synthetic_2025, in_memory=True, **kwargs), range(0, 198, 3))
 
 
 def test_cached_frames_equal_in_memory(synthetic_2026, tmp_path):

@@ -16,7 +16,6 @@ Layout under the cache folder (``--cache-dir``; default :func:`default_cache_dir
                                  timestamp.npy       float32 [N]         seconds in the episode
                                  frame_index.npy     int64   [N]
                                  task_index.npy      int64   [N]
-                                 state-<map>.npy     float32 [N, D]      the state through a bound state map
                                  frames-s<k>.npy     the frame table of frame stride k
 
 A changed data parquet (size or mtime), another selection or other keys give another key, hence a fresh entry; an
@@ -112,12 +111,6 @@ def numeric_key(meta: Any, episodes: Sequence[int]) -> str:
         spans = [(ep, meta.episodes[ep].row_start, meta.episodes[ep].row_stop) for ep in eps]
         digest.update(json.dumps([rel, stat.st_size, stat.st_mtime_ns, spans]).encode())
     return digest.hexdigest()[:24]
-
-
-def state_map_key(state_map: Any) -> str:
-    """Hex key of a bound state map's computation (its sources and reductions per output dim)."""
-    layout = [state_map.input_dim, [(list(d.sources), d.reduce) for d in state_map.dims]]
-    return hashlib.sha256(json.dumps(layout, default=str).encode()).hexdigest()[:16]
 
 
 # -- locking and atomic writes ----------------------------------------------------------------------------------
@@ -239,31 +232,6 @@ class NumericCache:
             if not (entry / "manifest.json").is_file():
                 _build(entry, meta, list(episodes), read_rows, threads)
         return cls(entry)
-
-    def mapped_state(self, state_map: Any) -> np.ndarray:
-        """float32 ``[N, D_out]`` memory map of the state through the bound ``state_map`` (built once per map, in
-        row blocks with ``state_map.apply``, so every value equals applying the map to the whole array)."""
-        path = self.path / f"state-{state_map_key(state_map)}.npy"
-        if not path.is_file():
-            with _locked(self.path.parent / f".{self.path.name}.lock", f"the mapped state {path}"):
-                if not path.is_file():
-                    raw = self.arrays["state"]
-                    fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.name}.", suffix=".tmp")
-                    os.close(fd)
-                    try:
-                        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                        shape=(self.rows, state_map.output_dim))
-                        step = max(1, (1 << 24) // max(1, raw.shape[1]))
-                        for lo in range(0, self.rows, step):
-                            out[lo:lo + step] = state_map.apply(np.asarray(raw[lo:lo + step]))
-                        out.flush()
-                        del out
-                        os.replace(tmp, path)
-                    except BaseException:
-                        with contextlib.suppress(OSError):
-                            os.unlink(tmp)
-                        raise
-        return open_npy(path)
 
     def frame_table(self, stride: int, episodes: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """Structured ``[len]`` memory map (``episode_index, frame_index, row``) of every ``stride``-th row of

@@ -278,7 +278,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
             self.stats[STATE_KEY] = {
                 k: np.asarray(v, dtype=np.float32)
                 for k, v in self.state_map.map_stats(self.stats[STATE_KEY], raw_state=raw_state).items()}
-            self._state = (self._cache.mapped_state(self.state_map) if self._cache is not None
+            # Cached data keeps the raw state on disk and maps each row as it is read (a gather of ~200 values
+            # costs microseconds): a second, mapped copy would double the cache's size on disk.
+            self._state = (raw_state if self._cache is not None
                            else np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32))
             self.state_names = list(self.state_map.names) if self.state_map.names is not None else None
         self.action_names = meta.action_names
@@ -420,7 +422,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         stop = self._bounds[int(entry["episode_index"])][1]
         wanted = row + np.arange(self.chunk_size, dtype=np.int64) * self.frame_stride
         sample = {
-            STATE_KEY: torch.from_numpy(self._state[row].copy()),
+            STATE_KEY: torch.from_numpy(self._state_row(row)),
             ACTION_KEY: torch.from_numpy(np.asarray(self._action[np.minimum(wanted, stop - 1)])),
             "action_is_pad": torch.from_numpy(wanted >= stop),
             "task": self.meta.tasks[int(self._task_index[row])],
@@ -432,6 +434,13 @@ class BehaviorDataset(torch.utils.data.Dataset):
         for column, values in self._extras.items():
             sample[column] = torch.as_tensor(np.asarray(values[row]))
         return sample
+
+    def _state_row(self, row: int) -> np.ndarray:
+        """float32 ``[D]``: the (mapped) state of internal row ``row``, a fresh array."""
+        if self._cache is not None and self.state_map is not None:
+            # a [1, D_in] block takes the same code path as mapping the whole array at once: identical values
+            return np.ascontiguousarray(self.state_map.apply(np.asarray(self._state[row:row + 1]))[0])
+        return np.array(self._state[row])
 
     def load_sample(self, index: int, decoders: DecoderCache | MutableMapping[Path, VideoFile] | None = None
                     ) -> dict[str, Any]:
