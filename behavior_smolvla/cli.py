@@ -246,6 +246,8 @@ def train_command(
     dataset_path: str = _opt(None, "--dataset-path", help="LeRobot dataset folder (v3.0 or v2.1, BEHAVIOR 2025/2026)."),
     episodes: str = _opt(None, "--episodes", help="Training episodes, e.g. '0-39,45' (default: all but --val-episodes)."),
     val_episodes: str = _opt(None, "--val-episodes", help="Held-out episodes, never trained on."),
+    tasks: str = _opt(None, "--tasks", help="Train on these task indices only, e.g. '0-49' or '6' (see smolvla-inspect)."),
+    task_balanced: bool = _opt(None, "--task-balanced", help="Sample every task equally often per epoch."),
     state_key: str = _opt(None, "--state-key", help="Dataset feature read as the state (observation.state)."),
     action_key: str = _opt(None, "--action-key", help="Dataset feature read as the action (action)."),
     cameras: str = _opt(None, "--cameras", help="Comma-separated camera keys in policy order (default by layout)."),

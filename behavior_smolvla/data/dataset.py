@@ -406,6 +406,11 @@ class BehaviorDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frame_table)
 
+    def task_indices(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """int64 ``[n]``: the ``task_index`` of samples ``indices`` (positions in ``[0, len)``)."""
+        rows = np.asarray(self.frame_table["row"])[np.asarray(indices, dtype=np.int64)]
+        return np.asarray(self._task_index[rows], dtype=np.int64)
+
     def video_source(self, index: int, camera: str) -> tuple[Path, float]:
         """``(mp4 path, seconds from the file's start)`` of sample ``index``'s frame for ``camera``."""
         entry = self.frame_table[index]

@@ -58,7 +58,8 @@ def format_indices(indices: Sequence[int], limit: int = 12) -> str:
     return ", ".join(runs) if runs else "none"
 
 
-def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
+def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int], what: str = "episode"
+                       ) -> list[int]:
     """Episode indices selected by ``spec``, sorted and without duplicates.
 
     Args:
@@ -66,6 +67,7 @@ def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int
             ranges such as ``"0-39,45"``. A range selects the available episodes inside it, so ranges work on
             non-contiguous indices (BEHAVIOR 2025), but both of its ends must exist.
         available: the dataset's episode indices.
+        what: the kind of index, in error messages (``"task"`` for ``--tasks``).
 
     Returns:
         list[int].
@@ -89,28 +91,45 @@ def parse_episode_spec(spec: str | Sequence[int] | None, available: Sequence[int
             match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
             if not match:
                 raise DatasetError(
-                    f"episode spec {spec!r}: cannot read {part!r}; use indices and ranges like '0-39,45'")
+                    f"{what} spec {spec!r}: cannot read {part!r}; use indices and ranges like '0-39,45'")
             lo = int(match.group(1))
             hi = int(match.group(2)) if match.group(2) is not None else lo
             if hi < lo:
-                raise DatasetError(f"episode spec {spec!r}: range {part!r} is reversed; write it as '{hi}-{lo}'")
+                raise DatasetError(f"{what} spec {spec!r}: range {part!r} is reversed; write it as '{hi}-{lo}'")
             missing += [end for end in sorted({lo, hi}) if end not in have_set]
             wanted.update(e for e in have if lo <= e <= hi)
     else:
         for value in spec:
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise DatasetError(f"episode list {list(spec)!r}: {value!r} is not an episode index")
+                raise DatasetError(f"{what} list {list(spec)!r}: {value!r} is not an {what} index")
             if int(value) in have_set:
                 wanted.add(int(value))
             else:
                 missing.append(int(value))
     if missing:
         raise DatasetError(
-            f"episode(s) {format_indices(missing)} not in the dataset; it has {len(have)} episodes: "
+            f"{what}(s) {format_indices(missing)} not in the dataset; it has {len(have)} {what}s: "
             f"{format_indices(have)}")
     if not wanted:
-        raise DatasetError(f"episode spec {spec!r} selects no episode; the dataset has: {format_indices(have)}")
+        raise DatasetError(f"{what} spec {spec!r} selects no {what}; the dataset has: {format_indices(have)}")
     return sorted(wanted)
+
+
+def select_tasks(meta: DatasetMeta, spec: str | Sequence[int]) -> list[int]:
+    """Episodes (sorted) of the tasks selected by ``spec`` (task indices and ranges, e.g. ``"0-49"`` or ``"6"``;
+    the grammar of :func:`parse_episode_spec`). An episode belongs to a task when one of its task strings is that
+    task's (BEHAVIOR 2025 episodes ``task_id * 10000 + ...`` each carry their task's string).
+
+    Raises:
+        DatasetError: a malformed spec, unknown task indices (listing the dataset's), or tasks without episodes.
+    """
+    chosen = set(parse_episode_spec(spec, list(meta.tasks), what="task"))
+    strings = {meta.tasks[t] for t in chosen}
+    episodes = [ep for ep, info in meta.episodes.items() if strings.intersection(info.tasks)]
+    if not episodes:
+        raise DatasetError(f"task spec {spec!r}: no episode of {meta.root} belongs to task(s) "
+                           f"{format_indices(sorted(chosen))}; smolvla-inspect lists the tasks and their episodes")
+    return sorted(episodes)
 
 
 # -- metadata ---------------------------------------------------------------------------------------------------

@@ -289,6 +289,47 @@ def default_span_frames(keyframe_interval: int | None) -> int:
     return keyframe_interval * max(1, -(-MIN_SPAN_FRAMES // keyframe_interval))
 
 
+TASK_BALANCE_SEED = 0x7A5C
+"""Extra seed word of the task-balanced span draw, keeping it independent of the plan's own shuffles."""
+
+
+def task_balanced_spans(spans: np.ndarray, span_task: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The spans of one task-balanced epoch: each task's spans repeated (whole passes) and then drawn without
+    replacement, in an order seeded by ``(seed, epoch)``, until the task holds ``total samples / tasks`` samples
+    (rounded to whole spans, so shares differ by at most one span).
+
+    Args:
+        spans: int64 [S, 2] from :func:`make_spans`.
+        span_task: int [S], the task index of each span.
+        seed, epoch: the stream's seed and the epoch.
+
+    Returns:
+        int64 [S', 2], sorted by start (duplicates adjacent); :class:`TrainingPlan` shuffles them.
+    """
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    span_task = np.asarray(span_task, dtype=np.int64)
+    if len(spans) == 0:
+        return spans
+    rng = np.random.default_rng([int(seed), int(epoch), TASK_BALANCE_SEED])
+    sizes = spans[:, 1] - spans[:, 0]
+    tasks = np.unique(span_task)
+    quota = sizes.sum() / len(tasks)
+    chosen = []
+    for task in tasks:
+        mine = np.flatnonzero(span_task == task)
+        total = int(sizes[mine].sum())
+        passes = int(quota // total)
+        rest = quota - passes * total
+        order = rng.permutation(mine)
+        covered = np.cumsum(sizes[order])
+        # the fewest spans whose samples come nearest the rest of the quota
+        take = int(np.searchsorted(covered, rest)) if rest > 0 else 0
+        if 0 < rest and take < len(order) and (take == 0 or covered[take] - rest < rest - covered[take - 1]):
+            take += 1
+        chosen.extend([mine] * passes + [order[:take]])
+    return spans[np.sort(np.concatenate(chosen), kind="stable")]
+
+
 class _SlotReader:
     """Decodes the frames of one decoding slot: one forward-moving :class:`VideoFile` per camera of its span.
 
@@ -303,6 +344,7 @@ class _SlotReader:
                  stats: dict[str, int]):
         self.files: dict[Path, VideoFile] = {}
         self.span = -2
+        self.last_index = -1
         self._buffer: dict[int, list[np.ndarray]] = {}
         self._dataset = dataset
         self._keyframe_interval = keyframe_interval
@@ -312,12 +354,14 @@ class _SlotReader:
 
     def frames(self, index: int, span: int, span_stop: int) -> list[np.ndarray]:
         """uint8 ``[H, W, 3]`` frames of sample ``index`` (one per camera, in the dataset's camera order)."""
-        if span != self.span:
+        # a task-balanced plan may hand one slot the same span twice in a row: going back is entering a new span
+        if span != self.span or index <= self.last_index:
             continues = span == self.span + 1
             self.span = span
             self._buffer = {}
             if not continues:
                 self.close()
+        self.last_index = index
         if index not in self._buffer:
             self._read_ahead(index, span_stop)
         return self._buffer.pop(index)
@@ -472,6 +516,10 @@ class TrainingStream(IterableDataset):
         readahead: samples of a span decoded in one go per camera (>= 1); decoding a few frames in a row per
             decoder instead of alternating between all of a worker's decoders on every sample saves CPU cache
             misses.
+        task_balanced: every task gets an equal share of each epoch's samples (see :func:`task_balanced_spans`;
+            uses ``dataset.task_indices``); the epoch keeps the dataset's number of samples, so a task with fewer
+            frames than its share is read more than once per epoch and a larger one in part. Still a function of
+            ``(seed, epoch)`` only: the same batches for any ``W`` and an exact resume.
         uint8_images: yield camera images as uint8 ``[B, 3, H, W]`` (0-255) instead of float32 in [0, 1]: a quarter
             of the bytes to build, hand from the workers to the main process and copy to the GPU, where
             ``x.float().div_(255)`` gives exactly the float32 batch. Not combinable with ``transform``.
@@ -503,6 +551,7 @@ class TrainingStream(IterableDataset):
         decoder_threads: int | None = None,
         readahead: int = 8,
         uint8_images: bool = False,
+        task_balanced: bool = False,
     ) -> None:
         super().__init__()
         if int(start_batch) < 0:
@@ -529,6 +578,8 @@ class TrainingStream(IterableDataset):
         self.uint8_images = bool(uint8_images)
         table = dataset.frame_table
         self.spans = make_spans(table["episode_index"], table["frame_index"], self.span_frames)
+        self.task_balanced = bool(task_balanced)
+        self.span_task = dataset.task_indices(self.spans[:, 0]) if self.task_balanced else None
         self._epoch = int(start_epoch)
         self._start_batch = int(start_batch)
         self._plan: TrainingPlan | None = None
@@ -547,8 +598,10 @@ class TrainingStream(IterableDataset):
         """The :class:`TrainingPlan` of ``epoch`` (default: the epoch the next iteration runs) for this rank."""
         epoch = self._epoch if epoch is None else int(epoch)
         if self._plan is None or self._plan.epoch != epoch:
+            spans = (task_balanced_spans(self.spans, self.span_task, self.seed, epoch) if self.task_balanced
+                     else self.spans)
             self._plan = TrainingPlan(
-                self.spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
                 world_size=self.world_size, streams=self.streams, open_spans=self.open_spans)
         return self._plan
 

@@ -165,17 +165,26 @@ def default_cameras(camera_keys: list[str]) -> list[str]:
     return behavior_rgb_cameras(camera_keys) or list(camera_keys)
 
 
-def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None) -> tuple[list[int], list[int]]:
-    """Training and held-out episode indices; the held-out ones are never trained on.
+def split_episodes(meta: Any, train_spec: str | None, val_spec: str | None, tasks_spec: str | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """Training and held-out episode indices; the held-out ones are never trained on. ``tasks_spec`` (``--tasks``)
+    restricts the training episodes to those tasks' episodes.
 
     Raises:
         ConfigError: the two overlap, or nothing is left to train on.
+        DatasetError: a malformed or unknown episode or task spec.
     """
-    from behavior_smolvla.data.meta import parse_episode_spec
+    from behavior_smolvla.data.meta import parse_episode_spec, select_tasks
 
     available = sorted(meta.episodes)
     val = parse_episode_spec(val_spec, available) if val_spec else []
     train = parse_episode_spec(train_spec, available) if train_spec else [e for e in available if e not in set(val)]
+    if tasks_spec:
+        in_tasks = set(select_tasks(meta, tasks_spec))
+        train = [e for e in train if e in in_tasks]
+        if not train:
+            raise ConfigError(f"--tasks {tasks_spec}: none of the training episodes belongs to these tasks; check "
+                              "--episodes / --val-episodes against smolvla-inspect's task table")
     overlap = sorted(set(train) & set(val))
     if overlap:
         raise ConfigError(f"--episodes and --val-episodes overlap on {overlap[:10]}: held-out episodes must not be trained on")
@@ -349,7 +358,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
     cfg.data.state_map = cfg.data.state_map or state_map.name
     cameras = cfg.data.cameras or default_cameras(meta.camera_keys)
     cfg.data.cameras = list(cameras)
-    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes)
+    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes, cfg.data.tasks)
     dataset = BehaviorDataset(
         dataset_path,
         episodes=train_eps,
@@ -377,7 +386,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         return TrainingStream(
             dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=rank, world_size=world,
             start_epoch=epoch, start_batch=batch, transform=transform, uint8_images=uint8_frames,
-            decoder_threads=decoder_threads,
+            decoder_threads=decoder_threads, task_balanced=cfg.data.task_balanced,
         )
 
     batches_per_epoch = len(make_stream(0, 0))
