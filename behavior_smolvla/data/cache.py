@@ -263,6 +263,9 @@ def _build(entry: Path, meta: Any, episodes: list[int], read_rows: RowReader, th
     for ep in episodes:
         by_file.setdefault(meta.episodes[ep].data_path, []).append(ep)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared cache must be readable by other users
     try:
         specs = {"state": (np.float32, (rows, meta.state_dim)), "action": (np.float32, (rows, meta.action_dim)),
                  "timestamp": (np.float32, (rows,)), "frame_index": (np.int64, (rows,)),
