@@ -219,8 +219,11 @@ class TrainingPlan:
             num_batches = -(-len(order) // b)
         else:
             num_batches = int(rank_samples.min() // b)
-        self._order = order
-        self._slots = slots
+        # int32 when it fits: a plan is O(samples) and every DataLoader worker builds its own (2 M samples: 16 MB
+        # instead of 32); batches hand out int64 as documented
+        compact = np.int32 if len(self.spans) == 0 or int(self.spans[:, 1].max()) < 2**31 else np.int64
+        self._order = order.astype(compact)
+        self._slots = slots.astype(np.int32)
         self._main_batches = full_rounds * self.streams
         self._num_batches = min(num_batches, -(-len(order) // b))
         self.rank_samples = rank_samples
@@ -241,11 +244,12 @@ class TrainingPlan:
             raise IndexError(f"batch {k} outside [0, {self._num_batches})")
         lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, len(self._order))
         lane = k % self.streams if k < self._main_batches else -1
-        return PlanBatch(index=self._order[lo:hi], slot=self._slots[lo:hi], lane=lane)
+        return PlanBatch(index=self._order[lo:hi].astype(np.int64), slot=self._slots[lo:hi].astype(np.int64),
+                         lane=lane)
 
     def sample_order(self) -> np.ndarray:
         """int64 [num_samples]: every sample index of this rank's epoch in plan order (batches concatenated)."""
-        return self._order[: self.num_samples].copy()
+        return self._order[: self.num_samples].astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -465,6 +469,24 @@ def collate_one_storage(samples: Sequence[dict[str, Any]], frames: dict[str, lis
     return batch
 
 
+class _WorkerShare:
+    """The batches ``ks`` of a :class:`TrainingPlan`, copied out compactly; ``batch(k)`` as the plan's."""
+
+    def __init__(self, plan: TrainingPlan, ks: Sequence[int]):
+        parts = [plan.batch(k) for k in ks]
+        self._index = np.concatenate([p.index for p in parts]).astype(plan._order.dtype) if parts else np.zeros(0)
+        self._slot = np.concatenate([p.slot for p in parts]).astype(np.int32) if parts else np.zeros(0)
+        self._bounds = np.cumsum([0] + [len(p.index) for p in parts])
+        self._lane = [p.lane for p in parts]
+        self._position = {int(k): j for j, k in enumerate(ks)}
+
+    def batch(self, k: int) -> PlanBatch:
+        j = self._position[k]
+        lo, hi = self._bounds[j], self._bounds[j + 1]
+        return PlanBatch(index=self._index[lo:hi].astype(np.int64), slot=self._slot[lo:hi].astype(np.int64),
+                         lane=self._lane[j])
+
+
 class TrainingStream(IterableDataset):
     """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.data.dataset.BehaviorDataset`, yielding
     collated batches; use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
@@ -656,8 +678,13 @@ class TrainingStream(IterableDataset):
     def _run(self, epoch: int, first: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         plan = self.plan(epoch)
         threads = self._threads(workers)
+        batches = range(first + worker, len(plan), workers)
+        if workers > 1:
+            # keep only this worker's share of the plan: its memory is O(samples / workers), not O(samples)
+            plan = _WorkerShare(plan, batches)
+            self._plan = None
         try:
-            for k in range(first + worker, len(plan), workers):
+            for k in batches:
                 yield self._batch(plan, epoch, k, threads)
         finally:
             for reader in self._live.values():
