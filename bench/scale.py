@@ -12,13 +12,16 @@ linked by every episode. Sizes (``--sizes``):
 * ``release-10k``: 10,000 episodes of ~60 frames in 50 tasks (0.6 M frames): release-shaped metadata.
 
 For each size, in a fresh process: build ``BehaviorDataset`` (``--filter-state`` map, three cameras at 64x64, chunk
-50) and a ``TrainingStream`` (batch 8, ``uint8_images``) and iterate a ``DataLoader`` with ``--workers`` spawned
-workers (as ``smolvla-train``). Reported: ``startup_s`` (metadata + reader + stream + DataLoader until the first
-batch arrives, imports excluded and shown apart as ``import_s``), ``main_rss_mib`` (the main process's resident
+50) and a ``TrainingStream`` (batch 8, ``uint8_images``) and iterate a ``DataLoader`` with ``--workers`` workers
+started as ``smolvla-train`` starts them (``--context``: a forkserver; ``spawn`` for comparison). Reported:
+``startup_s`` (metadata + reader + stream + DataLoader until the first batch arrives, imports excluded and shown
+apart as ``import_s``), ``main_rss_mib`` (the main process's resident
 memory at the first batch), ``max_worker_rss_mib`` (the largest worker's resident memory after ``--batches``
-batches) with its private (anonymous) part ``max_worker_anon_mib``; pages of the memory-mapped cache are shared
-page cache, counted in RSS by every process that touched them. The numeric cache is built by the first run of a
-size (``build_s``, reported once) and reused afterwards; ``--repeat`` runs are reported as the median (and range).
+batches), its anonymous part ``max_worker_anon_mib`` and the largest unique set ``max_worker_uss_mib`` (pages
+no other process shares: what one more worker costs). Pages of the memory-mapped cache are shared page cache, and
+a forked worker shares the libraries its forkserver loaded; RSS counts both in every process that touched them.
+The numeric cache is built by the first run of a size (its time to the first batch is ``first_run_startup_s``)
+and reused afterwards; ``--repeat`` runs are reported as the median (and range).
 ``--mode memory`` measures the previous reader (numeric columns read into memory, ``in_memory=True``) for
 comparison; it needs several GB per worker at the full-task size.
 
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=20, help="batches read before the worker memory is taken")
     p.add_argument("--repeat", type=int, default=3, help="runs per size (after the one that builds the cache)")
     p.add_argument("--mode", choices=["cache", "memory"], default="cache")
+    p.add_argument("--context", choices=["forkserver", "spawn"], default="forkserver",
+                   help="how DataLoader workers start (smolvla-train: forkserver)")
     p.add_argument("--json", action="store_true", help="print one JSON object per size instead of a table")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one run of one size, in a child process
     return p.parse_args(argv)
@@ -210,7 +215,7 @@ def measure(args: argparse.Namespace, name: str) -> dict:
 
     from behavior_smolvla.data.dataset import BehaviorDataset
     from behavior_smolvla.data.meta import DatasetMeta
-    from behavior_smolvla.data.sampler import TrainingStream
+    from behavior_smolvla.data.sampler import TrainingStream, worker_context
     from behavior_smolvla.state_maps.maps import standard_track_map
 
     import_s = time.monotonic() - t_import
@@ -224,7 +229,8 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     dataset_s = time.monotonic() - start
     stream = TrainingStream(dataset, seed=0, batch_size=8, streams=args.workers, uint8_images=True, decoder_threads=1)
     stream_s = time.monotonic() - start
-    loader = DataLoader(stream, batch_size=None, num_workers=args.workers, multiprocessing_context="spawn")
+    context = worker_context() if args.context == "forkserver" else args.context
+    loader = DataLoader(stream, batch_size=None, num_workers=args.workers, multiprocessing_context=context)
     iterator = iter(loader)
     batch = next(iterator)
     startup_s = time.monotonic() - start
@@ -232,22 +238,26 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     for _ in range(args.batches - 1):
         batch = next(iterator)
     assert batch["observation.state"].shape[-1] == state_map.output_dim
-    workers = [_memory_mib(c.pid) for c in psutil.Process().children(recursive=True)
-               if c.pid != os.getpid() and "resource_tracker" not in " ".join(c.cmdline())]
+    # DataLoader workers: the children that are neither multiprocessing's resource tracker nor the forkserver
+    children = [c for c in psutil.Process().children(recursive=True)
+                if not any(x in " ".join(c.cmdline()) for x in ("resource_tracker", "forkserver"))]
+    workers = [_memory_mib(c.pid) | {"uss": c.memory_full_info().uss / 2**20} for c in children]
     worker_rss = max(w["VmRSS"] for w in workers)
     worker_anon = max(w["RssAnon"] for w in workers)
+    worker_uss = max(w["uss"] for w in workers)
     del iterator
-    return {"size": name, "mode": args.mode, "episodes": len(dataset.episodes), "frames": int(meta.total_frames),
+    return {"size": name, "mode": args.mode, "context": args.context, "episodes": len(dataset.episodes), "frames": int(meta.total_frames),
             "samples": len(dataset), "startup_s": round(startup_s, 2), "meta_s": round(meta_s, 2),
             "dataset_s": round(dataset_s, 2), "stream_s": round(stream_s, 2), "import_s": round(import_s, 2),
             "main_rss_mib": round(main["VmRSS"]), "main_anon_mib": round(main["RssAnon"]),
             "max_worker_rss_mib": round(worker_rss), "max_worker_anon_mib": round(worker_anon),
+            "max_worker_uss_mib": round(worker_uss),
             "workers": len(workers), "torch": torch.__version__}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:
     cmd = [sys.executable, __file__, "--measure", name, "--root", str(args.root), "--workers", str(args.workers),
-           "--batches", str(args.batches), "--mode", args.mode]
+           "--batches", str(args.batches), "--mode", args.mode, "--context", args.context]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
@@ -273,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         first = run_child(args, name)  # builds the cache if needed
         runs = [run_child(args, name) for _ in range(args.repeat)]
         row = dict(runs[len(runs) // 2]) if runs else dict(first)
-        for key in ("startup_s", "main_rss_mib", "max_worker_rss_mib", "max_worker_anon_mib"):
+        for key in ("startup_s", "main_rss_mib", "max_worker_rss_mib", "max_worker_anon_mib", "max_worker_uss_mib"):
             values = [r[key] for r in runs] or [first[key]]
             row[key] = statistics.median(values)
             row[f"{key}_range"] = [min(values), max(values)]
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     if not args.json:
         header = ("size", "episodes", "frames", "startup_s", "first_run_startup_s", "main_rss_mib",
-                  "max_worker_rss_mib", "max_worker_anon_mib")
+                  "max_worker_rss_mib", "max_worker_anon_mib", "max_worker_uss_mib")
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for r in results:

@@ -229,6 +229,20 @@ class TrainingPlan:
         self.rank_samples = rank_samples
         """int64 [world_size]: samples dealt to each rank this epoch (before truncation to equal batch counts)."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The O(samples) order travels to DataLoader workers as shared memory (torch's multiprocessing pickler sends
+        # a handle; a plain pickle copies the values), so workers neither rebuild nor copy it.
+        state = self.__dict__.copy()
+        if "_shared" not in state:
+            self._shared = state["_shared"] = (torch.from_numpy(self._order).share_memory_(),
+                                               torch.from_numpy(self._slots).share_memory_())
+        state["_order"] = state["_slots"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._order, self._slots = (t.numpy() for t in state["_shared"])
+
     def __len__(self) -> int:
         """Number of batches of this rank in this epoch."""
         return self._num_batches
@@ -404,6 +418,23 @@ class _SlotReader:
             self._retire(video)
         self.files = {}
         self._buffer = {}
+
+
+def worker_context(preload: Sequence[str] = ("torch", "av", "pyarrow.parquet", "behavior_smolvla.data.dataset",
+                                              "behavior_smolvla.data.sampler")) -> Any:
+    """A ``forkserver`` multiprocessing context for DataLoader workers, preloading ``preload`` in the server.
+
+    Why: a spawned worker imports torch, PyAV and pyarrow itself (~3 s of CPU each, so 4 workers on 2 cores
+    delayed the first batch by ~6 s); a forkserver worker is forked from a server process that imported them once.
+    The server is a fresh interpreter (started by exec, not forked from the trainer), so it holds no CUDA context,
+    FFmpeg decoder or running thread that a fork would copy: the reasons training used ``spawn`` still hold.
+    Decoders are opened inside each worker as before.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    return context
 
 
 STORAGE_ALIGN = 64
@@ -612,7 +643,8 @@ class TrainingStream(IterableDataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_plan"] = None  # rebuilt in the worker: cheaper than pickling O(N) arrays
+        if self._plan is not None and self._plan.epoch != self._epoch:
+            state["_plan"] = None  # not the epoch the worker starts with: it builds its own
         state["_live"] = {}
         return state
 

@@ -285,7 +285,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
 
     from behavior_smolvla.data.meta import DatasetMeta
     from behavior_smolvla.policy.smolvla import PolicySpec, create_policy, policy_camera_keys, resolve_device, save_policy
-    from behavior_smolvla.data.sampler import TrainingStream
+    from behavior_smolvla.data.sampler import TrainingStream, worker_context
     from behavior_smolvla.state_maps.maps import default_state_map, load_state_map, standard_track_map
 
     console = console or Console()
@@ -495,8 +495,9 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         pin_memory=accelerator.device.type == "cuda",
         # A private generator: creating an iterator must not consume the global RNG (exact resume).
         generator=torch.Generator().manual_seed(cfg.optim.seed),
-        # spawn: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch threads.
-        multiprocessing_context="spawn" if cfg.data.num_workers > 0 else None,
+        # Not fork: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch threads.
+        # A forkserver (a fresh process that imported torch/av once) starts workers in milliseconds, not seconds.
+        multiprocessing_context=worker_context() if cfg.data.num_workers > 0 else None,
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
     )
