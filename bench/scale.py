@@ -238,9 +238,10 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     for _ in range(args.batches - 1):
         batch = next(iterator)
     assert batch["observation.state"].shape[-1] == state_map.output_dim
-    # DataLoader workers: the children that are neither multiprocessing's resource tracker nor the forkserver
+    # DataLoader workers: the descendants without children (not the forkserver, whose children they are) that are
+    # not multiprocessing's resource tracker
     children = [c for c in psutil.Process().children(recursive=True)
-                if not any(x in " ".join(c.cmdline()) for x in ("resource_tracker", "forkserver"))]
+                if not c.children() and "resource_tracker" not in " ".join(c.cmdline())]
     workers = [_memory_mib(c.pid) | {"uss": c.memory_full_info().uss / 2**20} for c in children]
     worker_rss = max(w["VmRSS"] for w in workers)
     worker_anon = max(w["RssAnon"] for w in workers)
