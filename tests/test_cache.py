@@ -158,3 +158,22 @@ def test_columnwise_stats_equal_whole_array_stats():
     assert whole.keys() == blocked.keys()
     for key in whole:
         assert np.array_equal(whole[key], blocked[key]), key
+
+
+@pytest.mark.parametrize("name", ["g1_v21", "synthetic_2025"])
+def test_episode_stats_fast_path_equals_line_parser(name, request, monkeypatch):
+    """episodes_stats.jsonl read by pyarrow with a state/action-only schema gives what the line parser gives."""
+    import behavior_smolvla.data.meta as meta_module
+
+    meta = DatasetMeta.load(request.getfixturevalue(name))
+    episodes = list(meta.episodes)[1:]
+    fast = meta.episode_stats(episodes)
+    monkeypatch.setattr(meta_module, "_episode_stats_jsonl_arrow", lambda *args: None)
+    slow = meta.episode_stats(episodes)
+    assert fast.keys() == slow.keys() == set(episodes)
+    for ep in slow:
+        assert fast[ep].keys() == slow[ep].keys()
+        for feature in slow[ep]:
+            assert fast[ep][feature].keys() == slow[ep][feature].keys()
+            for key, value in slow[ep][feature].items():
+                assert fast[ep][feature][key].dtype == value.dtype and np.array_equal(fast[ep][feature][key], value)
