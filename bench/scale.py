@@ -221,6 +221,7 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     import_s = time.monotonic() - t_import
     root = args.root / name
     start = time.monotonic()
+    context = worker_context() if args.context == "forkserver" else args.context  # as smolvla-train: early
     meta = DatasetMeta.load(root)
     meta_s = time.monotonic() - start
     state_map = standard_track_map(meta.state_dim).bind(meta.state_dim)
@@ -229,7 +230,6 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     dataset_s = time.monotonic() - start
     stream = TrainingStream(dataset, seed=0, batch_size=8, streams=args.workers, uint8_images=True, decoder_threads=1)
     stream_s = time.monotonic() - start
-    context = worker_context() if args.context == "forkserver" else args.context
     loader = DataLoader(stream, batch_size=None, num_workers=args.workers, multiprocessing_context=context)
     iterator = iter(loader)
     batch = next(iterator)

@@ -428,12 +428,16 @@ def worker_context(preload: Sequence[str] = ("torch", "av", "pyarrow.parquet", "
     delayed the first batch by ~6 s); a forkserver worker is forked from a server process that imported them once.
     The server is a fresh interpreter (started by exec, not forked from the trainer), so it holds no CUDA context,
     FFmpeg decoder or running thread that a fork would copy: the reasons training used ``spawn`` still hold.
-    Decoders are opened inside each worker as before.
+    Decoders are opened inside each worker as before. The server starts (and imports) at once, in the background:
+    call this early.
     """
     import multiprocessing
+    from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
+    # start the server now: it imports ``preload`` while the caller goes on building its dataset and model
+    forkserver.ensure_running()
     return context
 
 

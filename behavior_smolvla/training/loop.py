@@ -341,6 +341,9 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
             cfg.data.dataset_path = cfg.data.dataset_path or str(run_dir / "demo_data")
             cfg.policy.vlm_model = cfg.policy.vlm_model or str(run_dir / "tiny_vlm")
 
+    # DataLoader workers fork from a server that imports torch/av meanwhile (started now, used after the model).
+    worker_start = worker_context() if cfg.data.num_workers > 0 else None
+
     # Data: files -> reader -> state map.
     dataset_path = Path(cfg.data.dataset_path)
     if not (dataset_path / "meta" / "info.json").is_file():
@@ -497,7 +500,7 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
         generator=torch.Generator().manual_seed(cfg.optim.seed),
         # Not fork: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch threads.
         # A forkserver (a fresh process that imported torch/av once) starts workers in milliseconds, not seconds.
-        multiprocessing_context=worker_context() if cfg.data.num_workers > 0 else None,
+        multiprocessing_context=worker_start,
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
     )
