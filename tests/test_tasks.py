@@ -101,3 +101,19 @@ def test_task_balanced_stream_is_balanced_and_deterministic(unbalanced):
         loader = DataLoader(_stream(unbalanced), batch_size=None, num_workers=workers, multiprocessing_context="fork")
         _assert_batches_equal(epoch, list(loader))
     _assert_batches_equal(epoch[4:], list(_stream(unbalanced, start_batch=4)))
+
+
+def test_a_workers_share_of_the_plan_equals_the_plan():
+    """A DataLoader worker keeps only its batches of the plan (compact copy): they equal the plan's."""
+    from behavior_smolvla.data.sampler import TrainingPlan, _WorkerShare
+
+    spans = np.stack([np.arange(0, 1003, 37), np.minimum(np.arange(37, 1040, 37), 1003)], axis=1)
+    plan = TrainingPlan(spans, batch_size=8, seed=0, streams=3, open_spans=4)
+    for workers, first in ((2, 0), (3, 5)):
+        for worker in range(workers):
+            ks = range(first + worker, len(plan), workers)
+            share = _WorkerShare(plan, ks)
+            for k in ks:
+                a, b = plan.batch(k), share.batch(k)
+                assert np.array_equal(a.index, b.index) and a.index.dtype == b.index.dtype == np.int64
+                assert np.array_equal(a.slot, b.slot) and a.lane == b.lane

@@ -505,21 +505,25 @@ def collate_one_storage(samples: Sequence[dict[str, Any]], frames: dict[str, lis
 
 
 class _WorkerShare:
-    """The batches ``ks`` of a :class:`TrainingPlan`, copied out compactly; ``batch(k)`` as the plan's."""
+    """The batches ``ks`` (a ``range``) of a :class:`TrainingPlan`, copied out compactly with vectorised numpy (no
+    per-batch Python objects); ``batch(k)`` returns what the plan's does."""
 
-    def __init__(self, plan: TrainingPlan, ks: Sequence[int]):
-        parts = [plan.batch(k) for k in ks]
-        self._index = np.concatenate([p.index for p in parts]).astype(plan._order.dtype) if parts else np.zeros(0)
-        self._slot = np.concatenate([p.slot for p in parts]).astype(np.int32) if parts else np.zeros(0)
-        self._bounds = np.cumsum([0] + [len(p.index) for p in parts])
-        self._lane = [p.lane for p in parts]
-        self._position = {int(k): j for j, k in enumerate(ks)}
+    def __init__(self, plan: TrainingPlan, ks: range):
+        self._ks = ks
+        self._batch_size, self._streams, self._main = plan.batch_size, plan.streams, plan._main_batches
+        k = np.arange(ks.start, ks.stop, ks.step, dtype=np.int64)
+        lo = k * plan.batch_size
+        hi = np.minimum(lo + plan.batch_size, len(plan._order))
+        positions = _expand(np.stack([lo, hi], axis=1)) if len(k) else np.zeros(0, dtype=np.int64)
+        self._index = plan._order[positions]
+        self._slot = plan._slots[positions]
+        self._bounds = np.concatenate([[0], np.cumsum(hi - lo)])
 
     def batch(self, k: int) -> PlanBatch:
-        j = self._position[k]
+        j = (k - self._ks.start) // self._ks.step
         lo, hi = self._bounds[j], self._bounds[j + 1]
         return PlanBatch(index=self._index[lo:hi].astype(np.int64), slot=self._slot[lo:hi].astype(np.int64),
-                         lane=self._lane[j])
+                         lane=k % self._streams if k < self._main else -1)
 
 
 class TrainingStream(IterableDataset):
