@@ -102,6 +102,19 @@ def test_cache_reused_until_a_parquet_changes(g1_v21, tmp_path):
     again = BehaviorDataset(root, cameras=[], cache_dir=cache)
     assert again._cache.path == entry and (entry / "manifest.json").stat().st_mtime_ns == built
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+    # the statistics were kept with the entry and are read back, equal to what the in-memory reader computes
+    assert len(list(entry.glob("stats-*.npz"))) == 1
+    memory = BehaviorDataset(root, cameras=[], in_memory=True)
+    for feature in memory.stats:
+        for key, value in memory.stats[feature].items():
+            assert again.stats[feature][key].dtype == value.dtype
+            assert np.array_equal(again.stats[feature][key], value)
+    assert again.stats_source == memory.stats_source == "episode stats"
+    # edited per-episode statistics are parsed again
+    stats_file = root / "meta" / "episodes_stats.jsonl"
+    stats_file.write_text(stats_file.read_text() + "\n")
+    BehaviorDataset(root, cameras=[], cache_dir=cache)
+    assert len(list(entry.glob("stats-*.npz"))) == 2
 
     # change one state value of episode 4 in its parquet file: a new entry, holding the new value
     path = first.meta.episodes[4].data_path

@@ -24,7 +24,7 @@ import torch
 from behavior_smolvla.data.meta import (
     ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parse_episode_spec,
 )
-from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy
+from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy, stat_files, stats_key
 from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
@@ -260,16 +260,15 @@ class BehaviorDataset(torch.utils.data.Dataset):
         for key in self.cameras:
             meta.check_camera(key)
         self.extra_columns = list(extra_columns)
-        for ep in self.episodes:
-            for key in self.cameras:
-                path, _ = meta.episodes[ep].videos[key]
-                if not path.is_file():
-                    raise VideoError(f"video file {path} (camera {key}, episode {ep}) does not exist; "
-                                     "re-download the videos/ folder or select other episodes/cameras")
+        wanted = [(ep, key, meta.episodes[ep].videos[key][0]) for ep in self.episodes for key in self.cameras]
+        for (ep, key, path), stat in zip(wanted, stat_files([p for _, _, p in wanted]), strict=True):
+            if stat is None:
+                raise VideoError(f"video file {path} (camera {key}, episode {ep}) does not exist; "
+                                 "re-download the videos/ folder or select other episodes/cameras")
 
         self._cache: NumericCache | None = None
         raw_state = self._load_rows() if in_memory or self.extra_columns else self._open_cache(cache_dir)
-        self.stats, self.stats_source = self._compute_stats(raw_state)
+        self.stats, self.stats_source = self._cached_stats(raw_state)
         self.state_map = state_map
         if self.state_map is None:
             self._state = raw_state
@@ -380,6 +379,19 @@ class BehaviorDataset(torch.utils.data.Dataset):
         """True when the numeric columns live in this process's memory (``cache_dir=False`` or extra columns);
         False when they are memory-mapped from the numeric cache."""
         return self._cache is None
+
+    def _cached_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+        """:meth:`_compute_stats`, kept in the numeric cache entry: it parses the stored per-episode statistics
+        (or passes over the data), which dominated startup at 10,000 episodes."""
+        if self._cache is None:
+            return self._compute_stats(raw_state)
+        key = stats_key(self.meta, self.episodes)
+        found = self._cache.load_stats(key)
+        if found is not None:
+            return found
+        stats, source = self._compute_stats(raw_state)
+        self._cache.save_stats(key, stats, source)
+        return stats, source
 
     def _compute_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
         meta = self.meta
