@@ -287,6 +287,21 @@ class DatasetMeta:
     total_frames: int
     info: dict[str, Any]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Episodes travel as plain columns (paths as strings): a DataLoader worker unpickles 10,000 episodes and
+        # their 40,000 paths ~2.5x faster than as EpisodeInfo objects holding pickled Paths.
+        state = self.__dict__.copy()
+        state["episodes"] = [(e.episode_index, e.length, e.tasks, str(e.data_path), e.row_start, e.row_stop,
+                              [(k, str(p), o) for k, (p, o) in e.videos.items()]) for e in self.episodes.values()]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rows = state["episodes"]
+        state["episodes"] = {
+            ep: EpisodeInfo(ep, length, tasks, Path(data), start, stop, {k: (Path(p), o) for k, p, o in videos})
+            for ep, length, tasks, data, start, stop, videos in rows}
+        self.__dict__.update(state)
+
     @property
     def rgb_camera_keys(self) -> list[str]:
         """Colour cameras (see :func:`is_rgb_camera`), in info.json order: the default camera selection."""
