@@ -127,8 +127,11 @@ def stat_files(paths: Sequence[Path | str], threads: int = 16) -> list[os.stat_r
 
     if len(paths) < 64:
         return [one(p) for p in paths]
+    # a few large chunks: one future per file costs more than the stat itself
+    size = -(-len(paths) // (4 * threads))
+    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, paths, chunksize=256))
+        return [st for part in pool.map(lambda chunk: [one(p) for p in chunk], chunks) for st in part]
 
 
 def stats_key(meta: Any, episodes: Sequence[int], extra: Sequence[Any] = ()) -> str:
