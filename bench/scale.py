@@ -215,18 +215,27 @@ def measure(args: argparse.Namespace, name: str) -> dict:
 
     from behavior_smolvla.data.dataset import BehaviorDataset
     from behavior_smolvla.data.meta import DatasetMeta
-    from behavior_smolvla.data.sampler import TrainingStream, worker_context
+    from behavior_smolvla.data.sampler import TrainingStream
     from behavior_smolvla.state_maps.maps import standard_track_map
 
     import_s = time.monotonic() - t_import
     root = args.root / name
     start = time.monotonic()
+    try:
+        from behavior_smolvla.data.sampler import worker_context
+    except ImportError:  # an older checkout: it spawned its workers
+        args.context = "spawn"
     context = worker_context() if args.context == "forkserver" else args.context  # as smolvla-train: early
     meta = DatasetMeta.load(root)
     meta_s = time.monotonic() - start
     state_map = standard_track_map(meta.state_dim).bind(meta.state_dim)
+    import inspect
+
+    kwargs = {"cache_dir": args.root / "cache", "in_memory": args.mode == "memory"}
+    if "in_memory" not in inspect.signature(BehaviorDataset).parameters:
+        kwargs = {}  # the code before the numeric cache (run this script against an older checkout to compare)
     dataset = BehaviorDataset(meta, cameras=list(CAMERAS), chunk_size=50, image_size=64, state_map=state_map,
-                              cache_dir=args.root / "cache", in_memory=args.mode == "memory")
+                              **kwargs)
     dataset_s = time.monotonic() - start
     stream = TrainingStream(dataset, seed=0, batch_size=8, streams=args.workers, uint8_images=True, decoder_threads=1)
     stream_s = time.monotonic() - start
