@@ -84,6 +84,20 @@ def _assert_batches_equal(a, b):
 
 
 @FORK_OK
+def test_same_batches_for_0_1_and_3_workers_from_the_cache(unbalanced):
+    """The reader memory-maps its numeric data (the default): workers map the same files and the batches of 0, 1
+    and 3 workers are identical, as is a resume from batch 4."""
+    assert not unbalanced.numeric_in_memory
+    epoch = list(_stream(unbalanced, task_balanced=False))
+    unbalanced.close()
+    for workers in (1, 3):
+        loader = DataLoader(_stream(unbalanced, task_balanced=False), batch_size=None, num_workers=workers,
+                            multiprocessing_context="fork")
+        _assert_batches_equal(epoch, list(loader))
+    _assert_batches_equal(epoch[4:], list(_stream(unbalanced, task_balanced=False, start_batch=4)))
+
+
+@FORK_OK
 def test_task_balanced_stream_is_balanced_and_deterministic(unbalanced):
     epoch = list(_stream(unbalanced))
     counts = _task_counts(epoch)
