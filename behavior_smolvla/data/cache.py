@@ -20,7 +20,8 @@ Layout under the cache folder (``--cache-dir``; default :func:`default_cache_dir
                                  stats-<key>.npz     normalisation statistics (keyed by the metadata they
                                                      come from), so later runs skip parsing them
 
-A changed data parquet (size or mtime), another selection or other keys give another key, hence a fresh entry; an
+The raw state is stored, and a reader applies its state map to each row it reads (a gather of ~200 values), so one
+entry serves every state map without a second copy on disk. A changed data parquet (size or mtime), another selection or other keys give another key, hence a fresh entry; an
 unchanged dataset reuses its entry without opening a parquet file. Entries are written into a temporary folder and
 renamed into place (atomic on one filesystem), under an exclusive ``flock`` on ``<cache>/.<entry>.lock``: concurrent
 runs and the processes of one node under DDP build an entry once, the others wait for the lock and then open it.
