@@ -48,7 +48,7 @@ def test_cached_samples_equal_in_memory(name, request, tmp_path):
     root = request.getfixturevalue(name)
     meta = DatasetMeta.load(root)
     state_map = standard_track_map(meta.state_dim) if meta.state_dim in (256, 61) else None
-    kwargs = dict(cameras=[], chunk_size=7, frame_stride=2, state_map=state_map)
+    kwargs = {"cameras": [], "chunk_size": 7, "frame_stride": 2, "state_map": state_map}
     cached = BehaviorDataset(meta, cache_dir=tmp_path, **kwargs)
     memory = BehaviorDataset(meta, in_memory=True, **kwargs)
     assert not cached.numeric_in_memory and memory.numeric_in_memory
@@ -61,7 +61,7 @@ def test_cached_samples_equal_in_memory(name, request, tmp_path):
 def test_cached_state_with_sum_entries_equals_in_memory(synthetic_2025, tmp_path):
     """r1pro-2025-b1k23 sums gripper finger widths: mapping one cached row at a time gives the whole-array values."""
     state_map = load_state_map("r1pro-2025-b1k23").bind(256)
-    kwargs = dict(cameras=[], chunk_size=3, state_map=state_map)
+    kwargs = {"cameras": [], "chunk_size": 3, "state_map": state_map}
     _assert_same_samples(BehaviorDataset(synthetic_2025, cache_dir=tmp_path, **kwargs),
                          BehaviorDataset(synthetic_2025, in_memory=True, **kwargs), range(0, 198, 3))
 

@@ -109,8 +109,7 @@ def numeric_key(meta: Any, episodes: Sequence[int]) -> str:
         if stat is None:
             raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ folder "
                                "or select other episodes")
-        text = str(path)
-        rel = text[len(root):] if text.startswith(root) else text
+        rel = str(path).removeprefix(root)
         spans = [(ep, meta.episodes[ep].row_start, meta.episodes[ep].row_stop) for ep in eps]
         digest.update(json.dumps([rel, stat.st_size, stat.st_mtime_ns, spans]).encode())
     return digest.hexdigest()[:24]
@@ -204,7 +203,13 @@ class _Progress:
         self.done += n
         if self.bar is None and time.monotonic() - self.start > PROGRESS_AFTER_S:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)

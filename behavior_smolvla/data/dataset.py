@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy, stat_files, stats_key
 from behavior_smolvla.data.meta import (
     ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parse_episode_spec,
 )
-from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy, stat_files, stats_key
 from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
 from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
