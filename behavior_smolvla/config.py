@@ -36,6 +36,12 @@ class DataConfig:
     """Training episodes, a spec such as ``0-39,45``; default: every episode not in ``val_episodes``."""
     val_episodes: str | None = None
     """Held-out episodes (never trained on), used for validation loss and metrics."""
+    tasks: str | None = None
+    """Train on the episodes of these task indices only, e.g. ``0-49`` or ``6`` (``smolvla-inspect`` lists them);
+    combined with ``episodes`` it keeps the episodes in both."""
+    task_balanced: bool = False
+    """Sample every task equally often per epoch (a task's spans are repeated or subsampled to an equal share of
+    the epoch's samples), instead of in proportion to its frames."""
     state_key: str = "observation.state"
     """Dataset feature read as the policy's ``observation.state`` (e.g. ``state`` in some third-party uploads)."""
     action_key: str = "action"
@@ -69,6 +75,10 @@ class DataConfig:
     action_reference: str | None = None
     """YAML file mapping action dims to the raw-state dims they are deltas of (overrides the R1Pro layouts and the
     equal-names rule)."""
+    cache_dir: str | None = None
+    """Folder of the numeric cache (state, action, timestamps memory-mapped from ``.npy`` files built once per
+    dataset and selection); default ``$SMOLVLA_CACHE_DIR``, else ``behavior_smolvla/`` beside the Hugging Face
+    cache. Under DDP give every process of a node the same folder (shared storage works too)."""
 
 
 @dataclass

@@ -284,14 +284,15 @@ class PolicyInputs:
                                image_size=self.image_size, frame_stride=self.frame_stride, state_map=self.state_map,
                                action_reference=self.delta_reference, **reader)
 
-    def eval_dataset(self, meta: DatasetMeta, episodes: str | Sequence[int] | None) -> BehaviorDataset:
+    def eval_dataset(self, meta: DatasetMeta, episodes: str | Sequence[int] | None, **reader: Any) -> BehaviorDataset:
         """The evaluation reader: every frame (stride 1) with a chunk of ``(chunk_size - 1) * frame_stride + 1``
         actions, so any frame can be evaluated and its ground truth at the policy's rate is ``chunk[::stride]``.
         Samples hold ``action.reference`` whenever the contract has a reference (any mode): the evaluation's ``state``
         predictor reads it, and ``predict_chunk`` adds it back in delta mode."""
         return BehaviorDataset(meta, episodes=episodes, cameras=list(self.cameras),
                                chunk_size=(self.chunk_size - 1) * self.frame_stride + 1, image_size=self.image_size,
-                               frame_stride=1, state_map=self.state_map, action_reference=self.action_reference)
+                               frame_stride=1, state_map=self.state_map, action_reference=self.action_reference,
+                               **reader)
 
     # -- saving and loading -----------------------------------------------------------------------------------
 

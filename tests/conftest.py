@@ -7,13 +7,20 @@ variables are set at import time because ``huggingface_hub`` reads them when it 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
+# The numeric cache of every reader built by the tests (and their CLI subprocesses) lives in a fresh temporary
+# folder, never in the user's cache.
+os.environ["SMOLVLA_CACHE_DIR"] = tempfile.mkdtemp(prefix="smolvla-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SMOLVLA_CACHE_DIR"], ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """``../shared/data`` next to the checkout (the real datasets; see its README.md)."""

@@ -40,8 +40,8 @@ def test_synthetic_2025(synthetic_2025):
                                   "contiguous": False}
     assert report["frames"]["total"] == sum(spec.lengths)
     assert report["frames"]["per_episode"] == {"min": 40, "mean": 49.5, "max": 60}
-    assert [(t["task_index"], t["task"], t["episodes"]) for t in report["tasks"]] == [
-        (k, S.task_strings(k)[1], 2) for k in range(2)]
+    assert [(t["task_index"], t["task"], t["episodes"], t["frames"]) for t in report["tasks"]] == [
+        (0, S.task_strings(0)[1], 2, 40 + 52), (1, S.task_strings(1)[1], 2, 46 + 60)]
     assert report["features"]["observation.state"] == {"dtype": "float32", "shape": [256], "names": None}
     assert report["features"]["action"]["shape"] == [23]
     assert report["undeclared_columns"] == ["task_index"]
@@ -92,7 +92,8 @@ def test_real_g1_v21(g1_v21):
     assert report["format"] == "v2.1"
     assert report["episodes"]["indices"] == "1-2, 4-5, 7-8, 10-11" and report["episodes"]["contiguous"] is False
     assert report["frames"]["total"] == 3027
-    assert report["tasks"] == [{"task_index": 0, "task": "Pick up the yellow bottle on the table.", "episodes": 8}]
+    assert report["tasks"] == [{"task_index": 0, "task": "Pick up the yellow bottle on the table.", "episodes": 8,
+                                "frames": 3027}]
     state = report["features"]["observation.state"]
     assert state["shape"] == [26] and len(state["names"]) == 26 and state["names"][0] == "kLeftShoulderPitch"
     (cam,) = report["cameras"]

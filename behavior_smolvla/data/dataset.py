@@ -1,8 +1,10 @@
 """The random-access reader: ``BehaviorDataset`` turns selected episodes of a LeRobot dataset into samples (camera
 frames, the state through a bound state map, an action chunk with its padding mask, the task).
 
-The numeric columns of the selected episodes are read once, with pyarrow, into contiguous numpy arrays (float32
-state/action), so samples cost no parquet access and the dataset pickles cheaply to DataLoader workers. Frames are
+The numeric columns of the selected episodes (state, action, timestamps, frame and task indices) are read once,
+with pyarrow, into the numeric cache (:mod:`behavior_smolvla.data.cache`) and memory-mapped from there, so samples
+cost no parquet access, memory does not grow with the number of frames, and the dataset pickles to DataLoader
+workers as metadata plus file names. ``in_memory=True`` keeps them in this process's memory instead. Frames are
 decoded by :mod:`behavior_smolvla.data.video` with decoders opened lazily in the process that reads.
 """
 
@@ -16,10 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
+from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy, stat_files, stats_key
 from behavior_smolvla.data.meta import (
-    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parquet_columns, parse_episode_spec, read_parquet,
+    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parse_episode_spec,
 )
 from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable, stream_stats
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
@@ -77,7 +81,81 @@ def _extra_column(table: pa.Table, name: str) -> np.ndarray:
     return values.astype(np.float32) if values.dtype.kind == "f" else values
 
 
-# -- statistics -------------------------------------------------------------------------------------------------
+def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_columns: Sequence[str] = ()
+                      ) -> dict[int, tuple]:
+    """The rows of episodes ``eps`` from their data file ``path``, read once and checked against the metadata.
+
+    Returns:
+        episode -> ``(state float32 [n, D], action float32 [n, A], timestamp float32 [n], frame_index int64 [n],
+        task_index int64 [n], {extra column: values [n, ...]})`` with ``n`` the episode's length.
+
+    Raises:
+        DatasetError: a missing or unreadable file, missing columns, fewer rows than the metadata says, rows of
+            another episode, unknown task indices.
+    """
+    if not path.is_file():
+        raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
+                           "folder or select other episodes")
+    reverse_tasks = {text: index for index, text in meta.tasks.items()}
+    try:  # one open per file: the schema and the columns come from the same handle
+        handle = pq.ParquetFile(path)
+        schema_names = handle.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
+    for key in (meta.state_key, meta.action_key, *extra_columns):
+        if key not in schema_names:
+            raise DatasetError(
+                f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
+    optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
+    try:
+        table = handle.read(columns=list(dict.fromkeys([meta.state_key, meta.action_key, *optional,
+                                                        *extra_columns])))
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
+    finally:
+        handle.close()
+    state = _vector_column(table, meta.state_key, meta.state_dim, path)
+    action = _vector_column(table, meta.action_key, meta.action_dim, path)
+    columns = {c: table.column(c).to_numpy() for c in optional}
+    extras = {c: _extra_column(table, c) for c in extra_columns}
+    loaded: dict[int, tuple] = {}
+    for ep in eps:
+        info = meta.episodes[ep]
+        lo, hi = info.row_start, info.row_stop
+        if hi > table.num_rows:
+            raise DatasetError(f"episode {ep} should be rows {lo}-{hi - 1} of {path} (meta length "
+                               f"{info.length}) but the file has {table.num_rows} rows; the metadata and "
+                               "data disagree")
+        if "episode_index" in columns:
+            found = np.unique(columns["episode_index"][lo:hi])
+            if len(found) != 1 or int(found[0]) != ep:
+                raise DatasetError(f"rows {lo}-{hi - 1} of {path} hold episode(s) {format_indices(found)}, "
+                                   f"not episode {ep} as the metadata says; the metadata and data disagree")
+        if "task_index" in columns:
+            task_index = columns["task_index"][lo:hi].astype(np.int64)
+            unknown = set(np.unique(task_index).tolist()) - set(meta.tasks)
+            if unknown:
+                raise DatasetError(f"{path} uses task_index {sorted(unknown)} that the task table does not "
+                                   f"define (it has {format_indices(list(meta.tasks))})")
+        elif info.tasks and info.tasks[0] in reverse_tasks:
+            task_index = np.full(hi - lo, reverse_tasks[info.tasks[0]], dtype=np.int64)
+        else:
+            raise DatasetError(f"{path} has no task_index column and episode {ep}'s task is not in the "
+                               "task table")
+        timestamp = (columns["timestamp"][lo:hi].astype(np.float32) if "timestamp" in columns
+                     else (np.arange(hi - lo) / meta.fps).astype(np.float32))
+        frame_index = (columns["frame_index"][lo:hi].astype(np.int64) if "frame_index" in columns
+                       else np.arange(hi - lo, dtype=np.int64))
+        loaded[ep] = (state[lo:hi], action[lo:hi], timestamp, frame_index, task_index,
+                      {c: extras[c][lo:hi] for c in extra_columns})
+    return loaded
+
+
+class _MappedFile:
+    """A memory-mapped array's file name, standing in for the array while a dataset is pickled."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
 
 
 # -- the dataset ------------------------------------------------------------------------------------------------
@@ -123,6 +201,14 @@ class BehaviorDataset(torch.utils.data.Dataset):
         action_reference: one raw-state index (or None) per action dim (``behavior_smolvla.actions``); when given,
             samples also hold ``action.reference`` float32 ``[A]``: the RAW state (before the state map) of those
             dims at the sample's frame, 0 for dims without one.
+        cache_dir: folder of the numeric cache (:mod:`behavior_smolvla.data.cache`; ``--cache-dir``); None = the
+            default (``$SMOLVLA_CACHE_DIR``, else ``behavior_smolvla/`` beside the Hugging Face cache). The state,
+            action, timestamps and indices of the selected episodes are memory-mapped from there (built on first
+            use, reused while the data files are unchanged), so memory does not grow with the number of frames and
+            a pickled dataset (what a DataLoader worker receives) holds metadata and file names only: about 1 KB
+            per episode, independent of its length.
+        in_memory: read the numeric columns into this process's memory instead (no cache; for a few episodes,
+            e.g. offline evaluation). ``extra_columns`` imply it.
 
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
@@ -139,7 +225,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
             info.json, rows that do not belong to the episode the metadata says.
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
-        ConfigError: a non-positive ``chunk_size`` or ``frame_stride``.
+        ConfigError: a non-positive ``chunk_size`` or ``frame_stride``; an unwritable ``cache_dir``.
         StateMapError: a state map that is not bound to this dataset's state size.
     """
 
@@ -157,6 +243,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         decoder_threads: int = 0,
         recompute_stats: bool = False,
         action_reference: Sequence[int | None] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
@@ -182,17 +270,17 @@ class BehaviorDataset(torch.utils.data.Dataset):
         for key in self.cameras:
             meta.check_camera(key)
         self.extra_columns = list(extra_columns)
-        for ep in self.episodes:
-            for key in self.cameras:
-                path, _ = meta.episodes[ep].videos[key]
-                if not path.is_file():
-                    raise VideoError(f"video file {path} (camera {key}, episode {ep}) does not exist; "
-                                     "re-download the videos/ folder or select other episodes/cameras")
+        wanted = [(ep, key, meta.episodes[ep].videos[key][0]) for ep in self.episodes for key in self.cameras]
+        for (ep, key, path), stat in zip(wanted, stat_files([p for _, _, p in wanted]), strict=True):
+            if stat is None:
+                raise VideoError(f"video file {path} (camera {key}, episode {ep}) does not exist; "
+                                 "re-download the videos/ folder or select other episodes/cameras")
 
-        raw_state = self._load_rows()
+        self._cache: NumericCache | None = None
         self.recompute_stats = bool(recompute_stats)
+        raw_state = self._load_rows() if in_memory or self.extra_columns else self._open_cache(cache_dir)
         self.action_reference = self._reference_rows(raw_state, action_reference)
-        self.stats, self.stats_source = self._compute_stats(raw_state)
+        self.stats, self.stats_source = self._cached_stats(raw_state)
         self.state_map = state_map
         if self.state_map is None:
             self._state = raw_state
@@ -201,10 +289,22 @@ class BehaviorDataset(torch.utils.data.Dataset):
             self.stats[STATE_KEY] = {
                 k: np.asarray(v, dtype=np.float32)
                 for k, v in self.state_map.map_stats(self.stats[STATE_KEY], raw_state=raw_state).items()}
-            self._state = np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32)
+            # Cached data keeps the raw state on disk and maps each row as it is read (a gather of ~200 values
+            # costs microseconds): a second, mapped copy would double the cache's size on disk.
+            self._state = (raw_state if self._cache is not None
+                           else np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32))
             self.state_names = list(self.state_map.names) if self.state_map.names is not None else None
         self.action_names = meta.action_names
 
+        if self._cache is not None:
+            self.frame_table = self._cache.frame_table(self.frame_stride, self.episodes, FRAME_TABLE_DTYPE)
+        else:
+            self.frame_table = self._frame_table_in_memory()
+        used = self._cache.task_indices if self._cache is not None else np.unique(self._task_index)
+        self.tasks = sorted({meta.tasks[int(t)] for t in used})
+        self._decoders = DecoderCache(max_open=max_open_videos, threads=decoder_threads)
+
+    def _frame_table_in_memory(self) -> np.ndarray:
         table = np.empty(0, dtype=FRAME_TABLE_DTYPE)
         parts = []
         for ep in self.episodes:
@@ -215,18 +315,12 @@ class BehaviorDataset(torch.utils.data.Dataset):
             part["frame_index"] = self._frame_index[rows]
             part["row"] = rows
             parts.append(part)
-        self.frame_table = np.concatenate(parts) if parts else table
-        self._row_stop = np.empty(len(self._frame_index), dtype=np.int64)
-        for begin, end in self._bounds.values():
-            self._row_stop[begin:end] = end
-        used = np.unique(self._task_index)
-        self.tasks = sorted({meta.tasks[int(t)] for t in used})
-        self._decoders = DecoderCache(max_open=max_open_videos, threads=decoder_threads)
+        return np.concatenate(parts) if parts else table
 
     # -- loading ------------------------------------------------------------------------------------------------
 
     def _load_rows(self) -> np.ndarray:
-        """Read the selected episodes' rows; sets the internal arrays and returns the raw float32 state."""
+        """Read the selected episodes' rows into memory; sets the internal arrays and returns the raw float32 state."""
         meta = self.meta
         by_file: dict[Path, list[int]] = {}
         for ep in self.episodes:
@@ -235,52 +329,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         extra_parts: dict[str, list[np.ndarray]] = {c: [] for c in self.extra_columns}
         self._bounds: dict[int, tuple[int, int]] = {}
         loaded: dict[int, tuple] = {}
-        reverse_tasks = {text: index for index, text in meta.tasks.items()}
         for path, eps in by_file.items():
-            if not path.is_file():
-                raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
-                                   "folder or select other episodes")
-            schema_names = parquet_columns(path, "data file")
-            for key in (meta.state_key, meta.action_key, *self.extra_columns):
-                if key not in schema_names:
-                    raise DatasetError(
-                        f"column {key!r} missing from {path}; its columns are: {', '.join(schema_names)}")
-            optional = [c for c in ("timestamp", "frame_index", "episode_index", "task_index") if c in schema_names]
-            table = read_parquet(path, list(dict.fromkeys([meta.state_key, meta.action_key, *optional,
-                                                           *self.extra_columns])), "data file")
-            state = _vector_column(table, meta.state_key, meta.state_dim, path)
-            action = _vector_column(table, meta.action_key, meta.action_dim, path)
-            columns = {c: table.column(c).to_numpy() for c in optional}
-            extras = {c: _extra_column(table, c) for c in self.extra_columns}
-            for ep in eps:
-                info = meta.episodes[ep]
-                lo, hi = info.row_start, info.row_stop
-                if hi > table.num_rows:
-                    raise DatasetError(f"episode {ep} should be rows {lo}-{hi - 1} of {path} (meta length "
-                                       f"{info.length}) but the file has {table.num_rows} rows; the metadata and "
-                                       "data disagree")
-                if "episode_index" in columns:
-                    found = np.unique(columns["episode_index"][lo:hi])
-                    if len(found) != 1 or int(found[0]) != ep:
-                        raise DatasetError(f"rows {lo}-{hi - 1} of {path} hold episode(s) {format_indices(found)}, "
-                                           f"not episode {ep} as the metadata says; the metadata and data disagree")
-                if "task_index" in columns:
-                    task_index = columns["task_index"][lo:hi].astype(np.int64)
-                    unknown = set(np.unique(task_index).tolist()) - set(meta.tasks)
-                    if unknown:
-                        raise DatasetError(f"{path} uses task_index {sorted(unknown)} that the task table does not "
-                                           f"define (it has {format_indices(list(meta.tasks))})")
-                elif info.tasks and info.tasks[0] in reverse_tasks:
-                    task_index = np.full(hi - lo, reverse_tasks[info.tasks[0]], dtype=np.int64)
-                else:
-                    raise DatasetError(f"{path} has no task_index column and episode {ep}'s task is not in the "
-                                       "task table")
-                timestamp = (columns["timestamp"][lo:hi].astype(np.float32) if "timestamp" in columns
-                             else (np.arange(hi - lo) / meta.fps).astype(np.float32))
-                frame_index = (columns["frame_index"][lo:hi].astype(np.int64) if "frame_index" in columns
-                               else np.arange(hi - lo, dtype=np.int64))
-                loaded[ep] = (state[lo:hi], action[lo:hi], timestamp, frame_index, task_index,
-                              {c: extras[c][lo:hi] for c in self.extra_columns})
+            loaded.update(read_episode_rows(meta, path, eps, self.extra_columns))
         cursor = 0
         for ep in self.episodes:
             st, ac, ts, fi, ti, ex = loaded[ep]
@@ -299,6 +349,61 @@ class BehaviorDataset(torch.utils.data.Dataset):
         self._task_index = np.concatenate(task_parts)
         self._extras = {c: np.concatenate(extra_parts[c]) for c in self.extra_columns}
         return np.ascontiguousarray(np.concatenate(state_parts), dtype=np.float32)
+
+    def _open_cache(self, cache_dir: str | os.PathLike | None) -> np.ndarray:
+        """Memory-map the selected episodes' rows from the numeric cache (built on first use); sets the internal
+        arrays and returns the raw float32 state (a read-only memory map)."""
+        meta = self.meta
+
+        def read(path: Path, eps: list[int]) -> dict[int, tuple[np.ndarray, ...]]:
+            return {ep: rows[:5] for ep, rows in read_episode_rows(meta, path, eps, ()).items()}
+
+        self._cache = NumericCache.open_or_build(meta, self.episodes, read, cache_dir)
+        arrays = self._cache.arrays
+        self._bounds = dict(self._cache.bounds)
+        self._action = arrays["action"]
+        self._timestamp = arrays["timestamp"]
+        self._frame_index = arrays["frame_index"]
+        self._task_index = arrays["task_index"]
+        self._extras = {}
+        return arrays["state"]
+
+    # Memory maps travel to DataLoader workers as file names and are mapped again there, so the pickled reader is
+    # O(episodes) (metadata and bounds), not O(frames).
+    _MAPPED = ("_state", "_action", "_timestamp", "_frame_index", "_task_index", "frame_table")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self._MAPPED:
+            value = state.get(name)
+            if isinstance(value, np.memmap) and value.filename is not None:
+                state[name] = _MappedFile(value.filename)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self._MAPPED:
+            if isinstance(state.get(name), _MappedFile):
+                state[name] = open_npy(Path(state[name].path))
+        self.__dict__.update(state)
+
+    @property
+    def numeric_in_memory(self) -> bool:
+        """True when the numeric columns live in this process's memory (``cache_dir=False`` or extra columns);
+        False when they are memory-mapped from the numeric cache."""
+        return self._cache is None
+
+    def _cached_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+        """:meth:`_compute_stats`, kept in the numeric cache entry: it parses the stored per-episode statistics
+        (or passes over the data), which dominated startup at 10,000 episodes."""
+        if self._cache is None or self.recompute_stats:
+            return self._compute_stats(raw_state)
+        key = stats_key(self.meta, self.episodes)
+        found = self._cache.load_stats(key)
+        if found is not None:
+            return found
+        stats, source = self._compute_stats(raw_state)
+        self._cache.save_stats(key, stats, source)
+        return stats, source
 
     def _compute_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
         meta = self.meta
@@ -319,12 +424,18 @@ class BehaviorDataset(torch.utils.data.Dataset):
         if whole is not None and all(stats_usable(whole[f], dims[f]) for f in dims):
             return ({f: {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in whole[f].items() if k != "count"}
                      for f in dims}, "meta/stats.json")
-        return {STATE_KEY: data_stats(raw_state), ACTION_KEY: data_stats(self._action)}, "computed from data"
+        return ({STATE_KEY: columnwise_data_stats(raw_state, data_stats),
+                 ACTION_KEY: columnwise_data_stats(self._action, data_stats)}, "computed from data")
 
     # -- samples ------------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.frame_table)
+
+    def task_indices(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """int64 ``[n]``: the ``task_index`` of samples ``indices`` (positions in ``[0, len)``)."""
+        rows = np.asarray(self.frame_table["row"])[np.asarray(indices, dtype=np.int64)]
+        return np.asarray(self._task_index[rows], dtype=np.int64)
 
     def video_source(self, index: int, camera: str) -> tuple[Path, float]:
         """``(mp4 path, seconds from the file's start)`` of sample ``index``'s frame for ``camera``."""
@@ -339,11 +450,11 @@ class BehaviorDataset(torch.utils.data.Dataset):
         index = int(index) % len(self)
         entry = self.frame_table[index]
         row = int(entry["row"])
-        stop = int(self._row_stop[row])
+        stop = self._bounds[int(entry["episode_index"])][1]
         wanted = row + np.arange(self.chunk_size, dtype=np.int64) * self.frame_stride
         sample = {
-            STATE_KEY: torch.from_numpy(self._state[row].copy()),
-            ACTION_KEY: torch.from_numpy(self._action[np.minimum(wanted, stop - 1)]),
+            STATE_KEY: torch.from_numpy(self._state_row(row)),
+            ACTION_KEY: torch.from_numpy(np.asarray(self._action[np.minimum(wanted, stop - 1)])),
             "action_is_pad": torch.from_numpy(wanted >= stop),
             "task": self.meta.tasks[int(self._task_index[row])],
             "episode_index": torch.tensor(int(entry["episode_index"]), dtype=torch.int64),
@@ -351,8 +462,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
             "timestamp": torch.tensor(self._timestamp[row], dtype=torch.float32),
             "index": torch.tensor(index, dtype=torch.int64),
         }
-        if self._reference is not None:
-            sample[REFERENCE_KEY] = torch.from_numpy(self._reference[row].copy())
+        if self._reference_idx is not None:
+            sample[REFERENCE_KEY] = torch.from_numpy(self._reference_at(np.array([row]))[0])
         for column, values in self._extras.items():
             sample[column] = torch.as_tensor(np.asarray(values[row]))
         return sample
@@ -367,16 +478,19 @@ class BehaviorDataset(torch.utils.data.Dataset):
             ``(action float32 [N, chunk, A], action_is_pad bool [N, chunk], action.reference float32 [N, A] or
             None when the reader was built without ``action_reference``)``.
         """
-        rows = self.frame_table["row"][np.asarray(indices, dtype=np.int64)]
+        entries = self.frame_table[np.asarray(indices, dtype=np.int64)]
+        rows = np.asarray(entries["row"], dtype=np.int64)
+        stop = np.array([self._bounds[int(e)][1] for e in entries["episode_index"]], dtype=np.int64)[:, None]
         wanted = rows[:, None] + np.arange(self.chunk_size, dtype=np.int64)[None, :] * self.frame_stride
-        stop = self._row_stop[rows][:, None]
-        action = self._action[np.minimum(wanted, stop - 1)]
-        reference = self._reference[rows] if self._reference is not None else None
-        return action, wanted >= stop, reference
+        action = np.asarray(self._action[np.minimum(wanted, stop - 1).reshape(-1)]).reshape(
+            len(rows), self.chunk_size, -1)
+        return action, wanted >= stop, self._reference_at(rows)
 
     def _reference_rows(self, raw_state: np.ndarray, reference: Sequence[int | None] | None) -> tuple | None:
-        """Keep the raw state of the referenced dims (float32 [rows, A], 0 where none) before the state map runs."""
-        self._reference = None
+        """Validate the action -> raw-state reference; in memory, keep the referenced raw dims (float32 [rows, A],
+        0 where none) before the state map replaces the state. Cached data keeps the raw state memory-mapped and
+        reads the referenced dims per row (:meth:`_reference_at`)."""
+        self._reference = self._reference_idx = self._reference_none = None
         if reference is None:
             return None
         reference = tuple(None if r is None else int(r) for r in reference)
@@ -385,11 +499,31 @@ class BehaviorDataset(torch.utils.data.Dataset):
             raise ConfigError(f"action reference {list(reference)} does not fit {self.meta.root}: it needs one entry "
                               f"per action dim ({self.meta.action_dim}), each a state index below "
                               f"{self.meta.state_dim} or None")
-        idx = np.array([0 if r is None else r for r in reference], dtype=np.int64)
-        values = raw_state[:, idx]
-        values[:, [r is None for r in reference]] = 0.0
-        self._reference = np.ascontiguousarray(values, dtype=np.float32)
+        self._reference_idx = np.array([0 if r is None else r for r in reference], dtype=np.int64)
+        self._reference_none = np.array([r is None for r in reference], dtype=bool)
+        if self._cache is None:
+            self._reference = self._gather_reference(raw_state)
         return reference
+
+    def _gather_reference(self, raw_rows: np.ndarray) -> np.ndarray:
+        values = np.asarray(raw_rows)[:, self._reference_idx].astype(np.float32)
+        values[:, self._reference_none] = 0.0
+        return np.ascontiguousarray(values)
+
+    def _reference_at(self, rows: np.ndarray) -> np.ndarray | None:
+        """float32 ``[N, A]``: the raw reference state at internal ``rows`` (None without a reference)."""
+        if self._reference_idx is None:
+            return None
+        if self._reference is not None:
+            return self._reference[rows]
+        return self._gather_reference(self._state[np.asarray(rows, dtype=np.int64)])  # cached: the raw state
+
+    def _state_row(self, row: int) -> np.ndarray:
+        """float32 ``[D]``: the (mapped) state of internal row ``row``, a fresh array."""
+        if self._cache is not None and self.state_map is not None:
+            # a [1, D_in] block takes the same code path as mapping the whole array at once: identical values
+            return np.ascontiguousarray(self.state_map.apply(np.asarray(self._state[row:row + 1]))[0])
+        return np.array(self._state[row])
 
     def load_sample(self, index: int, decoders: DecoderCache | MutableMapping[Path, VideoFile] | None = None
                     ) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         dict with ``root``, ``format`` (``"v2.1"``/``"v3.0"``), ``codebase_version`` (as stored), ``robot_type``,
         ``fps`` (Hz), ``episodes`` (``count``, ``indices`` as runs such as ``"10, 20, 10010-10011"``, ``first``,
         ``last``, ``contiguous``), ``frames`` (``total``, ``per_episode`` min / mean / max), ``duration_s``,
-        ``tasks`` (list of ``task_index``, ``task``, ``episodes``), ``state_key`` / ``action_key`` (the features
+        ``tasks`` (list of ``task_index``, ``task``, ``episodes``, ``frames``; select with ``--tasks``), ``state_key`` / ``action_key`` (the features
         found for them, or None), ``features`` (those two by name: ``dtype``, ``shape``, ``names`` or None),
         ``vector_features`` (every float vector feature: name -> size, the state / action candidates),
         ``train_flags`` (e.g. ``"--state-key state --action-key actions"``, None for the default names),
@@ -124,7 +124,12 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
     lengths = np.array([e.length for e in episodes.values()], dtype=np.int64)
 
     task_counts = Counter(task for e in episodes.values() for task in e.tasks)
-    tasks = [{"task_index": i, "task": t, "episodes": task_counts.get(t, 0)} for i, t in sorted(meta.tasks.items())]
+    task_frames = Counter()
+    for e in episodes.values():
+        for task in e.tasks:
+            task_frames[task] += e.length
+    tasks = [{"task_index": i, "task": t, "episodes": task_counts.get(t, 0), "frames": task_frames.get(t, 0)}
+             for i, t in sorted(meta.tasks.items())]
 
     # Data files: existence for all, row counts (and the column schema) for a spread sample.
     data_files: dict[Path, list[int]] = {}
@@ -304,12 +309,14 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     tasks = Table(title=f"tasks ({len(report['tasks'])})", title_justify="left")
     tasks.add_column("index", justify="right")
     tasks.add_column("episodes", justify="right")
+    tasks.add_column("frames", justify="right")
     tasks.add_column("task")
-    shown = report["tasks"][:20]
+    # the 2025 release has 50 tasks: list them all, so that --tasks can be read off this table
+    shown = report["tasks"][:60]
     for task in shown:
-        tasks.add_row(str(task["task_index"]), str(task["episodes"]), task["task"])
+        tasks.add_row(str(task["task_index"]), str(task["episodes"]), str(task.get("frames", "")), task["task"])
     if len(report["tasks"]) > len(shown):
-        tasks.add_row("...", "", f"{len(report['tasks']) - len(shown)} more")
+        tasks.add_row("...", "", "", f"{len(report['tasks']) - len(shown)} more")
     console.print(tasks)
 
     features = Table(title="features", title_justify="left")

@@ -27,6 +27,7 @@ so all ranks step together (DDP); the few samples cut differ from epoch to epoch
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -219,12 +220,29 @@ class TrainingPlan:
             num_batches = -(-len(order) // b)
         else:
             num_batches = int(rank_samples.min() // b)
-        self._order = order
-        self._slots = slots
+        # int32 when it fits: a plan is O(samples) and every DataLoader worker builds its own (2 M samples: 16 MB
+        # instead of 32); batches hand out int64 as documented
+        compact = np.int32 if len(self.spans) == 0 or int(self.spans[:, 1].max()) < 2**31 else np.int64
+        self._order = order.astype(compact)
+        self._slots = slots.astype(np.int32)
         self._main_batches = full_rounds * self.streams
         self._num_batches = min(num_batches, -(-len(order) // b))
         self.rank_samples = rank_samples
         """int64 [world_size]: samples dealt to each rank this epoch (before truncation to equal batch counts)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The O(samples) order travels to DataLoader workers as shared memory (torch's multiprocessing pickler sends
+        # a handle; a plain pickle copies the values), so workers neither rebuild nor copy it.
+        state = self.__dict__.copy()
+        if "_shared" not in state:
+            self._shared = state["_shared"] = (torch.from_numpy(self._order).share_memory_(),
+                                               torch.from_numpy(self._slots).share_memory_())
+        state["_order"] = state["_slots"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._order, self._slots = (t.numpy() for t in state["_shared"])
 
     def __len__(self) -> int:
         """Number of batches of this rank in this epoch."""
@@ -241,11 +259,12 @@ class TrainingPlan:
             raise IndexError(f"batch {k} outside [0, {self._num_batches})")
         lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, len(self._order))
         lane = k % self.streams if k < self._main_batches else -1
-        return PlanBatch(index=self._order[lo:hi], slot=self._slots[lo:hi], lane=lane)
+        return PlanBatch(index=self._order[lo:hi].astype(np.int64), slot=self._slots[lo:hi].astype(np.int64),
+                         lane=lane)
 
     def sample_order(self) -> np.ndarray:
         """int64 [num_samples]: every sample index of this rank's epoch in plan order (batches concatenated)."""
-        return self._order[: self.num_samples].copy()
+        return self._order[: self.num_samples].astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -289,6 +308,47 @@ def default_span_frames(keyframe_interval: int | None) -> int:
     return keyframe_interval * max(1, -(-MIN_SPAN_FRAMES // keyframe_interval))
 
 
+TASK_BALANCE_SEED = 0x7A5C
+"""Extra seed word of the task-balanced span draw, keeping it independent of the plan's own shuffles."""
+
+
+def task_balanced_spans(spans: np.ndarray, span_task: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The spans of one task-balanced epoch: each task's spans repeated (whole passes) and then drawn without
+    replacement, in an order seeded by ``(seed, epoch)``, until the task holds ``total samples / tasks`` samples
+    (rounded to whole spans, so shares differ by at most one span).
+
+    Args:
+        spans: int64 [S, 2] from :func:`make_spans`.
+        span_task: int [S], the task index of each span.
+        seed, epoch: the stream's seed and the epoch.
+
+    Returns:
+        int64 [S', 2], sorted by start (duplicates adjacent); :class:`TrainingPlan` shuffles them.
+    """
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    span_task = np.asarray(span_task, dtype=np.int64)
+    if len(spans) == 0:
+        return spans
+    rng = np.random.default_rng([int(seed), int(epoch), TASK_BALANCE_SEED])
+    sizes = spans[:, 1] - spans[:, 0]
+    tasks = np.unique(span_task)
+    quota = sizes.sum() / len(tasks)
+    chosen = []
+    for task in tasks:
+        mine = np.flatnonzero(span_task == task)
+        total = int(sizes[mine].sum())
+        passes = int(quota // total)
+        rest = quota - passes * total
+        order = rng.permutation(mine)
+        covered = np.cumsum(sizes[order])
+        # the fewest spans whose samples come nearest the rest of the quota
+        take = int(np.searchsorted(covered, rest)) if rest > 0 else 0
+        if 0 < rest and take < len(order) and (take == 0 or covered[take] - rest < rest - covered[take - 1]):
+            take += 1
+        chosen.extend([mine] * passes + [order[:take]])
+    return spans[np.sort(np.concatenate(chosen), kind="stable")]
+
+
 class _SlotReader:
     """Decodes the frames of one decoding slot: one forward-moving :class:`VideoFile` per camera of its span.
 
@@ -303,6 +363,7 @@ class _SlotReader:
                  stats: dict[str, int]):
         self.files: dict[Path, VideoFile] = {}
         self.span = -2
+        self.last_index = -1
         self._buffer: dict[int, list[np.ndarray]] = {}
         self._dataset = dataset
         self._keyframe_interval = keyframe_interval
@@ -312,12 +373,14 @@ class _SlotReader:
 
     def frames(self, index: int, span: int, span_stop: int) -> list[np.ndarray]:
         """uint8 ``[H, W, 3]`` frames of sample ``index`` (one per camera, in the dataset's camera order)."""
-        if span != self.span:
+        # a task-balanced plan may hand one slot the same span twice in a row: going back is entering a new span
+        if span != self.span or index <= self.last_index:
             continues = span == self.span + 1
             self.span = span
             self._buffer = {}
             if not continues:
                 self.close()
+        self.last_index = index
         if index not in self._buffer:
             self._read_ahead(index, span_stop)
         return self._buffer.pop(index)
@@ -356,6 +419,27 @@ class _SlotReader:
             self._retire(video)
         self.files = {}
         self._buffer = {}
+
+
+def worker_context(preload: Sequence[str] = ("torch", "av", "pyarrow.parquet", "behavior_smolvla.data.dataset",
+                                              "behavior_smolvla.data.sampler")) -> Any:
+    """A ``forkserver`` multiprocessing context for DataLoader workers, preloading ``preload`` in the server.
+
+    Why: a spawned worker imports torch, PyAV and pyarrow itself (~3 s of CPU each, so 4 workers on 2 cores
+    delayed the first batch by ~6 s); a forkserver worker is forked from a server process that imported them once.
+    The server is a fresh interpreter (started by exec, not forked from the trainer), so it holds no CUDA context,
+    FFmpeg decoder or running thread that a fork would copy: the reasons training used ``spawn`` still hold.
+    Decoders are opened inside each worker as before. The server starts (and imports) at once, in the background:
+    call this early.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    # start the server now: it imports ``preload`` while the caller goes on building its dataset and model
+    forkserver.ensure_running()
+    return context
 
 
 STORAGE_ALIGN = 64
@@ -421,6 +505,38 @@ def collate_one_storage(samples: Sequence[dict[str, Any]], frames: dict[str, lis
     return batch
 
 
+class _Pickled:
+    """An object already pickled: unpickles to it (lets one set of bytes serve every DataLoader worker)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (self.data,)
+
+
+class _WorkerShare:
+    """The batches ``ks`` (a ``range``) of a :class:`TrainingPlan`, copied out compactly with vectorised numpy (no
+    per-batch Python objects); ``batch(k)`` returns what the plan's does."""
+
+    def __init__(self, plan: TrainingPlan, ks: range):
+        self._ks = ks
+        self._batch_size, self._streams, self._main = plan.batch_size, plan.streams, plan._main_batches
+        k = np.arange(ks.start, ks.stop, ks.step, dtype=np.int64)
+        lo = k * plan.batch_size
+        hi = np.minimum(lo + plan.batch_size, len(plan._order))
+        positions = _expand(np.stack([lo, hi], axis=1)) if len(k) else np.zeros(0, dtype=np.int64)
+        self._index = plan._order[positions]
+        self._slot = plan._slots[positions]
+        self._bounds = np.concatenate([[0], np.cumsum(hi - lo)])
+
+    def batch(self, k: int) -> PlanBatch:
+        j = (k - self._ks.start) // self._ks.step
+        lo, hi = self._bounds[j], self._bounds[j + 1]
+        return PlanBatch(index=self._index[lo:hi].astype(np.int64), slot=self._slot[lo:hi].astype(np.int64),
+                         lane=k % self._streams if k < self._main else -1)
+
+
 class TrainingStream(IterableDataset):
     """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.data.dataset.BehaviorDataset`, yielding
     collated batches; use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
@@ -472,6 +588,10 @@ class TrainingStream(IterableDataset):
         readahead: samples of a span decoded in one go per camera (>= 1); decoding a few frames in a row per
             decoder instead of alternating between all of a worker's decoders on every sample saves CPU cache
             misses.
+        task_balanced: every task gets an equal share of each epoch's samples (see :func:`task_balanced_spans`;
+            uses ``dataset.task_indices``); the epoch keeps the dataset's number of samples, so a task with fewer
+            frames than its share is read more than once per epoch and a larger one in part. Still a function of
+            ``(seed, epoch)`` only: the same batches for any ``W`` and an exact resume.
         uint8_images: yield camera images as uint8 ``[B, 3, H, W]`` (0-255) instead of float32 in [0, 1]: a quarter
             of the bytes to build, hand from the workers to the main process and copy to the GPU, where
             ``x.float().div_(255)`` gives exactly the float32 batch. Not combinable with ``transform``.
@@ -503,6 +623,7 @@ class TrainingStream(IterableDataset):
         decoder_threads: int | None = None,
         readahead: int = 8,
         uint8_images: bool = False,
+        task_balanced: bool = False,
     ) -> None:
         super().__init__()
         if int(start_batch) < 0:
@@ -529,17 +650,26 @@ class TrainingStream(IterableDataset):
         self.uint8_images = bool(uint8_images)
         table = dataset.frame_table
         self.spans = make_spans(table["episode_index"], table["frame_index"], self.span_frames)
+        self.task_balanced = bool(task_balanced)
+        self.span_task = dataset.task_indices(self.spans[:, 0]) if self.task_balanced else None
         self._epoch = int(start_epoch)
         self._start_batch = int(start_batch)
         self._plan: TrainingPlan | None = None
         self._warned = False
         self.stats = {"batches": 0, "samples": 0, "decoded_frames": 0, "seeks": 0, "files_opened": 0}
         self._live: dict[int, _SlotReader] = {}
+        self._dataset_bytes: bytes | None = None
         self.plan(self._epoch)  # validates the numbers now rather than in a worker
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_plan"] = None  # rebuilt in the worker: cheaper than pickling O(N) arrays
+        # The dataset is pickled once and the bytes reused for every worker (10,000 episodes: ~1 s each time).
+        if state.get("_dataset_bytes") is None:
+            self._dataset_bytes = pickle.dumps(self.dataset, protocol=pickle.HIGHEST_PROTOCOL)
+        state["dataset"] = _Pickled(self._dataset_bytes)
+        state["_dataset_bytes"] = None
+        if self._plan is not None and self._plan.epoch != self._epoch:
+            state["_plan"] = None  # not the epoch the worker starts with: it builds its own
         state["_live"] = {}
         return state
 
@@ -547,8 +677,10 @@ class TrainingStream(IterableDataset):
         """The :class:`TrainingPlan` of ``epoch`` (default: the epoch the next iteration runs) for this rank."""
         epoch = self._epoch if epoch is None else int(epoch)
         if self._plan is None or self._plan.epoch != epoch:
+            spans = (task_balanced_spans(self.spans, self.span_task, self.seed, epoch) if self.task_balanced
+                     else self.spans)
             self._plan = TrainingPlan(
-                self.spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
                 world_size=self.world_size, streams=self.streams, open_spans=self.open_spans)
         return self._plan
 
@@ -603,8 +735,13 @@ class TrainingStream(IterableDataset):
     def _run(self, epoch: int, first: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         plan = self.plan(epoch)
         threads = self._threads(workers)
+        batches = range(first + worker, len(plan), workers)
+        if workers > 1:
+            # keep only this worker's share of the plan: its memory is O(samples / workers), not O(samples)
+            plan = _WorkerShare(plan, batches)
+            self._plan = None
         try:
-            for k in range(first + worker, len(plan), workers):
+            for k in batches:
                 yield self._batch(plan, epoch, k, threads)
         finally:
             for reader in self._live.values():

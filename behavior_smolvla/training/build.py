@@ -24,8 +24,8 @@ from behavior_smolvla.config import (
     TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
 )
 from behavior_smolvla.data.dataset import BehaviorDataset
-from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec
-from behavior_smolvla.data.sampler import TrainingStream
+from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec, select_tasks
+from behavior_smolvla.data.sampler import TrainingStream, worker_context
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.inputs import PolicyInputs
 from behavior_smolvla.policy import checkpoint as ckpt
@@ -87,16 +87,24 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("outputs") / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{cfg.output.run_name}"
 
 
-def split_episodes(meta: DatasetMeta, train_spec: str | None, val_spec: str | None) -> tuple[list[int], list[int]]:
-    """Training and held-out episode indices; the held-out ones are never trained on.
+def split_episodes(meta: DatasetMeta, train_spec: str | None, val_spec: str | None, tasks_spec: str | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """Training and held-out episode indices; the held-out ones are never trained on. ``tasks_spec`` (``--tasks``)
+    restricts the training episodes to those tasks' episodes.
 
     Raises:
         ConfigError: the two overlap, or nothing is left to train on.
-        DatasetError: an episode the dataset does not have.
+        DatasetError: an episode or task the dataset does not have, or a malformed spec.
     """
     available = sorted(meta.episodes)
     val = parse_episode_spec(val_spec, available) if val_spec else []
     train = parse_episode_spec(train_spec, available) if train_spec else [e for e in available if e not in set(val)]
+    if tasks_spec:
+        in_tasks = set(select_tasks(meta, tasks_spec))
+        train = [e for e in train if e in in_tasks]
+        if not train:
+            raise ConfigError(f"--tasks {tasks_spec}: none of the training episodes belongs to these tasks; check "
+                              "--episodes / --val-episodes against smolvla-inspect's task table")
     overlap = sorted(set(train) & set(val))
     if overlap:
         raise ConfigError(f"--episodes and --val-episodes overlap on {overlap[:10]}: held-out episodes must not be trained on")
@@ -303,6 +311,8 @@ class Training:
             ``dataset`` (path, version, episodes).
         resuming: the run continues a checkpoint.
         say: prints on rank 0 only.
+        worker_start: the multiprocessing context DataLoader workers start from (a forkserver that imported torch,
+            av and pyarrow while the model was built), or None without workers.
     """
 
     cfg: TrainConfig
@@ -326,6 +336,7 @@ class Training:
     checkpoint_config: dict[str, Any]
     resuming: bool
     say: Callable[[str], None] = field(repr=False, default=print)
+    worker_start: Any = field(repr=False, default=None)
 
     @property
     def is_main(self) -> bool:
@@ -337,7 +348,7 @@ class Training:
         return TrainingStream(
             self.dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=acc.process_index,
             world_size=acc.num_processes, start_epoch=epoch, start_batch=batch, transform=self.transform,
-            uint8_images=self.uint8_frames,
+            uint8_images=self.uint8_frames, task_balanced=cfg.data.task_balanced,
             decoder_threads=worker_decoder_threads(cfg.data.num_workers, acc.num_processes, acc.device.type),
         )
 
@@ -351,8 +362,9 @@ class Training:
             pin_memory=self.accelerator.device.type == "cuda",
             # A private generator: creating an iterator must not consume the global RNG (exact resume).
             generator=torch.Generator().manual_seed(self.cfg.optim.seed),
-            # spawn: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch threads.
-            multiprocessing_context="spawn" if workers > 0 else None,
+            # Not fork: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch
+            # threads. A forkserver (a fresh process that imported torch/av once) starts workers in milliseconds.
+            multiprocessing_context=(self.worker_start or worker_context()) if workers > 0 else None,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )
@@ -425,6 +437,9 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
 
     run_dir = _prepare_run_dir(cfg, accelerator, resuming, say)
 
+    # DataLoader workers fork from a server that imports torch/av meanwhile (started now, used after the model).
+    worker_start = worker_context() if cfg.data.num_workers > 0 else None
+
     # Data: files -> reader -> state map, all through the input contract. Resuming reads the saved contract, so a
     # change of defaults since the run started cannot change what the policy reads.
     dataset_path = Path(cfg.data.dataset_path)
@@ -433,7 +448,7 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
             f"--dataset-path {dataset_path}: no meta/info.json there; pass the folder of a LeRobot dataset"
         )
     meta = DatasetMeta.load(dataset_path, state_key=cfg.data.state_key, action_key=cfg.data.action_key)
-    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes)
+    train_eps, val_eps = split_episodes(meta, cfg.data.episodes, cfg.data.val_episodes, cfg.data.tasks)
     if resuming:
         saved = ckpt.load_train_config(Path(cfg.output.resume))
         inputs = PolicyInputs.from_train_config(saved, f"{cfg.output.resume}/{ckpt.PRETRAINED_DIR}/"
@@ -445,15 +460,16 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     cfg.data.cameras = list(inputs.cameras)
     if cfg.data.verify_data:
         verify_training_videos(meta, train_eps + val_eps, list(inputs.cameras), console if is_main else None)
-    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats)
+    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats, cache_dir=cfg.data.cache_dir)
     validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps),
                           len(dataset) // accelerator.num_processes)
-    val_dataset = inputs.eval_dataset(meta, val_eps) if val_eps and cfg.eval.eval_steps and is_main else None
+    val_dataset = (inputs.eval_dataset(meta, val_eps, cache_dir=cfg.data.cache_dir)
+                   if val_eps and cfg.eval.eval_steps and is_main else None)
     transform = build_image_transform(cfg)
 
     world = accelerator.num_processes
     probe = TrainingStream(dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size,
-                           rank=accelerator.process_index, world_size=world)
+                           rank=accelerator.process_index, world_size=world, task_balanced=cfg.data.task_balanced)
     batches_per_epoch = len(probe)
     if batches_per_epoch == 0:
         raise ConfigError(f"--batch-size {cfg.optim.batch_size}: larger than this rank's share of the data; lower it")
@@ -521,6 +537,6 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
         val_episodes=val_eps, dataset=dataset, val_dataset=val_dataset, transform=transform,
         uint8_frames=transform is None, batches_per_epoch=batches_per_epoch, total_steps=total_steps, bundle=bundle,
         policy=policy, optimizer=optimizer, scheduler=scheduler, state=state, checkpoint_config=checkpoint_config,
-        resuming=resuming, say=say,
+        resuming=resuming, say=say, worker_start=worker_start,
     )
 
