@@ -74,7 +74,7 @@ def test_fine_tune_standin_with_filter_state_resume_eval_and_act(standin, synthe
     # tests/ is on sys.path (pytest's rootdir conftest): the evaluator-shaped observation of the serving tests.
     from test_serve import make_observation
 
-    from behavior_smolvla.serving.server import load_policy
+    from behavior_smolvla.serving.policy import load_policy
 
     out = tmp_path / "ft"
     args = ["--dataset-path", str(synthetic_2025), "--policy-path", str(standin), "--filter-state",
@@ -84,7 +84,7 @@ def test_fine_tune_standin_with_filter_state_resume_eval_and_act(standin, synthe
     reinit = [line for line in proc.stdout.splitlines() if "freshly initialised" in line]
     assert len(reinit) == 1 and "model.state_proj.weight" in reinit[0] and "action" not in reinit[0], proc.stdout
     saved = load_train_config(resolve_checkpoint(out))
-    assert len(saved["state_map"]["names"]) == 217
+    assert len(saved["inputs"]["state_map"]["names"]) == 217
     cfg = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert (cfg["max_state_dim"], cfg["chunk_size"], cfg["num_vlm_layers"]) == (217, 50, 16)
 
