@@ -480,7 +480,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
         """
         entries = self.frame_table[np.asarray(indices, dtype=np.int64)]
         rows = np.asarray(entries["row"], dtype=np.int64)
-        stop = np.array([self._bounds[int(e)][1] for e in entries["episode_index"]], dtype=np.int64)[:, None]
+        # Episode ends by episode index, looked up once per distinct episode rather than per sample.
+        episodes, inverse = np.unique(np.asarray(entries["episode_index"]), return_inverse=True)
+        stop = np.array([self._bounds[int(e)][1] for e in episodes], dtype=np.int64)[inverse][:, None]
         wanted = rows[:, None] + np.arange(self.chunk_size, dtype=np.int64)[None, :] * self.frame_stride
         action = np.asarray(self._action[np.minimum(wanted, stop - 1).reshape(-1)]).reshape(
             len(rows), self.chunk_size, -1)

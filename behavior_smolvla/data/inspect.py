@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,24 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _files_by_path(episodes: Mapping[int, Any], path_of: Callable[[Any], Path], label: str,
+                   problems: list[dict[str, str]], root: Path) -> tuple[dict[Path, list[int]], list[Path], list[Path]]:
+    """The files the episodes name (``path_of(episode)``) -> their episodes; each file is checked once, and a
+    missing one is reported as a problem. Returns ``(files, present, missing)``."""
+    files: dict[Path, list[int]] = {}
+    for index, ep in episodes.items():
+        files.setdefault(path_of(ep), []).append(index)
+    present, missing = [], []
+    for path, eps in files.items():
+        if path.is_file():
+            present.append(path)
+        else:
+            missing.append(path)
+            problems.append({"kind": "missing", "path": _relative(path, root),
+                             "detail": f"{label} episode(s) {format_indices(eps)}"})
+    return files, present, missing
 
 
 def _feature_entry(meta: DatasetMeta, key: str | None, names: Sequence[str] | None) -> dict[str, Any] | None:
@@ -132,15 +150,9 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
              for i, t in sorted(meta.tasks.items())]
 
     # Data files: existence for all, row counts (and the column schema) for a spread sample.
-    data_files: dict[Path, list[int]] = {}
-    for index, ep in episodes.items():
-        data_files.setdefault(ep.data_path, []).append(index)
+    data_files, present, missing_data = _files_by_path(
+        episodes, lambda ep: ep.data_path, "data file of", problems, root)
     data_paths = list(data_files)
-    missing_data = [p for p in data_paths if not p.is_file()]
-    for path in missing_data:
-        problems.append({"kind": "missing", "path": _relative(path, root),
-                         "detail": f"data file of episode(s) {format_indices(data_files[path])}"})
-    present = [p for p in data_paths if p.is_file()]
     columns: set[str] = set()
     checked = 0
     for i in _spread(len(present), probe_files):
@@ -211,15 +223,9 @@ def _inspect_camera(meta: DatasetMeta, key: str, probe_files: int | None,
     declared = {"height": info.get("video.height", shape[0] if len(shape) == 3 else None),
                 "width": info.get("video.width", shape[1] if len(shape) == 3 else None),
                 "codec": info.get("video.codec")}
-    files: dict[Path, list[int]] = {}
-    for index, ep in meta.episodes.items():
-        files.setdefault(ep.videos[key][0], []).append(index)
+    files, present, missing = _files_by_path(
+        meta.episodes, lambda ep: ep.videos[key][0], f"camera {key},", problems, root)
     paths = list(files)
-    missing = [p for p in paths if not p.is_file()]
-    for path in missing:
-        problems.append({"kind": "missing", "path": _relative(path, root),
-                         "detail": f"camera {key}, episode(s) {format_indices(files[path])}"})
-    present = [p for p in paths if p.is_file()]
     measured: list[Any] = []
     frames = expected = 0
     for i in _spread(len(present), probe_files):
