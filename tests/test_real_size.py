@@ -1,16 +1,18 @@
 """The full-size ``lerobot/smolvla_base`` stand-in: its size, lerobot loading it, and fine-tuning it end to end.
 
-Slow (~3-4 minutes on 2 cores, ~5 GB of RAM at peak): the stand-in is built once per module (450 M parameters,
-1.8 GB on disk) by its command line in a real subprocess; the fine-tune runs ``smolvla-train``, ``--resume`` and
-``smolvla-eval`` as subprocesses at a reduced image size (64 px: the architecture is unchanged, only the vision
-encoder sees fewer patches), with ``--filter-state`` so that the pretrained ``state_proj`` is widened to 217 dims.
+Slow (~2 minutes on 2 cores, ~5 GB of RAM at peak): the stand-in is built once per module (450 M parameters,
+1.8 GB on disk) by its command line in a real subprocess; the fine-tune runs ``smolvla-train`` and ``smolvla-eval``
+as subprocesses at a reduced image size (64 px: the architecture is unchanged, only the vision encoder sees fewer
+patches), with ``--filter-state`` so that the pretrained ``state_proj`` is widened to 217 dims. Exact resume is
+tested at the tiny backbone's size (``test_train.py``, ``test_actions.py``: the same code path); at this size it was
+verified once, by hand (the step-3 loss of a resumed run equal to the uninterrupted run's), and is left out here
+because every resumed run reloads and rewrites 2.4 GB.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +72,7 @@ def test_standin_has_the_published_size_and_lerobot_loads_it(standin):
 
 
 @pytest.mark.slow
-def test_fine_tune_standin_with_filter_state_resume_eval_and_act(standin, synthetic_2025, tmp_path):
+def test_fine_tune_standin_with_filter_state_eval_and_act(standin, synthetic_2025, tmp_path):
     # tests/ is on sys.path (pytest's rootdir conftest): the evaluator-shaped observation of the serving tests.
     from test_serve import make_observation
 
@@ -78,7 +80,7 @@ def test_fine_tune_standin_with_filter_state_resume_eval_and_act(standin, synthe
 
     out = tmp_path / "ft"
     args = ["--dataset-path", str(synthetic_2025), "--policy-path", str(standin), "--filter-state",
-            "--image-size", "64", "--batch-size", "1", "--max-steps", "2", "--save-steps", "1", "--num-workers", "0",
+            "--image-size", "64", "--batch-size", "1", "--max-steps", "1", "--num-workers", "0",
             "--device", "cpu", "--log-steps", "1", "--wandb-disable", "--val-episodes", "10020"]
     proc = run(str(BIN / "smolvla-train"), *args, "--output-dir", str(out))
     reinit = [line for line in proc.stdout.splitlines() if "freshly initialised" in line]
@@ -87,16 +89,8 @@ def test_fine_tune_standin_with_filter_state_resume_eval_and_act(standin, synthe
     assert len(saved["inputs"]["state_map"]["names"]) == 217
     cfg = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
     assert (cfg["max_state_dim"], cfg["chunk_size"], cfg["num_vlm_layers"]) == (217, 50, 16)
-
-    # Resume from step 1 in a copy of the run: the same loss at step 2 as the uninterrupted run (fp32, 0 workers).
-    full = {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
-    part = tmp_path / "part"  # hard links: checkpoints are written to new files and renamed, never in place
-    shutil.copytree(out, part, symlinks=True, ignore=shutil.ignore_patterns("000002"), copy_function=os.link)
-    (part / "checkpoints" / "last").unlink()
-    (part / "checkpoints" / "last").symlink_to("000001")
-    run(str(BIN / "smolvla-train"), "--resume", str(part / "checkpoints" / "000001"))
-    resumed = {r["step"]: r["loss"] for r in read_metrics(part) if "loss" in r}
-    assert resumed[2] == full[2], (full, resumed)
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert len(losses) == 1 and np.isfinite(losses[0])
 
     report = tmp_path / "eval"
     run(str(BIN / "smolvla-eval"), "--checkpoint", str(out), "--dataset-path", str(synthetic_2025), "--episodes",

@@ -224,21 +224,54 @@ def test_zero_and_two_spawned_workers_give_identical_batches_with_augmentation(d
 
 
 def test_a_worker_batch_crosses_as_one_shared_storage(dataset):
-    """Every tensor of a worker's batch is a view of one shared-memory storage (one hand-over per batch, not one per
-    tensor), with the values, dtypes and shapes of the in-process batch, uint8 and float32 frames alike."""
-    for uint8 in (True, False):
+    """Every tensor of a worker's batch is a view of one storage (one hand-over per batch, not one per tensor), with
+    the values, dtypes and shapes of the in-process batch, uint8 and float32 frames alike; frames arrive
+    channels-last (as decoded: the worker never transposes them). Without the ring, that storage is a new
+    shared-memory segment per batch."""
+    for uint8, ring in ((True, True), (False, True), (True, False)):
         in_process = list(_stream(dataset, uint8_images=uint8))[:3]
-        loader = DataLoader(_stream(dataset, uint8_images=uint8), batch_size=None, num_workers=1,
+        loader = DataLoader(_stream(dataset, uint8_images=uint8, batch_ring=ring), batch_size=None, num_workers=1,
                             multiprocessing_context="spawn")
         from_worker = [b for _, b in zip(range(3), loader)]
         _assert_batches_equal(in_process, from_worker)
         for batch in from_worker:
             tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
             assert len(tensors) == 10  # state, action, pad, episode/frame/index, timestamp, 3 cameras (task: a list)
-            storages = {t.untyped_storage().data_ptr() for t in tensors}
-            assert len(storages) == 1 and tensors[0].untyped_storage().is_shared()
-            assert all(t.is_contiguous() for t in tensors)
+            assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+            assert ring or tensors[0].untyped_storage().is_shared()
+            frames = [v for k, v in batch.items() if k.startswith("observation.images.")]
+            assert len(frames) == 3 and all(t.is_contiguous(memory_format=torch.channels_last) for t in frames)
+            assert all(t.is_contiguous() for t in tensors if not any(t is f for f in frames))
         assert from_worker[0]["observation.images.rgb.head"].dtype == (torch.uint8 if uint8 else torch.float32)
+
+
+def test_worker_buffers_are_reused_only_once_their_batch_is_freed(dataset):
+    """The ring hands batches over in reused buffers, and a buffer is never rewritten while any tensor of its batch
+    is alive: batches the consumer keeps hold the same values at the end as when they arrived, next to batches it
+    dropped (whose buffers were reused)."""
+    expected = list(_stream(dataset, uint8_images=True))
+    loader = DataLoader(_stream(dataset, uint8_images=True), batch_size=None, num_workers=1,
+                        multiprocessing_context="spawn")
+    kept, addresses, via_ring = [], [], []
+    for k, batch in enumerate(loader):
+        storage = batch["observation.state"].untyped_storage()
+        addresses.append(storage.data_ptr())
+        via_ring.append(not storage.is_shared())  # a ring batch is a view of the trainer's mapping of the ring
+        _assert_batches_equal([expected[k]], [batch])
+        if k < 3 or k % 25 == 0:
+            kept.append((k, batch))  # e.g. a consumer keeping a few batches; the rest are dropped at once
+        del batch
+    assert len(addresses) == len(expected)
+    assert len(set(addresses)) < len(addresses) // 2  # dropped batches' buffers came back
+    assert sum(via_ring) > len(via_ring) // 2
+    for k, batch in kept:
+        _assert_batches_equal([expected[k]], [batch])  # nothing written over a live batch
+    assert len({b["observation.state"].untyped_storage().data_ptr() for _, b in kept}) == len(kept)
+    # a consumer keeping every batch: once all buffers are held, batches come in new storages, values intact
+    everything = list(DataLoader(_stream(dataset, uint8_images=True), batch_size=None, num_workers=1,
+                                 multiprocessing_context="spawn"))
+    _assert_batches_equal(expected, everything)
+    assert 0 < sum(not b["index"].untyped_storage().is_shared() for b in everything) < len(everything)
 
 
 # Forked workers (torch's default on Linux) must open their own decoders: the parent closes its files first so no

@@ -17,6 +17,7 @@ from behavior_smolvla.data.video import (
     DecoderCache,
     VideoFile,
     frame_index_for,
+    frame_to_rgb,
     output_size,
     probe_video,
 )
@@ -158,6 +159,28 @@ def test_resize_at_decode_time():
     assert np.abs(exact[0].astype(np.float32) - reference.numpy()).mean() < 3.0
     with pytest.raises(VideoError, match="image_size"):
         VideoFile(AV1_FILE, image_size=0).read_frames([0])
+
+
+def test_one_conversion_pass_equals_pyav_and_survives_its_frame():
+    """``frame_to_rgb`` with a reused swscale context gives exactly PyAV's own ``to_ndarray`` (shrinking, enlarging,
+    native size), and ``VideoFile.frames`` returns views that stay valid after the decoder moved on."""
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    with av.open(str(AV1_FILE)) as container:
+        for n, frame in zip(range(12), container.decode(video=0)):
+            for h, w, interpolation in ((168, 224, "AREA"), (600, 800, "BILINEAR"), (480, 640, None)):
+                mine = frame_to_rgb(frame, h, w, reformatter)
+                kwargs = {} if interpolation is None else {"width": w, "height": h, "interpolation": interpolation}
+                np.testing.assert_array_equal(mine, frame.to_ndarray(format="rgb24", **kwargs), err_msg=f"{n} {h}")
+    video = VideoFile(AV1_FILE, image_size=224)
+    views = video.frames([7, 3, 7])
+    assert views[0] is views[2] and views[0].shape == (168, 224, 3) and views[0].dtype == np.uint8
+    kept = [v.copy() for v in views]
+    video.read_frames(range(8, 60))  # the decoder moves on and converts more frames
+    for view, copy in zip(views, kept, strict=True):
+        np.testing.assert_array_equal(view, copy)
+    np.testing.assert_array_equal(np.stack(views), video.read_frames([7, 3, 7]))
 
 
 def test_frame_index_of_a_timestamp_rounds_and_clamps():

@@ -443,6 +443,27 @@ class BehaviorDataset(torch.utils.data.Dataset):
         path, offset = self.meta.episodes[int(entry["episode_index"])].videos[camera]
         return path, offset + float(self._timestamp[entry["row"]])
 
+    def video_times(self, indices: np.ndarray | Sequence[int], camera: str) -> tuple[Path, np.ndarray]:
+        """Where the frames of several samples of ONE episode lie: :meth:`video_source` for many samples at once.
+
+        Args:
+            indices: int sample positions in ``[0, len)``, all of one episode (a training span's).
+            camera: a camera key of :attr:`cameras`.
+
+        Returns:
+            ``(mp4 path, float64 [n] seconds from the file's start)``.
+
+        Raises:
+            ValueError: the samples belong to more than one episode (their frames may lie in different files).
+        """
+        entries = self.frame_table[np.asarray(indices, dtype=np.int64)]
+        episodes = np.unique(entries["episode_index"])
+        if len(episodes) != 1:
+            raise ValueError(f"video_times: samples of {len(episodes)} episodes ({episodes[:4].tolist()}...) given; "
+                             "pass the samples of one episode")
+        path, offset = self.meta.episodes[int(episodes[0])].videos[camera]
+        return path, offset + np.asarray(self._timestamp[entries["row"]], dtype=np.float64)
+
     def numeric_sample(self, index: int) -> dict[str, Any]:
         """Sample ``index`` without camera frames (state, action chunk, pad mask, task, indices, extras)."""
         if not -len(self) <= index < len(self):

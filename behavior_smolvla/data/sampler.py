@@ -26,6 +26,7 @@ so all ranks step together (DDP); the few samples cut differ from epoch to epoch
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import warnings
@@ -36,10 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
-from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.data.collate import BatchRing, batch_layout, collate_into, collate_one_storage
 from behavior_smolvla.data.video import VideoFile, probe_video
+from behavior_smolvla.errors import ConfigError
 
 DEFAULT_SPAN_FRAMES = 250
 """Fallback span length in frames: the keyframe interval of the BEHAVIOR 2025 release (libx265, one keyframe per 250
@@ -349,6 +351,39 @@ def task_balanced_spans(spans: np.ndarray, span_task: np.ndarray, seed: int, epo
     return spans[np.sort(np.concatenate(chosen), kind="stable")]
 
 
+READAHEAD_BUDGET_BYTES = 256 * 2**20
+"""Decoded frames one process holds ahead across all its decoding slots, when ``readahead`` is left to the stream."""
+
+
+def default_readahead(slots: int, sample_bytes: int) -> int:
+    """Samples a slot decodes in a row when not given: as many as :data:`READAHEAD_BUDGET_BYTES` allows ``slots``
+    slots of ``sample_bytes`` (all cameras' frames of one sample) each, between 8 and 32.
+
+    Why: every switch to another decoder refills the CPU caches with its reference frames. On the
+    ``bench/loader.py`` data (720/480/480 px HEVC, 224 px output, 2 workers) 32 in a row instead of 8 cost ~6%
+    less CPU per sample; beyond 32 nothing was measured to improve. At 224 px and 16 slots per worker, 32 samples
+    ahead hold ~230 MB; at 512 px the budget gives the floor, 8.
+    """
+    if slots < 1 or sample_bytes < 1:
+        return 8
+    return int(min(32, max(8, READAHEAD_BUDGET_BYTES // (slots * sample_bytes))))
+
+
+class _Readahead:
+    """The readahead of one process's slots: the given number, or :func:`default_readahead` once the first decoded
+    frames show their size (8 until then). Only how frames are grouped for decoding depends on it, never a batch."""
+
+    def __init__(self, given: int | None, slots: int):
+        self.value = int(given) if given is not None else 8
+        self._learnt = given is not None
+        self._slots = slots
+
+    def learn(self, frames: list[np.ndarray]) -> None:
+        if not self._learnt:
+            self.value = default_readahead(self._slots, sum(int(np.prod(f.shape)) for f in frames))
+            self._learnt = True
+
+
 class _SlotReader:
     """Decodes the frames of one decoding slot: one forward-moving :class:`VideoFile` per camera of its span.
 
@@ -359,7 +394,7 @@ class _SlotReader:
     decoding forward from the old position could cross whole GOPs that the seek skips.
     """
 
-    def __init__(self, dataset: Any, keyframe_interval: int | None, threads: int, readahead: int,
+    def __init__(self, dataset: Any, keyframe_interval: int | None, threads: int, readahead: _Readahead,
                  stats: dict[str, int]):
         self.files: dict[Path, VideoFile] = {}
         self.span = -2
@@ -387,22 +422,20 @@ class _SlotReader:
 
     def _read_ahead(self, index: int, span_stop: int) -> None:
         ds = self._dataset
-        upcoming = range(index, max(index + 1, min(index + self._readahead, span_stop)))
+        upcoming = np.arange(index, max(index + 1, min(index + self._readahead.value, span_stop)), dtype=np.int64)
         per_camera, used = [], set()
         for camera in ds.cameras:
-            sources = [ds.video_source(i, camera) for i in upcoming]
-            path = Path(sources[0][0])
-            # a span lies inside one episode, hence one file per camera; stop early should that ever differ
-            same = next((n for n, (p, _) in enumerate(sources) if Path(p) != path), len(sources))
+            path, seconds = ds.video_times(upcoming, camera)  # a span lies inside one episode: one file per camera
             used.add(path)
             video = self.files.get(path)
             if video is None:
                 video = self.files[path] = VideoFile(path, ds.image_size, keyframe_interval=self._keyframe_interval,
                                                      threads=self._threads)
                 self._stats["files_opened"] += 1
-            per_camera.append(video.read_timestamps([seconds for _, seconds in sources[:same]]))
-        count = min(len(frames) for frames in per_camera) if per_camera else len(upcoming)
-        self._buffer = {upcoming[n]: [frames[n] for frames in per_camera] for n in range(count)}
+            # views of the converted frames, copied once, into the batch's shared storage (collate_one_storage)
+            per_camera.append(video.frames(video.frame_indices_for(seconds)))
+        self._buffer = {i: [frames[n] for frames in per_camera] for n, i in enumerate(upcoming.tolist())}
+        self._readahead.learn(self._buffer[index])
         for path in [p for p in self.files if p not in used]:
             self._retire(self.files.pop(path))
 
@@ -442,69 +475,6 @@ def worker_context(preload: Sequence[str] = ("torch", "av", "pyarrow.parquet", "
     return context
 
 
-STORAGE_ALIGN = 64
-"""Byte alignment of each tensor inside a batch's single storage (a cache line; enough for any dtype's view)."""
-
-
-def collate_one_storage(samples: Sequence[dict[str, Any]], frames: dict[str, list[np.ndarray]],
-                        image_dtype: torch.dtype, shared: bool) -> dict[str, Any]:
-    """Collate samples and their camera frames into a batch whose tensors are views of **one** storage.
-
-    Why: a DataLoader worker hands every tensor storage to the main process separately (a shared-memory segment and,
-    with torch's default ``file_descriptor`` strategy, a socket round trip to the worker for its descriptor). For the
-    10 tensors of a training batch, fetching a batch the worker already had ready took a median 5.0 ms of the
-    training process's time on a 2-core machine, against 2.0 ms with one storage holding them all (the trainer's
-    data wait in ``bench/train_step.py`` fell from ~4 to ~2 ms per step); the bytes moved are the same.
-
-    Args:
-        samples: ``BehaviorDataset.numeric_sample`` dicts (tensors, plus strings such as ``task``), all with the same
-            keys and per-key shapes.
-        frames: camera key -> one decoded ``uint8 [H, W, 3]`` RGB frame per sample, in sample order.
-        image_dtype: ``torch.uint8`` (frames kept as 0-255) or ``torch.float32`` (divided by 255, in [0, 1]).
-        shared: allocate the storage in shared memory (inside a DataLoader worker, as torch's ``default_collate``
-            does there), so the hand-over copies nothing.
-
-    Returns:
-        The sample keys in order (tensors stacked to ``[B, ...]`` with their dtype; strings as ``list[str]``; anything
-        else through ``default_collate``), then the camera keys as ``[B, 3, H, W]`` ``image_dtype``.
-    """
-    first = samples[0]
-    stacked = [k for k, v in first.items() if isinstance(v, torch.Tensor)]
-    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-        k: ((len(samples), *first[k].shape), first[k].dtype) for k in stacked
-    }
-    for camera, images in frames.items():
-        h, w, _ = images[0].shape
-        specs[camera] = ((len(images), 3, h, w), image_dtype)
-    offsets, total = {}, 0
-    for key, (shape, dtype) in specs.items():
-        offsets[key] = total
-        total += -(-int(np.prod(shape)) * dtype.itemsize // STORAGE_ALIGN) * STORAGE_ALIGN
-    storage = torch.UntypedStorage._new_shared(max(total, 1)) if shared else torch.UntypedStorage(max(total, 1))
-    flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-    views = {
-        key: flat[offsets[key]:offsets[key] + int(np.prod(shape)) * dtype.itemsize].view(dtype).view(shape)
-        for key, (shape, dtype) in specs.items()
-    }
-    batch: dict[str, Any] = {}
-    for key, value in first.items():
-        if key in views:
-            batch[key] = torch.stack([s[key] for s in samples], out=views[key])
-        elif isinstance(value, str):
-            batch[key] = [s[key] for s in samples]
-        else:
-            batch[key] = default_collate([s[key] for s in samples])
-    for camera, images in frames.items():
-        out = batch[camera] = views[camera]
-        for j, frame in enumerate(images):
-            chw = torch.from_numpy(frame).permute(2, 0, 1)
-            if image_dtype == torch.uint8:
-                out[j].copy_(chw)
-            else:
-                torch.div(chw, 255.0, out=out[j])
-    return batch
-
-
 class _Pickled:
     """An object already pickled: unpickles to it (lets one set of bytes serve every DataLoader worker)."""
 
@@ -541,7 +511,8 @@ class TrainingStream(IterableDataset):
     """Executes :class:`TrainingPlan` epochs over a :class:`~behavior_smolvla.data.dataset.BehaviorDataset`, yielding
     collated batches; use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
 
-    A batch is a dict: each camera key -> float32 ``[B, 3, H, W]`` in [0, 1]; ``observation.state`` float32
+    A batch is a dict: each camera key -> float32 ``[B, 3, H, W]`` in [0, 1] (``torch.channels_last`` memory format:
+    frames stay as the decoder wrote them; call ``.contiguous()`` on the device); ``observation.state`` float32
     ``[B, D]``; ``action`` float32 ``[B, chunk, A]``; ``action_is_pad`` bool ``[B, chunk]``; ``task`` list of B str;
     ``episode_index``, ``frame_index``, ``index`` int64 ``[B]``; ``timestamp`` float32 ``[B]`` (seconds). Sample ``j``
     of a batch equals ``dataset[batch["index"][j]]`` (same decoded values; random access stays available there).
@@ -556,8 +527,8 @@ class TrainingStream(IterableDataset):
     decoding slot and camera, closed when the slot moves to another file and at the end of the epoch. A worker
     holds at most ``ceil(streams / W) * open_spans * len(cameras)`` open decoders (measured ~10 MB each for a
     720x720 HEVC stream, ~5 MB at 480x480, one thread) plus ``readahead`` decoded frames per slot and camera; the
-    last few (tail) batches may open a few more. Batches built in a worker are allocated in shared memory, so
-    handing them to the main process copies nothing.
+    last few (tail) batches may open a few more. Batches built in a worker are written into shared memory (a
+    reused ring of buffers, see ``batch_ring``), so handing them to the main process copies nothing.
 
     Epochs: iteration ``n`` of this object (counting from 0) runs epoch ``start_epoch + n``, the first one from batch
     ``start_batch``, later ones from batch 0; :meth:`set_epoch` overrides this (with non-persistent workers, call it
@@ -585,9 +556,10 @@ class TrainingStream(IterableDataset):
             in batch)`` inside ``torch.random.fork_rng``, so augmentations are reproducible, independent of ``W``,
             and leave the caller's RNG untouched.
         decoder_threads: FFmpeg threads per decoder; default ``max(1, min(4, cpus // max(W, 1)))``.
-        readahead: samples of a span decoded in one go per camera (>= 1); decoding a few frames in a row per
+        readahead: samples of a span decoded in one go per camera (>= 1); decoding several frames in a row per
             decoder instead of alternating between all of a worker's decoders on every sample saves CPU cache
-            misses.
+            misses. Default: :func:`default_readahead` (8 to 32, from a 256 MiB budget of decoded frames per
+            process).
         task_balanced: every task gets an equal share of each epoch's samples (see :func:`task_balanced_spans`;
             uses ``dataset.task_indices``); the epoch keeps the dataset's number of samples, so a task with fewer
             frames than its share is read more than once per epoch and a larger one in part. Still a function of
@@ -595,6 +567,9 @@ class TrainingStream(IterableDataset):
         uint8_images: yield camera images as uint8 ``[B, 3, H, W]`` (0-255) instead of float32 in [0, 1]: a quarter
             of the bytes to build, hand from the workers to the main process and copy to the GPU, where
             ``x.float().div_(255)`` gives exactly the float32 batch. Not combinable with ``transform``.
+        batch_ring: in a DataLoader worker, write batches into a ring of reused shared-memory buffers and hand over
+            only their layout (:class:`~behavior_smolvla.data.collate.BatchRing`: ~1 ms less CPU per sample at batch
+            8); a buffer is reused only once every tensor of its batch is freed. False: one new storage per batch.
 
     Attributes:
         stats: per-process counters (``batches``, ``samples``, ``decoded_frames``, ``seeks``, ``files_opened``);
@@ -621,16 +596,17 @@ class TrainingStream(IterableDataset):
         span_frames: int | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         decoder_threads: int | None = None,
-        readahead: int = 8,
+        readahead: int | None = None,
         uint8_images: bool = False,
         task_balanced: bool = False,
+        batch_ring: bool = True,
     ) -> None:
         super().__init__()
         if int(start_batch) < 0:
             raise ConfigError(f"start_batch={start_batch}: must be >= 0")
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size}: must be >= 1")
-        if int(readahead) < 1:
+        if readahead is not None and int(readahead) < 1:
             raise ConfigError(f"readahead={readahead}: must be >= 1 sample")
         if uint8_images and transform is not None:
             raise ConfigError("uint8_images=True cannot be combined with a transform (it works on float32 images); "
@@ -646,8 +622,10 @@ class TrainingStream(IterableDataset):
         self.span_frames = int(span_frames) if span_frames is not None else default_span_frames(self.keyframe_interval)
         self.transform = transform
         self.decoder_threads = decoder_threads
-        self.readahead = int(readahead)
+        self.readahead = int(readahead) if readahead is not None else None
         self.uint8_images = bool(uint8_images)
+        self.batch_ring = bool(batch_ring)
+        self._ring: BatchRing | None = None  # made in the worker process that uses it
         table = dataset.frame_table
         self.spans = make_spans(table["episode_index"], table["frame_index"], self.span_frames)
         self.task_balanced = bool(task_balanced)
@@ -671,6 +649,7 @@ class TrainingStream(IterableDataset):
         if self._plan is not None and self._plan.epoch != self._epoch:
             state["_plan"] = None  # not the epoch the worker starts with: it builds its own
         state["_live"] = {}
+        state["_ring"] = None
         return state
 
     def plan(self, epoch: int | None = None) -> TrainingPlan:
@@ -735,6 +714,13 @@ class TrainingStream(IterableDataset):
     def _run(self, epoch: int, first: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         plan = self.plan(epoch)
         threads = self._threads(workers)
+        if get_worker_info() is not None:
+            # Everything alive when the worker starts (torch, PyAV, the dataset: hundreds of thousands of objects) is
+            # moved out of the collector's reach: its full passes, triggered by the per-frame objects, scanned them
+            # all (~2.5% of a worker's CPU in perf). The worker's process is ours; nothing else is affected.
+            gc.freeze()
+        lanes = -(-self.streams // workers) if self.streams % workers == 0 else self.streams
+        self._process_readahead = _Readahead(self.readahead, slots=lanes * self.open_spans)
         batches = range(first + worker, len(plan), workers)
         if workers > 1:
             # keep only this worker's share of the plan: its memory is O(samples / workers), not O(samples)
@@ -757,19 +743,30 @@ class TrainingStream(IterableDataset):
         for index, slot, span in zip(planned.index.tolist(), planned.slot.tolist(), span_of.tolist(), strict=True):
             reader = self._live.get(slot)
             if reader is None:
-                reader = self._live[slot] = _SlotReader(ds, self.keyframe_interval, threads, self.readahead,
-                                                        self.stats)
+                reader = self._live[slot] = _SlotReader(ds, self.keyframe_interval, threads,
+                                                        self._process_readahead, self.stats)
             numeric.append(ds.numeric_sample(index))
             for camera, frame in zip(ds.cameras, reader.frames(index, span, int(self.spans[span, 1])), strict=True):
                 frames[camera].append(frame)
-        batch = collate_one_storage(numeric, frames, torch.uint8 if self.uint8_images else torch.float32,
-                                    shared=get_worker_info() is not None)
+        image_dtype = torch.uint8 if self.uint8_images else torch.float32
+        in_worker = get_worker_info() is not None
+        ring = slot = None
+        if in_worker and self.batch_ring:
+            layout, total = batch_layout(numeric, frames, image_dtype)
+            if self._ring is None:
+                self._ring = BatchRing.fitting(total)
+            ring = self._ring
+            slot = ring.acquire(total) if ring is not None else None
+        if slot is not None:
+            batch = collate_into(ring.buffer(slot), numeric, frames, image_dtype, layout)
+        else:
+            batch = collate_one_storage(numeric, frames, image_dtype, shared=in_worker)
         if self.transform is not None:
             for j in range(len(numeric)):
                 self._augment(batch, epoch, k, j)
         self.stats["batches"] += 1
         self.stats["samples"] += len(numeric)
-        return batch
+        return ring.package(slot, batch) if slot is not None else batch
 
     def _augment(self, batch: dict[str, Any], epoch: int, k: int, j: int) -> None:
         seed = int(np.random.SeedSequence([self.seed, epoch, k, j]).generate_state(1)[0])

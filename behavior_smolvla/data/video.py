@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from behavior_smolvla.errors import VideoError
 
@@ -31,19 +32,41 @@ longer side to ``S`` pixels and the shorter one to keep the aspect ratio (rounde
 
 # Swscale's area filter averages every source pixel that falls into a destination pixel, so a 3x downscale
 # (720 -> 224) does not alias the way a 2-tap bilinear kernel would; its cost is close to bilinear.
-_DOWNSCALE_INTERPOLATION = "AREA"
-_UPSCALE_INTERPOLATION = "BILINEAR"
+# Passed to swscale as ints: PyAV resolves a name through its enum on every call (~25 us a frame in cProfile).
+_DOWNSCALE_INTERPOLATION = int(Interpolation.AREA.value)
+_UPSCALE_INTERPOLATION = int(Interpolation.BILINEAR.value)
 
 
-def frame_to_rgb(frame: av.VideoFrame, out_height: int, out_width: int) -> np.ndarray:
+def frame_to_rgb(frame: av.VideoFrame, out_height: int, out_width: int,
+                 reformatter: VideoReformatter | None = None) -> np.ndarray:
     """A decoded frame as uint8 RGB ``[out_height, out_width, 3]``: swscale's area filter when shrinking, bilinear
     when enlarging, no resize when the size already matches. The one conversion the reader (and the policy server,
-    which must feed the model exactly what training saw) uses."""
+    which must feed the model exactly what training saw) uses: one swscale pass, scale and colour conversion at once.
+
+    Args:
+        frame: a decoded frame (any pixel format FFmpeg converts; the releases' is yuv420p).
+        out_height, out_width: output size in pixels.
+        reformatter: a ``VideoReformatter`` to reuse. Its swscale context is kept between calls with the same
+            input and output (PyAV's ``to_ndarray`` builds and frees a context for every frame: ~10% of the
+            conversion's CPU at 720 -> 224 px). Pass one per decoder; None uses a fresh one.
+
+    Returns:
+        uint8 ``[out_height, out_width, 3]``, a view of the converted frame's memory (no copy; it keeps that frame
+        alive). Rows may be padded in memory (``strides[0]`` >= ``3 * out_width``); values equal PyAV's
+        ``frame.to_ndarray(format="rgb24", width=..., height=..., interpolation=...)``.
+    """
+    if reformatter is None:
+        reformatter = VideoReformatter()
     if (out_height, out_width) == (frame.height, frame.width):
-        return frame.to_ndarray(format="rgb24")
-    downscale = out_height * out_width < frame.height * frame.width
-    return frame.to_ndarray(format="rgb24", width=out_width, height=out_height,
-                            interpolation=_DOWNSCALE_INTERPOLATION if downscale else _UPSCALE_INTERPOLATION)
+        rgb = reformatter.reformat(frame, format="rgb24")
+    else:
+        downscale = out_height * out_width < frame.height * frame.width
+        rgb = reformatter.reformat(frame, out_width, out_height, "rgb24",
+                                   interpolation=_DOWNSCALE_INTERPOLATION if downscale else _UPSCALE_INTERPOLATION)
+    plane = rgb.planes[0]
+    # the plane's rows are line_size bytes apart (FFmpeg pads them for SIMD): view the useful 3 * width of each
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(rgb.height, plane.line_size)
+    return rows[:, :3 * rgb.width].reshape(rgb.height, rgb.width, 3)
 
 
 @dataclass(frozen=True)
@@ -318,10 +341,11 @@ class VideoFile:
         self._last_key_index: int | None = None
         self._gop = self._gop_hint or 1
         self._pid: int | None = None
+        self._reformatter: VideoReformatter | None = None  # one swscale context for all this file's frames
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_container", "_stream", "_frames", "_last_frame"):
+        for key in ("_container", "_stream", "_frames", "_last_frame", "_reformatter"):
             state[key] = None
         state["_last_index"] = None
         state["_pid"] = None
@@ -333,7 +357,7 @@ class VideoFile:
     def _abandon_inherited(self) -> None:
         """Forget FFmpeg state opened by another process (fork parent) without freeing it here."""
         if self._container is not None:
-            _FORK_ORPHANS.append((self._container, self._stream, self._frames, self._last_frame))
+            _FORK_ORPHANS.append((self._container, self._stream, self._frames, self._last_frame, self._reformatter))
         self._reset_state()
 
     def close(self) -> None:
@@ -380,6 +404,7 @@ class VideoFile:
         self.height = int(stream.codec_context.height)
         self.out_height, self.out_width = output_size(self.width, self.height, self.image_size)
         self._index_scale = float(stream.time_base) * self.fps
+        self._reformatter = VideoReformatter()
         self._container, self._stream, self._pid = container, stream, os.getpid()
 
     def info(self) -> tuple[float, int, int, int]:
@@ -461,11 +486,31 @@ class VideoFile:
                     f"{self.path} has no frame {target} ({target / self.fps:.4f} s): the nearest decoded frames "
                     f"are more than half a frame away; the video's timestamps do not match the dataset")
 
-    def _convert(self, frame) -> np.ndarray:
-        return frame_to_rgb(frame, self.out_height, self.out_width)
+    def frames(self, frame_indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """Decode frames by index, without copying them into one array (the training sampler's path).
+
+        Args:
+            frame_indices: frame indices in any order, duplicates allowed; each is clamped to
+                ``[0, frame_count - 1]``.
+
+        Returns:
+            One uint8 ``[H, W, 3]`` RGB array per requested index, in the requested order, ``(H, W)`` per
+            ``image_size``: each a view of its converted frame (see :func:`frame_to_rgb`; duplicates share one).
+
+        Raises:
+            VideoError: missing / truncated / undecodable file, or a frame the file does not hold (no frame whose
+                timestamp is within half a frame of ``index / fps``).
+        """
+        self._ensure_open()
+        wanted = np.clip(np.asarray(frame_indices, dtype=np.int64).reshape(-1), 0, self.frame_count - 1)
+        converted: dict[int, np.ndarray] = {}
+        for target in np.unique(wanted).tolist():  # ascending: one forward pass over the span
+            self._decode_to(target)
+            converted[target] = frame_to_rgb(self._last_frame, self.out_height, self.out_width, self._reformatter)
+        return [converted[target] for target in wanted.tolist()]
 
     def read_frames(self, frame_indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Decode frames by index.
+        """Decode frames by index into one array.
 
         Args:
             frame_indices: frame indices in any order, duplicates allowed; each is clamped to
@@ -475,16 +520,13 @@ class VideoFile:
             uint8 array ``[N, H, W, 3]`` (RGB) in the requested order, ``(H, W)`` per ``image_size``.
 
         Raises:
-            VideoError: missing / truncated / undecodable file, or a frame the file does not hold (no frame whose
-                timestamp is within half a frame of ``index / fps``).
+            VideoError: as :meth:`frames`.
         """
         self._ensure_open()
-        wanted = np.clip(np.asarray(frame_indices, dtype=np.int64).reshape(-1), 0, self.frame_count - 1)
-        out = np.empty((len(wanted), self.out_height, self.out_width, 3), dtype=np.uint8)
-        for target in np.unique(wanted):  # ascending: one forward pass over the span
-            self._decode_to(int(target))
-            out[wanted == target] = self._convert(self._last_frame)
-        return out
+        frames = self.frames(frame_indices)
+        if not frames:
+            return np.empty((0, self.out_height, self.out_width, 3), dtype=np.uint8)
+        return np.stack(frames)
 
     def read_timestamps(self, timestamps_s: Sequence[float] | np.ndarray) -> np.ndarray:
         """Decode the frames at timestamps (seconds from the file's start), see :func:`frame_index_for`.

@@ -269,7 +269,7 @@ def model_batch(preprocessor: Any, batch: dict[str, Any], camera_map: dict[str, 
                 ) -> dict[str, Any]:
     """A loader batch as the policy's forward takes it: SmolVLA's keys, the pre-processor (task tokens, normalised
     state and action, moved to the policy's device), then uint8 ``[B, 3, H, W]`` frames -> float32 in [0, 1]
-    (on the device: a quarter of the bytes cross from the workers and to the GPU).
+    (on the device: a quarter of the bytes cross from the workers and to the GPU), made contiguous there.
 
     A batch with ``action.reference`` (float32 [B, A]: the reader gives it in ``delta`` action mode) is trained on
     delta targets: ``action`` [B, chunk, A] minus the reference at every chunk step (``actions.to_delta``), before
@@ -277,9 +277,12 @@ def model_batch(preprocessor: Any, batch: dict[str, Any], camera_map: dict[str, 
     if REFERENCE_KEY in batch and ACTION in batch:
         batch = {**batch, ACTION: to_delta(batch[ACTION], batch[REFERENCE_KEY])}
     inputs = preprocessor(to_policy_batch(batch, camera_map))
-    if uint8_frames:
-        for key in camera_map.values():
+    for key in camera_map.values():
+        if uint8_frames:
             inputs[key] = inputs[key].float().div_(255)
+        # the loader hands frames over channels-last (as decoded, no CPU transposition); the model gets them
+        # contiguous, so it computes exactly as on frames from the random-access reader or the server
+        inputs[key] = inputs[key].contiguous()
     return inputs
 
 
