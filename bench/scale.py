@@ -11,9 +11,10 @@ linked by every episode. Sizes (``--sizes``):
 * ``task-200``: 200 episodes of ~10,000 frames (~2 M frames): one full-size task;
 * ``release-10k``: 10,000 episodes of ~60 frames in 50 tasks (0.6 M frames): release-shaped metadata.
 
-For each size, in a fresh process: build ``BehaviorDataset`` (``--filter-state`` map, three cameras at 64x64, chunk
-50) and a ``TrainingStream`` (batch 8, ``uint8_images``) and iterate a ``DataLoader`` with ``--workers`` workers
-started as ``smolvla-train`` starts them (``--context``: a forkserver; ``spawn`` for comparison). Reported:
+For each size, in a fresh process: build the training reader as ``smolvla-train`` does, from the input contract
+(``PolicyInputs.resolve``: ``--filter-state`` map, three cameras at 64x64, chunk 50) and a ``TrainingStream`` (batch
+8, ``uint8_images``) and iterate a ``DataLoader`` with ``--workers`` workers started as ``smolvla-train`` starts
+them (``--context``: a forkserver; ``spawn`` for comparison). Reported:
 ``startup_s`` (metadata + reader + stream + DataLoader until the first batch arrives, imports excluded and shown
 apart as ``import_s``), ``main_rss_mib`` (the main process's resident
 memory at the first batch), ``max_worker_rss_mib`` (the largest worker's resident memory after ``--batches``
@@ -228,14 +229,24 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     context = worker_context() if args.context == "forkserver" else args.context  # as smolvla-train: early
     meta = DatasetMeta.load(root)
     meta_s = time.monotonic() - start
-    state_map = standard_track_map(meta.state_dim).bind(meta.state_dim)
     import inspect
 
     kwargs = {"cache_dir": args.root / "cache", "in_memory": args.mode == "memory"}
     if "in_memory" not in inspect.signature(BehaviorDataset).parameters:
         kwargs = {}  # the code before the numeric cache (run this script against an older checkout to compare)
-    dataset = BehaviorDataset(meta, cameras=list(CAMERAS), chunk_size=50, image_size=64, state_map=state_map,
-                              **kwargs)
+    try:
+        from behavior_smolvla.config import DataConfig, PolicyConfig
+        from behavior_smolvla.inputs import PolicyInputs
+    except ImportError:  # a checkout before the input contract: the same reader, built by hand
+        state_map = standard_track_map(meta.state_dim).bind(meta.state_dim)
+        dataset = BehaviorDataset(meta, cameras=list(CAMERAS), chunk_size=50, image_size=64, state_map=state_map,
+                                  **kwargs)
+    else:
+        # the reader smolvla-train builds: what the policy reads is resolved by the contract, as in training
+        inputs = PolicyInputs.resolve(meta, DataConfig(cameras=list(CAMERAS), image_size=64, filter_state=True),
+                                      PolicyConfig(chunk_size=50))
+        state_map = inputs.state_map
+        dataset = inputs.dataset(meta, None, **kwargs)
     dataset_s = time.monotonic() - start
     stream = TrainingStream(dataset, seed=0, batch_size=8, streams=args.workers, uint8_images=True, decoder_threads=1)
     stream_s = time.monotonic() - start
