@@ -14,6 +14,9 @@ from behavior_smolvla.data.sampler import TrainingStream, task_balanced_spans
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.training.build import split_episodes
 
+# tests/ is on sys.path (pytest's rootdir conftest): the sampler tests' batch comparison
+from test_sampler import _assert_batches_equal
+
 FORK_OK = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
 
@@ -70,17 +73,6 @@ def _task_counts(batches) -> dict[str, int]:
         for task in batch["task"]:
             counts[task] = counts.get(task, 0) + 1
     return counts
-
-
-def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for key in x:
-            if isinstance(x[key], torch.Tensor):
-                assert torch.equal(x[key], y[key]), key
-            else:
-                assert x[key] == y[key]
 
 
 @FORK_OK
