@@ -21,6 +21,12 @@ from behavior_smolvla.serving.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_
 
 err_console = Console(stderr=True)
 
+# The inference strategy's flags (smolvla-eval, smolvla-serve; smolvla-train's --eval-noise / --eval-num-samples).
+# Their default is Inference()'s (behavior_smolvla.policy.inference), given there only.
+NOISE_HELP = ("Initial flow-matching noise: zero (deterministic; the default) or sample (random draws). One draw is "
+              "a random sample of the policy's action distribution, not its typical chunk.")
+NUM_SAMPLES_HELP = "With --noise sample: average this many draws per chunk, in one batched model call (default 1)."
+
 # Sub-command name -> Typer app, for ``python cli.py <name>``; each section below registers its own.
 _SUBCOMMANDS: dict[str, typer.Typer] = {}
 
@@ -302,6 +308,8 @@ def train_command(
     log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
     eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
     eval_max_frames: int = _opt(None, "--eval-max-frames", help="Held-out frames per validation (64)."),
+    eval_noise: str = _opt(None, "--eval-noise", help="Validation chunks: zero noise (default) or sample (see smolvla-eval --noise)."),
+    eval_num_samples: int = _opt(None, "--eval-num-samples", help="Validation chunks: with --eval-noise sample, draws averaged (1)."),
     wandb_project: str = _opt(None, "--wandb-project", help="Weights & Biases project (behavior-smolvla)."),
     wandb_entity: str = _opt(None, "--wandb-entity", help="Weights & Biases entity."),
     wandb_run_name: str = _opt(None, "--wandb-run-name", help="Weights & Biases run name."),
@@ -414,7 +422,9 @@ def eval_command(
     frame_stride: int = typer.Option(None, "--frame-stride", help="Evaluate every n-th frame (default: the training stride)."),
     max_frames: int = typer.Option(None, "--max-frames", help="At most this many frames, spread evenly (default: all)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="'Percent close' threshold, a fraction of each dim's range."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the flow-matching noise."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the flow-matching noise (with --noise sample)."),
+    noise: str = typer.Option(None, "--noise", help=NOISE_HELP),
+    num_samples: int = typer.Option(None, "--num-samples", help=NUM_SAMPLES_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     state_key: str = typer.Option(None, "--state-key", help="Feature read as the state (default: the checkpoint's)."),
     action_key: str = typer.Option(None, "--action-key", help="Feature read as the action (default: the checkpoint's)."),
@@ -423,10 +433,12 @@ def eval_command(
     """Evaluate checkpoints offline on held-out episodes: errors in action units beside hold / mean-action baselines."""
     from behavior_smolvla.evaluation.engine import evaluate_checkpoints
     from behavior_smolvla.evaluation.report import summary_table
+    from behavior_smolvla.policy.inference import Inference
 
+    inference = Inference.from_flags(noise, num_samples)
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,
-        tolerance=tolerance, seed=seed, device=device, progress=True, console=err_console,
+        tolerance=tolerance, seed=seed, inference=inference, device=device, progress=True, console=err_console,
         state_key=state_key, action_key=action_key, vlm_model=vlm_model,
     )
     out = Console(width=max(Console().width, 180))  # 13 columns: the policy and three reference predictors
@@ -453,7 +465,9 @@ def serve_command(
     n_action_steps: int = typer.Option(None, "--n-action-steps", help="Actions served per model call (default: the checkpoint's)."),
     task: str = typer.Option(None, "--task", help="Instruction to use instead of the one saved for the observation's task_id."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    noise_seed: int = typer.Option(None, "--noise-seed", help="Fixed flow-matching noise seed per model call (default: fresh noise)."),
+    noise: str = typer.Option(None, "--noise", help=NOISE_HELP),
+    num_samples: int = typer.Option(None, "--num-samples", help=NUM_SAMPLES_HELP),
+    noise_seed: int = typer.Option(None, "--noise-seed", help="With --noise sample: a fixed noise seed per model call (default: fresh noise)."),
     api_key: str = typer.Option(
         None, "--api-key", envvar="SMOLVLA_API_KEY", show_envvar=True,
         help="Clients must send the header 'Authorization: Api-Key KEY' (openpi/OmniGibson WebsocketClientPolicy(api_key=KEY)); "
@@ -468,15 +482,17 @@ def serve_command(
     vlm_model: str = typer.Option(None, "--vlm-model", help="Local copy of the checkpoint's VLM backbone."),
 ) -> None:
     """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
+    from behavior_smolvla.policy.inference import Inference
     from behavior_smolvla.serving.policy import load_policy
     from behavior_smolvla.serving.server import check_server_options, serve
 
     options = {"api_key": api_key, "insecure_no_auth": insecure_no_auth, "max_message_mb": max_message_mb,
                "max_queued_requests": max_queued_requests}
     check_server_options(host, port, **options)  # before the checkpoint loads: a bad flag fails at once
+    inference = Inference.from_flags(noise, num_samples)
     out = Console(soft_wrap=True, highlight=False)
-    policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, noise_seed=noise_seed,
-                         vlm_model=vlm_model)
+    policy = load_policy(checkpoint, device=device, n_action_steps=n_action_steps, task=task, inference=inference,
+                         noise_seed=noise_seed, vlm_model=vlm_model)
     serve(policy, host=host, port=port, log=out.print, **options)
 
 

@@ -29,11 +29,13 @@ from behavior_smolvla.evaluation.metrics import (
 from behavior_smolvla.evaluation.report import (
     default_output_dir, members_label, project_commit, summary_markdown, write_plots,
 )
+from behavior_smolvla.policy.inference import Inference
 from behavior_smolvla.policy.smolvla import PolicyBundle, to_policy_batch
 
 EVAL_BATCH_SIZE = 16
-"""Frames per model call. Each batch ``b`` draws its flow-matching noise from seed ``seed + b``, so a run is exactly
-repeatable for the same frames, batch size and seed."""
+"""Frames per model call. Each batch ``b`` draws its flow-matching noise from seed ``seed + b`` (all K draws of
+the inference strategy from that one seed), so a run is exactly repeatable for the same frames, batch size, seed and
+strategy."""
 
 
 def _collate(samples: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
@@ -124,7 +126,8 @@ def select_eval_frames(dataset: Any, chunk_size: int, chunk_stride: int, frame_s
 
 
 def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[BehaviorDataset, list[int]]],
-                   frames: EvalFrames, *, seed: int, batch_size: int = EVAL_BATCH_SIZE, with_loss: bool = False,
+                   frames: EvalFrames, *, seed: int, inference: Inference = Inference(),
+                   batch_size: int = EVAL_BATCH_SIZE, with_loss: bool = False,
                    bar: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict the action chunk of every member at every evaluated frame (and, for validation, the loss).
 
@@ -137,6 +140,7 @@ def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[Behavi
         views: ``(eval dataset, member ids reading it)``: members with the same input view share the decoding.
         frames: from :func:`select_eval_frames` (``indices`` index every view's dataset alike).
         seed: base seed of the flow-matching noise (and of the loss's noise and time).
+        inference: how each chunk is drawn (zero noise, one draw, mean of K draws; ``PolicyBundle.predict_chunk``).
         batch_size: frames per model call.
         with_loss: also compute SmolVLA's training loss of member 0 on the recorded chunks (``frames.truth``,
             ``frames.is_pad``), per frame, in normalised units.
@@ -175,7 +179,8 @@ def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[Behavi
                                 first.preprocessor(to_policy_batch(batch, first.inputs.camera_map)), reduction="none")
                         losses[start:start + len(idx)] = per_sample.detach().float().cpu().numpy()
                     for k in member_ids:
-                        preds[k, start:start + len(idx)] = members[k].predict_chunk(observation, noise_seed=seed + b)
+                        preds[k, start:start + len(idx)] = members[k].predict_chunk(observation, inference,
+                                                                                    noise_seed=seed + b)
                 if bar is not None:
                     bar.advance(task, len(idx))
     finally:
@@ -231,6 +236,7 @@ def evaluate_checkpoints(
     max_frames: int | None = None,
     tolerance: float = 0.05,
     seed: int = 0,
+    inference: Inference = Inference(),
     device: str = "auto",
     progress: bool = True,
     console: Any = None,
@@ -256,6 +262,8 @@ def evaluate_checkpoints(
         max_frames: cap on evaluated frames, spread evenly over all candidates; None = no cap.
         tolerance: "percent close" threshold as a fraction of each action dim's range (max - min).
         seed: base seed of the flow-matching noise.
+        inference: how each chunk is drawn: zero initial noise (the default), one draw or the mean of K draws
+            (``--noise``, ``--num-samples``); saved as the report's ``inference``.
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         progress: show a rich progress bar over frames.
         console: rich Console for the progress bar and warnings (default: stderr).
@@ -266,7 +274,7 @@ def evaluate_checkpoints(
     Returns:
         The report (also written as ``report.json``): see the module docstring; keys ``predictors`` (``policy`` or
         ``ensemble``, ``state`` (where the contract has a reference), ``hold``, ``mean_action``: each
-        :func:`chunk_metrics`), ``primary``, ``members`` and
+        :func:`chunk_metrics`), ``primary``, ``inference`` (:meth:`Inference.to_dict`), ``members`` and
         ``ensemble`` (several checkpoints), ``checkpoints``, ``dataset``, ``episodes``, ``git_commit``, ``warnings``,
         ``files`` (paths relative to ``output_dir``), ``output_dir``.
 
@@ -344,7 +352,8 @@ def evaluate_checkpoints(
     bar = Progress(TextColumn("[bold]evaluating frames"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=console, disable=not progress, transient=False)
     with bar:
-        preds, _ = predict_frames(members, view_list, frames, seed=seed, batch_size=batch_size, bar=bar)
+        preds, _ = predict_frames(members, view_list, frames, seed=seed, inference=inference, batch_size=batch_size,
+                                  bar=bar)
     for ds, _ in view_list:
         ds.close()
 
@@ -367,6 +376,7 @@ def evaluate_checkpoints(
         "chunk_stride": chunk_stride,
         "tolerance": tolerance,
         "seed": seed,
+        "inference": inference.to_dict(),
         "batch_size": batch_size,
         "action_names": names,
         "action_groups": groups,
@@ -418,6 +428,7 @@ def validate(
     *,
     max_frames: int | None = 64,
     seed: int = 0,
+    inference: Inference = Inference(),
     output_dir: str | Path | None = None,
     tolerance: float = 0.05,
     batch_size: int = EVAL_BATCH_SIZE,
@@ -432,6 +443,7 @@ def validate(
         dataset: the held-out episodes' evaluation reader, ``bundle.inputs.eval_dataset(meta, episodes)``.
         max_frames: frames used, spread evenly (None = all).
         seed: batch ``b`` uses seed ``seed + b`` for the loss's noise and time and for the prediction noise.
+        inference: how each chunk is drawn (``--eval-noise``, ``--eval-num-samples``); the loss does not depend on it.
         output_dir: when given, the plots (error vs chunk step; first action vs truth per episode) are written there.
         tolerance: "percent close" threshold as a fraction of each action dim's range.
         batch_size: frames per forward pass.
@@ -452,8 +464,8 @@ def validate(
         raise ConfigError("validation needs the policy's evaluation reader: build it with "
                           "bundle.inputs.eval_dataset(meta, episodes)")
     frames = select_eval_frames(dataset, inputs.chunk_size, inputs.frame_stride, inputs.frame_stride, max_frames)
-    preds, losses = predict_frames([bundle], [(dataset, [0])], frames, seed=seed, batch_size=batch_size,
-                                   with_loss=True)
+    preds, losses = predict_frames([bundle], [(dataset, [0])], frames, seed=seed, inference=inference,
+                                   batch_size=batch_size, with_loss=True)
     names, groups = action_layout(bundle.action_dim, dataset.action_names)
     scores = score(preds[0], frames, action_stats(bundle), tolerance, names, groups, inputs.action_reference)
     m, ref = scores["policy"], scores["mean_action"]

@@ -112,6 +112,7 @@ def summary_table(report: Mapping[str, Any]) -> Any:
     # Two-line headers ("first-action MAE" over the predictor) keep the ten columns readable in a terminal.
     header = [h.replace(" MAE ", " MAE\n").replace("% close ", "% close\n") for h in header]
     table = Table(title=f"{report['frames_evaluated']} frames of episodes {_episodes_text(report['episodes'])}; "
+                        f"policy chunks: {report['inference']['label']}; "
                         f"MAE in action units, close = within {report['tolerance']:g} of each dim's range")
     for i, col in enumerate(header):
         primary = col.endswith("\n" + report["primary"])
@@ -139,8 +140,10 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
         f"- dataset: `{report['dataset']['path']}`, episodes {_episodes_text(report['episodes'])}, "
         f"{report['frames_evaluated']} frames (every {report['frame_stride']} frame(s)"
         + (f", at most {report['max_frames']}" if report["max_frames"] else "") + ")",
-        f"- chunk: {report['chunk_size']} actions, one every {report['chunk_stride']} frame(s); noise seed "
-        f"{report['seed']}; project commit {report['git_commit'] or 'unknown'}",
+        f"- chunk: {report['chunk_size']} actions, one every {report['chunk_stride']} frame(s); inference: "
+        f"**{report['inference']['label']}** (`--noise {report['inference']['noise']} --num-samples "
+        f"{report['inference']['num_samples']}`); noise seed {report['seed']}; project commit "
+        f"{report['git_commit'] or 'unknown'}",
         f"- predictors: **{report['primary']}**; `state` (where the checkpoint has an action -> state reference) "
         "predicts each referenced joint's current state (zero delta) and the training mean elsewhere; `hold` repeats "
         "the previous frame's recorded action (which the policy never sees); `mean_action` is the training data's "

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
+from behavior_smolvla.policy.inference import Inference, sample_chunks
 
 if TYPE_CHECKING:
     from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
@@ -171,20 +172,25 @@ class PolicyBundle:
         """Episodes the checkpoint was trained on (empty when unknown)."""
         return list(self.train_config.get("dataset", {}).get("train_episodes", []))
 
-    def predict_chunk(self, batch: Mapping[str, Any], noise_seed: int | None = 0) -> np.ndarray:
-        """Predict action chunks for a batch of observations, unnormalised.
+    def predict_chunk(self, batch: Mapping[str, Any], inference: Inference = Inference(),
+                      noise_seed: int | None = 0) -> np.ndarray:
+        """Predict action chunks for a batch of observations, unnormalised, with an inference strategy.
 
         Args:
             batch: each of ``inputs.cameras`` -> float32 [B, 3, H, W] in [0, 1]; ``observation.state`` float32
                 [B, D] (already mapped by ``inputs.state_map``); ``task`` list[str] of length B; in ``delta`` action
                 mode also ``action.reference`` float32 [B, A] (the raw state of each action dim's reference joint,
                 ``inputs.reference_state``). The reader's samples and the serving observation spec both produce this.
-            noise_seed: seeds the flow-matching noise (float32 [B, chunk, max_action_dim], standard normal) so the
-                prediction is repeatable; None draws from the global RNG.
+            inference: :class:`~behavior_smolvla.policy.inference.Inference`: zero initial noise (the default), one
+                draw, or the mean of K draws (one batched model call, the prefix encoded once).
+            noise_seed: seeds the K draws' noise (:meth:`Inference.initial_noise`: float32 [K, B, chunk,
+                max_action_dim] from one CPU generator; draw k is slice k) so the prediction is repeatable; None
+                draws from the global RNG. Unused with zero noise.
 
         Returns:
             float32 [B, chunk_size, action_dim] ABSOLUTE actions in the dataset's units (radians, m/s, gripper
-            command): in ``delta`` mode the reference state is added back here (the only place it is).
+            command): each draw unnormalised by the post-processor, then averaged over the K draws; in ``delta``
+            mode the reference state is added back here (the only place it is).
 
         Raises:
             DatasetError: a delta-mode policy given a batch without ``action.reference``.
@@ -199,14 +205,16 @@ class PolicyBundle:
             reference = torch.as_tensor(batch[REFERENCE_KEY], dtype=torch.float32).cpu()
         policy = self.policy
         inputs = self.preprocessor(to_policy_batch(batch, self.inputs.camera_map))
-        noise = None
-        if noise_seed is not None:
-            gen = torch.Generator(device="cpu").manual_seed(int(noise_seed))
-            shape = (len(batch["task"]), policy.config.chunk_size, policy.config.max_action_dim)
-            noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+        noise = inference.initial_noise(len(batch["task"]), policy.config.chunk_size, policy.config.max_action_dim,
+                                        noise_seed, self.device)
         with torch.inference_mode():
-            actions = policy.predict_action_chunk(inputs, noise=noise)
-        actions = self.postprocessor(actions).detach().to("cpu", torch.float32)
+            if len(noise) == 1:  # zero noise or one draw: lerobot's own entry point, exactly
+                actions = policy.predict_action_chunk(inputs, noise=noise[0])[None]
+            else:
+                actions = sample_chunks(policy, inputs, noise)
+        draws, frames = actions.shape[:2]
+        actions = self.postprocessor(actions.reshape(draws * frames, *actions.shape[2:]))
+        actions = actions.detach().to("cpu", torch.float32).reshape(draws, frames, *actions.shape[1:]).mean(0)
         if reference is not None:
             actions = to_absolute(actions, reference)
         return actions.numpy()

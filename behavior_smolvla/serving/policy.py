@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from behavior_smolvla.errors import ConfigError, ObservationError
+from behavior_smolvla.policy.inference import Inference
 from behavior_smolvla.policy.smolvla import PolicyBundle, load_policy_bundle
 from behavior_smolvla.serving.limits import check_action_chunk, check_observation_ranges
 from behavior_smolvla.serving.observation import ObservationSpec
@@ -59,8 +60,10 @@ class BehaviorPolicy:
             contract says what the observation must hold and how it becomes the policy's batch.
         n_action_steps: actions executed per model call, 1..chunk_size; None = the checkpoint's.
         task: a fixed instruction overriding the observation's ``task_id``.
-        noise_seed: None samples fresh flow-matching noise at every model call (as lerobot does); an int uses that
-            seed at every call, so the same observation always gives the same chunk.
+        inference: how each chunk is drawn (:class:`~behavior_smolvla.policy.inference.Inference`): zero initial
+            noise (the default; the same observation always gives the same chunk), one draw, or the mean of K draws.
+        noise_seed: with sampled noise, None draws fresh noise at every model call (as lerobot does); an int uses
+            that seed at every call, so the same observation always gives the same chunk. Unused with zero noise.
 
     Raises:
         ConfigError: ``n_action_steps`` out of range.
@@ -68,7 +71,7 @@ class BehaviorPolicy:
     """
 
     def __init__(self, model: PolicyBundle, n_action_steps: int | None = None, task: str | None = None,
-                 noise_seed: int | None = None, *, _lock: threading.Lock | None = None,
+                 noise_seed: int | None = None, *, inference: Inference = Inference(), _lock: threading.Lock | None = None,
                  _spec: ObservationSpec | None = None) -> None:
         steps = model.n_action_steps if n_action_steps is None else n_action_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= model.chunk_size:
@@ -77,6 +80,7 @@ class BehaviorPolicy:
         self.model = model
         self.n_action_steps = steps
         self.noise_seed = noise_seed
+        self.inference = inference
         self.spec = _spec or ObservationSpec.from_inputs(model.inputs, task=task)
         self._lock = _lock or threading.Lock()
         self._queue: collections.deque[np.ndarray] = collections.deque()
@@ -97,7 +101,7 @@ class BehaviorPolicy:
     def session(self) -> BehaviorPolicy:
         """A new policy state (empty queue) on the same model; model calls of all sessions run one at a time."""
         return BehaviorPolicy(self.model, self.n_action_steps, self.spec.task, self.noise_seed,
-                              _lock=self._lock, _spec=self.spec)
+                              inference=self.inference, _lock=self._lock, _spec=self.spec)
 
     def reset(self) -> None:
         """Forget the queued actions (start of an episode): the next step calls the model."""
@@ -150,7 +154,7 @@ class BehaviorPolicy:
             batch = self.spec.to_batch(parsed)
             call = time.perf_counter()
             with self._lock:
-                chunk = self.model.predict_chunk(batch, noise_seed=self.noise_seed)
+                chunk = self.model.predict_chunk(batch, self.inference, noise_seed=self.noise_seed)
             model_ms = (time.perf_counter() - call) * 1e3
             check_action_chunk(chunk)  # before queueing: a NaN plan is never served, the next step re-plans
             self._queue = collections.deque(chunk[0, : max(self.n_action_steps, wanted)])
@@ -159,7 +163,8 @@ class BehaviorPolicy:
                           infer_ms=(time.perf_counter() - start) * 1e3, model_ms=model_ms)
 
     def metadata(self) -> dict[str, Any]:
-        """What the server sends on connect: checkpoint, state map, cameras, sizes, tasks (msgpack-able)."""
+        """What the server sends on connect: checkpoint, state map, cameras, sizes, tasks, the inference strategy
+        (``inference``: :meth:`Inference.to_dict`; ``noise_seed``) (msgpack-able)."""
         model, inputs = self.model, self.model.inputs
         return {
             "server": "behavior-smolvla",
@@ -177,6 +182,8 @@ class BehaviorPolicy:
             "action_dim": self.action_dim,
             "chunk_size": self.chunk_size,
             "n_action_steps": self.n_action_steps,
+            "inference": self.inference.to_dict(),
+            "noise_seed": self.noise_seed,
             "tasks": list(inputs.tasks),
             "task_map": dict(self.spec.task_map),
             "task_override": self.spec.task,
@@ -184,8 +191,8 @@ class BehaviorPolicy:
 
 
 def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: int | None = None,
-                task: str | None = None, noise_seed: int | None = None, vlm_model: str | None = None
-                ) -> BehaviorPolicy:
+                task: str | None = None, noise_seed: int | None = None, vlm_model: str | None = None,
+                inference: Inference = Inference()) -> BehaviorPolicy:
     """Load a checkpoint of ``smolvla-train`` for driving by the BEHAVIOR evaluator's observations.
 
     Args:
@@ -194,7 +201,7 @@ def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: in
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         n_action_steps: actions served per model call (1..chunk_size); None = the checkpoint's.
         task: instruction to use whatever ``task_id`` says (None: the checkpoint's ``task_map``).
-        noise_seed: see :class:`BehaviorPolicy`.
+        noise_seed, inference: see :class:`BehaviorPolicy` (``--noise-seed``, ``--noise``, ``--num-samples``).
         vlm_model: the checkpoint's VLM backbone at another place (a local copy when the saved hub id or folder
             cannot be reached here); None = the saved one.
 
@@ -206,4 +213,4 @@ def load_policy(checkpoint: str | Path, device: str = "auto", n_action_steps: in
         ConfigError: a bad device or ``n_action_steps``.
     """
     bundle = load_policy_bundle(checkpoint, device=device, vlm_model=vlm_model)
-    return BehaviorPolicy(bundle, n_action_steps, task, noise_seed)
+    return BehaviorPolicy(bundle, n_action_steps, task, noise_seed, inference=inference)

@@ -434,7 +434,8 @@ def serve(policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
             log(f"serving {server.checkpoint_path} on ws://{host}:{bound} (health: http://{host}:{bound}"
                 f"{HEALTH_PATH}); device {meta['device']}, proprio [{meta['proprio_dim']}] -> state map "
                 f"{meta['state_map']['name']} [{meta['state_dim']}], {len(meta['cameras'])} cameras at "
-                f"{meta['image_size']} px, {meta['n_action_steps']} of {meta['chunk_size']} actions per model call")
+                f"{meta['image_size']} px, {meta['n_action_steps']} of {meta['chunk_size']} actions per model call, "
+                f"chunks: {meta['inference']['label']}")
             log(server.access_line(bound))
 
         try:

@@ -302,8 +302,9 @@ class Trainer:
         from behavior_smolvla.evaluation.engine import validate
 
         t, step = self.t, self.t.state.step
+        inference = t.cfg.eval.inference
         result = validate(t.bundle, t.val_dataset, max_frames=t.cfg.eval.eval_max_frames, seed=t.cfg.optim.seed,
-                          output_dir=t.run_dir / "eval" / f"step_{step:06d}")
+                          inference=inference, output_dir=t.run_dir / "eval" / f"step_{step:06d}")
         plots = result.pop("plots", {})
         names = {k: k.replace("/", "_").removeprefix("val_") for k in result}
         self.metrics.write({"step": step, **{f"val_{names[k]}": v for k, v in result.items()}})
@@ -312,7 +313,7 @@ class Trainer:
         score = float(result["first_action_mae"])
         t.say(f"validation at step {step}: loss {result['val_loss']:.4f}, first-action MAE {score:.4g} "
               f"(mean-action predictor {result['mean_action_first_action_mae']:.4g}), "
-              f"percent close {result['percent_close']:.3f}")
+              f"percent close {result['percent_close']:.3f}; chunks: {inference.describe()}")
         if t.state.best_metric is None or score < t.state.best_metric:
             t.state.best_metric = score
             return True
