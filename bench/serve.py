@@ -15,6 +15,10 @@ Rows also give the server-side ``infer_ms`` (the step inside the server, without
 action-chunk replay). Without ``--checkpoint`` a 1-step demo checkpoint (tiny backbone, 64 px; speed does not
 depend on training) is trained into ``--root`` first.
 
+A last table times one model call per inference strategy (``--strategies``, default zero noise and the mean of
+1, 4 and 8 draws: ``smolvla-serve --noise sample --num-samples K``), each in a server of its own, from
+``--chunk-requests`` action-chunk requests; the single-step rows above use the first strategy.
+
 With ``--api-key`` the server requires a key (given through ``SMOLVLA_API_KEY``) and every connection sends
 ``Authorization: Api-Key KEY``, as openpi's ``WebsocketClientPolicy(api_key=KEY)`` does. The key is checked once,
 in the HTTP upgrade, so the rows should match a run without it.
@@ -61,11 +65,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="model calls before timing (first-call overheads)")
     p.add_argument("--api-key", nargs="?", const="", default=None,
                    help="serve with this API key (no value: a random one); clients send Authorization: Api-Key KEY")
+    p.add_argument("--strategies", default="zero,1,4,8",
+                   help="inference strategies to time, comma-separated: zero (zero noise) or K (mean of K draws)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) after the table")
     args = p.parse_args(argv)
+    try:
+        args.strategies = [strategy_flags(s) for s in args.strategies.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--strategies {args.strategies!r}: use zero or a number of draws, e.g. zero,1,4,8")
     if args.api_key == "":
         args.api_key = secrets.token_urlsafe(32)
     return args
+
+
+def strategy_flags(name: str) -> list[str]:
+    """``zero`` -> ``--noise zero``; ``K`` -> ``--noise sample --num-samples K`` (``smolvla-serve``'s flags)."""
+    name = name.strip()
+    if name == "zero":
+        return ["--noise", "zero"]
+    if not name.isdigit() or int(name) < 1:
+        raise ValueError(name)
+    return ["--noise", "sample", "--num-samples", name, "--noise-seed", "0"]
 
 
 def _headers(api_key: str | None) -> dict[str, str] | None:
@@ -108,8 +128,10 @@ def observations(count: int, seed: int = 0) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, device: str, n_action_steps: int | None, api_key: str | None = None):
-        args = [str(BIN / "smolvla-serve"), "--checkpoint", str(checkpoint), "--port", "0", "--device", device]
+    def __init__(self, checkpoint: Path, device: str, n_action_steps: int | None, api_key: str | None = None,
+                 strategy: list[str] = ()):
+        args = [str(BIN / "smolvla-serve"), "--checkpoint", str(checkpoint), "--port", "0", "--device", device,
+                *strategy]
         if n_action_steps:
             args += ["--n-action-steps", str(n_action_steps)]
         env = {k: v for k, v in os.environ.items() if k != "SMOLVLA_API_KEY"}
@@ -175,7 +197,7 @@ def row(name: str, rtt: list[float], infer: list[float], actions_per_request: in
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checkpoint = args.checkpoint or demo_checkpoint(args.root)
-    server = Server(checkpoint, args.device, args.n_action_steps, args.api_key)
+    server = Server(checkpoint, args.device, args.n_action_steps, args.api_key, args.strategies[0])
     try:
         print(next(line for line in server.lines if "ws://" in line), flush=True)
         from websockets.sync.client import connect
@@ -196,6 +218,16 @@ def main(argv: list[str] | None = None) -> None:
         size_mb = len(msgpack.packb(msgs[0], default=_encode)) / 1e6
     finally:
         server.stop()
+    # One model call per request under each strategy, each in its own server (the first one's figures are above).
+    by_strategy = [(meta["inference"]["label"], chunk_rtt, chunk_infer)]
+    for strategy in args.strategies[1:]:
+        other = Server(checkpoint, args.device, args.n_action_steps, args.api_key, strategy)
+        try:
+            run(other.port, observations(args.warmup, seed=1), n, args.api_key)
+            rtt_k, infer_k, meta_k = run(other.port, observations(args.chunk_requests, seed=2), n, args.api_key)
+        finally:
+            other.stop()
+        by_strategy.append((meta_k["inference"]["label"], rtt_k, infer_k))
     summary = next((line for line in server.lines if "stopped:" in line), "")
     print(f"\nsmolvla-serve on {meta['device']}, image size {meta['image_size']} px, chunk {meta['chunk_size']}, "
           f"n_action_steps {n}; request {size_mb:.2f} MB (release-size RGBA cameras); loopback, one client; "
@@ -206,6 +238,14 @@ def main(argv: list[str] | None = None) -> None:
     print(row("model-call step", [rtt[i] for i in model], [infer[i] for i in model]))
     print(row(f"all steps (1 model call per {n})", rtt, infer))
     print(row(f"action chunk K={n} (1 model call each)", chunk_rtt, chunk_infer, actions_per_request=n))
+    print(f"\none model call per request ({n} actions each) by inference strategy (--noise, --num-samples):\n")
+    print("| chunks | requests | p50 ms | p95 ms | server infer p50 ms | infer vs first |")
+    print("|---|---|---|---|---|---|")
+    base = float(np.percentile(by_strategy[0][2], 50))
+    for label, rtt_k, infer_k in by_strategy:
+        infer_p50 = float(np.percentile(infer_k, 50))
+        print(f"| {label} | {len(rtt_k)} | {np.percentile(rtt_k, 50):.1f} | {np.percentile(rtt_k, 95):.1f} | "
+              f"{infer_p50:.1f} | {infer_p50 / base:.2f}x |")
     if cpu_before is not None and cpu_after is not None:
         print(f"\nserver CPU time over the {len(rtt)} single-step requests: {(cpu_after - cpu_before) * 1e3 / len(rtt):.1f} "
               "ms per request (user + system, all threads)")
@@ -229,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
             "model_call": figures([rtt[i] for i in model], [infer[i] for i in model]),
             "all_steps": figures(rtt, infer),
             "action_chunk": figures(chunk_rtt, chunk_infer, n),
+            "inference": meta["inference"],
+            "by_inference": [{"inference": label, **figures(rtt_k, infer_k, n)} for label, rtt_k, infer_k in by_strategy],
         }))
 
 

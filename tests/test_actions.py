@@ -203,6 +203,7 @@ def test_delta_checkpoint_loads_in_lerobot_and_train_eval_serve_agree(delta_run,
     from lerobot.processor import PolicyProcessorPipeline
     from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 
+    from behavior_smolvla.policy.inference import Inference
     from behavior_smolvla.policy.smolvla import load_policy_bundle, to_policy_batch
     from behavior_smolvla.r1pro import EVALUATOR_RGB_KEYS, camera_role
     from behavior_smolvla.serving.observation import PROPRIO_KEY, TASK_ID_KEY
@@ -239,7 +240,8 @@ def test_delta_checkpoint_loads_in_lerobot_and_train_eval_serve_agree(delta_run,
         rgb = (sample[camera] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         obs[EVALUATOR_RGB_KEYS[camera_role(camera)]] = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255,
                                                                                     np.uint8)], -1)
-    served_policy = BehaviorPolicy(bundle, noise_seed=0)
+    one_draw = Inference("sample", 1)  # seeded noise below, as lerobot draws it
+    served_policy = BehaviorPolicy(bundle, noise_seed=0, inference=one_draw)
     served_batch = served_policy.spec(obs)
     np.testing.assert_array_equal(served_batch[REFERENCE_KEY][0].numpy(), sample[REFERENCE_KEY].numpy())
     assert torch.equal(served_batch["observation.state"][0], sample["observation.state"])
@@ -247,7 +249,7 @@ def test_delta_checkpoint_loads_in_lerobot_and_train_eval_serve_agree(delta_run,
 
     eval_batch = {**{c: served_batch[c] for c in inputs.cameras}, "observation.state": sample["observation.state"][None],
                   REFERENCE_KEY: sample[REFERENCE_KEY][None], "task": [sample["task"]]}
-    evaluated = bundle.predict_chunk(eval_batch, noise_seed=0)[0]
+    evaluated = bundle.predict_chunk(eval_batch, one_draw, noise_seed=0)[0]
     # lerobot alone: its processors and policy, then the reference state added back.
     noise = torch.randn((1, 6, policy.config.max_action_dim), generator=torch.Generator().manual_seed(0))
     policy.eval()

@@ -62,16 +62,19 @@ def test_eval_default_output_folder_table_and_report(copied_checkpoint):
     facts = dataset_facts(copied_checkpoint)
     episodes = ",".join(str(e) for e in facts["val_episodes"])
     proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", facts["path"], "--episodes", episodes,
-                    "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu")
+                    "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu",
+                    "--noise", "sample", "--num-samples", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = list((copied_checkpoint.parent.parent / "eval").iterdir())
     assert len(evals) == 1 and evals[0].name.endswith(f"_{copied_checkpoint.name}")
     out = evals[0]
     assert str(out / "report.json") in " ".join(proc.stdout.split())  # the output says where the report is
-    for label in ("all dims", "left_arm", "right_gripper", "hold", "mean_action"):
+    for label in ("all dims", "left_arm", "right_gripper", "hold", "mean_action", "policy chunks: mean of 2 draws"):
         assert label in proc.stdout, label
     report = json.loads((out / "report.json").read_text())
     assert report["frames_evaluated"] == 12 and report["tolerance"] == 0.1 and report["seed"] == 3
+    assert report["inference"] == {"noise": "sample", "num_samples": 2, "label": "mean of 2 draws"}
+    assert "inference: **mean of 2 draws** (`--noise sample --num-samples 2`)" in (out / "summary.md").read_text()
     assert report["checkpoints"] == [str(copied_checkpoint.resolve())]
     assert (out / "summary.md").is_file() and (out / "error_vs_chunk_step.png").is_file()
 
@@ -85,6 +88,14 @@ def test_eval_explicit_output_dir_and_training_episode_warning(demo_ckpt_run, tm
     assert "warning:" in proc.stderr and str(seen) in proc.stderr
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["overlapping_train_episodes"] == [seen] and report["frame_stride"] == 5
+
+
+def test_eval_bad_inference_flags_are_one_line(tmp_path):
+    """Checked before any checkpoint is read."""
+    args = ["--checkpoint", str(tmp_path), "--dataset-path", str(tmp_path), "--episodes", "0"]
+    one_line_error(run_eval(*args, "--num-samples", "0"), "--num-samples 0", "whole number >= 1")
+    one_line_error(run_eval(*args, "--noise", "foo"), "--noise 'foo'", "zero", "sample")
+    one_line_error(run_eval(*args, "--num-samples", "4"), "--num-samples 4 with --noise zero", "--noise sample")
 
 
 def test_eval_missing_train_config_is_one_line(copied_checkpoint, tmp_path):

@@ -268,6 +268,68 @@ def test_validate_is_repeatable_and_leaves_the_rng_alone(demo_ckpt_run, tmp_path
     assert second["plots"] == {}
 
 
+@pytest.mark.slow
+def test_validation_evaluation_and_serving_draw_chunks_alike_for_each_strategy(demo_ckpt_run, tmp_path):
+    """For zero noise, one draw and the mean of 3 draws, one frame's chunk is the same through validation during
+    training (``validate`` / ``predict_frames``), ``evaluate_checkpoints`` (its predictions.npz and report) and the
+    served policy (``BehaviorPolicy.act_chunk`` on the evaluator's observation of that frame), with the same seed.
+
+    Evaluation and validation read the frame through the evaluation reader; the server gets the frame as the
+    evaluator sends it and replays the training colour path on it, which rounds differently (test_serve bounds
+    that), so serving is compared with ``predict_chunk`` on the served batch, and the evaluation with
+    ``predict_chunk`` on the reader's batch: every path hands the strategy and the seed on unchanged."""
+    from behavior_smolvla.data.dataset import REFERENCE_KEY, BehaviorDataset
+    from behavior_smolvla.evaluation.engine import predict_frames, select_eval_frames
+    from behavior_smolvla.policy.inference import Inference
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
+    from behavior_smolvla.r1pro import EVALUATOR_RGB_KEYS, camera_role
+    from behavior_smolvla.serving.observation import PROPRIO_KEY, TASK_ID_KEY
+    from behavior_smolvla.serving.policy import BehaviorPolicy
+
+    bundle = load_policy_bundle(demo_ckpt_run, device="cpu")
+    inputs, d, seed = bundle.inputs, bundle.train_config["dataset"], 5
+    episode = d["val_episodes"][0]
+    meta = inputs.load_meta(d["path"])
+    ds = inputs.eval_dataset(meta, [episode])
+    frames = select_eval_frames(ds, inputs.chunk_size, inputs.frame_stride, inputs.frame_stride, max_frames=1)
+    index = int(frames.indices[0])
+    sample = ds.load_sample(index)
+    keys = [*inputs.cameras, "observation.state", *([REFERENCE_KEY] if REFERENCE_KEY in sample else [])]
+    read = {**{k: sample[k][None] for k in keys}, "task": [sample["task"]]}
+    raw_state = BehaviorDataset(meta, [episode], cameras=[], chunk_size=1).numeric_sample(index)["observation.state"]
+    obs = {PROPRIO_KEY: raw_state.numpy(), TASK_ID_KEY: np.array([{t: i for i, t in meta.tasks.items()}[sample["task"]]])}
+    for camera in inputs.cameras:
+        rgb = (sample[camera] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        obs[EVALUATOR_RGB_KEYS[camera_role(camera)]] = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+
+    chunks = {}
+    for inference in (Inference("zero", 1), Inference("sample", 1), Inference("sample", 3)):
+        label = inference.describe()
+        expected = bundle.predict_chunk(read, inference, noise_seed=seed)[0]
+        validated, _ = predict_frames([bundle], [(ds, [0])], frames, seed=seed, inference=inference)
+        np.testing.assert_allclose(validated[0, 0], expected, rtol=0, atol=1e-5, err_msg=label)
+        report = evaluate_checkpoints([demo_ckpt_run], d["path"], [episode], output_dir=tmp_path / label, max_frames=1,
+                                      seed=seed, inference=inference, device="cpu", progress=False)
+        assert report["inference"] == inference.to_dict() and f"inference: **{label}**" in (
+            tmp_path / label / "summary.md").read_text()
+        evaluated = np.load(tmp_path / label / "predictions.npz")["predictions"]
+        np.testing.assert_allclose(evaluated[0, 0], expected, rtol=0, atol=1e-5, err_msg=label)
+        val = validate(bundle, ds, max_frames=1, seed=seed, inference=inference)
+        assert val["chunk_mae"] == pytest.approx(report["predictors"]["policy"]["chunk_mae"]["mean"], abs=1e-5)
+
+        policy = BehaviorPolicy(bundle, noise_seed=seed, inference=inference)
+        served_batch = policy.spec(obs)
+        assert torch.equal(served_batch["observation.state"][0], sample["observation.state"])
+        served = policy.act_chunk(obs, bundle.chunk_size)
+        np.testing.assert_allclose(served, bundle.predict_chunk(served_batch, inference, noise_seed=seed)[0],
+                                   rtol=0, atol=1e-5, err_msg=label)
+        assert policy.metadata()["inference"] == inference.to_dict()
+        chunks[label] = expected
+    # The three strategies are three different chunks (the comparison above would pass if the strategy were lost).
+    assert min(np.abs(a - b).max() for a, b in [(chunks["zero noise"], chunks["one draw"]),
+                                                 (chunks["one draw"], chunks["mean of 3 draws"])]) > 1e-3
+
+
 # --- learning: the full demo ------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from behavior_smolvla.config import PolicyConfig
 from behavior_smolvla.errors import ConfigError, DatasetError, PolicyLoadError
 from behavior_smolvla.inputs import PolicyInputs, policy_camera_keys
 from behavior_smolvla.policy.backbone import build_tiny_vlm, tiny_vlm_vocabulary
+from behavior_smolvla.policy.inference import Inference
 from behavior_smolvla.policy.smolvla import create_policy, load_policy_bundle, resolve_device, save_policy, to_policy_batch
 from behavior_smolvla.state_maps.maps import load_state_map
 
@@ -293,3 +294,73 @@ def test_pretrained_checkpoint_missing_a_weight_is_refused(saved, stats, tmp_pat
     save_file(weights, str(broken / "model.safetensors"))
     with pytest.raises(PolicyLoadError, match=r"1 missing and 0 unexpected key\(s\) \(model.action_time_mlp_in.bias"):
         _create(stats, policy_path=str(broken))
+
+
+# --- the inference strategy: zero noise, one draw, mean of K draws --------------------------------------------------
+
+
+def _lerobot_chunk(bundle, batch: dict, noise: torch.Tensor) -> np.ndarray:
+    """One chunk by lerobot alone from an explicit initial noise [B, chunk, max_action_dim], unnormalised."""
+    with torch.inference_mode():
+        actions = bundle.policy.predict_action_chunk(
+            bundle.preprocessor(to_policy_batch(batch, bundle.inputs.camera_map)), noise=noise)
+    return bundle.postprocessor(actions).numpy()
+
+
+def test_zero_noise_is_the_default_deterministic_and_lerobots_chunk_from_zeros(bundle):
+    batch = _batch(with_action=False)
+    zero = bundle.predict_chunk(batch)
+    assert Inference() == Inference("zero", 1) and zero.shape == (B, CHUNK, ACTION) and zero.dtype == np.float32
+    np.testing.assert_array_equal(bundle.predict_chunk(batch, Inference("zero", 1), noise_seed=99), zero)
+    zeros = torch.zeros(B, CHUNK, bundle.policy.config.max_action_dim)
+    np.testing.assert_allclose(zero, _lerobot_chunk(bundle, batch, zeros), rtol=0, atol=1e-6)
+
+
+def test_mean_of_k_draws_is_the_mean_of_k_single_lerobot_draws(bundle):
+    """K draws in one batched call (the prefix encoded once, its cache repeated) equal K separate lerobot calls on
+    the documented noise: a generator seeded with the noise seed draws [K, B, chunk, max_action_dim], draw k = slice
+    k. One draw with the same seed starts from slice 0 of that noise."""
+    batch, k, seed = _batch(with_action=False), 3, 11
+    mean_of_k = Inference("sample", k)
+    noise = torch.randn((k, B, CHUNK, bundle.policy.config.max_action_dim),
+                        generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(mean_of_k.initial_noise(B, CHUNK, bundle.policy.config.max_action_dim, seed), noise,
+                               rtol=0, atol=0)
+    draws = np.stack([_lerobot_chunk(bundle, batch, noise[i]) for i in range(k)])
+    assert np.abs(draws[0] - draws[1]).max() > 0.1  # the draws differ: the mean is not trivially one of them
+    np.testing.assert_allclose(bundle.predict_chunk(batch, mean_of_k, noise_seed=seed), draws.mean(0),
+                               rtol=0, atol=1e-5)
+    one = bundle.predict_chunk(batch, Inference("sample", 1), noise_seed=seed)
+    np.testing.assert_allclose(one, draws[0], rtol=0, atol=1e-5)
+    # One frame (B = 1): its own [K, 1, chunk, max_action_dim] noise from the seed.
+    single_frame = {key: value[:1] for key, value in batch.items()}
+    noise = mean_of_k.initial_noise(1, CHUNK, bundle.policy.config.max_action_dim, seed)
+    np.testing.assert_allclose(bundle.predict_chunk(single_frame, mean_of_k, noise_seed=seed),
+                               np.stack([_lerobot_chunk(bundle, single_frame, noise[i]) for i in range(k)]).mean(0),
+                               rtol=0, atol=1e-5)
+
+
+def test_inference_labels_round_trip_and_one_line_errors(bundle):
+    assert [Inference(*a).describe() for a in (("zero", 1), ("sample", 1), ("sample", 8))] == [
+        "zero noise", "one draw", "mean of 8 draws"]
+    mean = Inference("sample", 8)
+    assert mean.to_dict() == {"noise": "sample", "num_samples": 8, "label": "mean of 8 draws"}
+    assert Inference.from_dict(mean.to_dict()) == mean
+    assert Inference.from_flags(None, None) == Inference() and Inference.from_flags("sample", None).num_samples == 1
+    for args, flags, needle in (
+        (("foo", 1), (), "--noise 'foo': use zero"),
+        (("sample", 0), (), "--num-samples 0: must be a whole number >= 1"),
+        (("zero", 4), (), "--num-samples 4 with --noise zero"),
+        ((None, 2), ("--eval-noise", "--eval-num-samples"), "--eval-num-samples 2 with --eval-noise zero"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            Inference.from_flags(*args, *flags)
+        assert needle in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="--num-samples 2.0"):
+        Inference("sample", 2.0)  # not a whole number of draws
+    bundle.policy.config.use_cache = False  # lerobot cannot denoise without its prefix cache: refused, not a traceback
+    try:
+        with pytest.raises(ConfigError, match="prefix cache"):
+            bundle.predict_chunk(_batch(with_action=False), mean, noise_seed=0)
+    finally:
+        bundle.policy.config.use_cache = True

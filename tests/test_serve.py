@@ -28,6 +28,7 @@ import torch
 from websockets.sync.client import connect
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, ObservationError
+from behavior_smolvla.policy.inference import Inference
 from behavior_smolvla.serving.observation import (
     EVALUATOR_RGB_KEYS,
     PROPRIO_KEY,
@@ -361,6 +362,8 @@ def test_metadata_on_connect(server, model, demo_checkpoint):
         assert [c["dataset_key"] for c in meta["cameras"]] == list(model.inputs.cameras)
         assert (meta["action_dim"], meta["chunk_size"], meta["image_size"]) == (23, model.chunk_size, model.inputs.image_size)
         assert meta["task_map"] == {str(k): v for k, v in model.inputs.task_map.items()}
+        assert meta["inference"] == Inference().to_dict() and meta["noise_seed"] == 0
+        assert "chunks: zero noise" in next(line for line in server.lines if "ws://" in line)
     finally:
         client.close()
 
@@ -507,6 +510,31 @@ def test_cli_error_is_one_line(tmp_path):
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "nothing") in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for flags, needle in ((["--noise", "foo"], "--noise 'foo'"), (["--num-samples", "0"], "--num-samples 0")):
+        proc = subprocess.run([str(BIN / "smolvla-serve"), "--checkpoint", str(tmp_path / "nothing"), *flags],
+                              capture_output=True, text=True, env=ENV, timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_served_mean_of_draws_from_the_command_line(demo_checkpoint, model):
+    """``smolvla-serve --noise sample --num-samples 3`` serves the mean of 3 draws: its metadata and start-up line
+    say so, and its action is the in-process policy's with that strategy and the same noise seed."""
+    srv = ServerProcess(demo_checkpoint, "--noise", "sample", "--num-samples", "3")
+    client = EvaluatorClient(srv.port)
+    try:
+        mean_of_3 = Inference("sample", 3)
+        assert client.metadata["inference"] == mean_of_3.to_dict()
+        assert "chunks: mean of 3 draws" in next(line for line in srv.lines if "ws://" in line)
+        obs = make_observation(np.random.default_rng(23))
+        expected = BehaviorPolicy(model, noise_seed=0, inference=mean_of_3).act(obs)
+        reply = client.request(obs)
+        assert isinstance(reply, dict), reply
+        np.testing.assert_allclose(reply["action"], expected, rtol=0, atol=1e-5)
+        assert np.abs(expected - BehaviorPolicy(model, noise_seed=0).act(obs)).max() > 1e-4  # not zero noise
+    finally:
+        client.close()
+        srv.stop()
 
 
 @pytest.mark.slow

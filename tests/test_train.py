@@ -62,8 +62,10 @@ def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, 
     out = tmp_path / "run"
     proc = run_train(*base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "60", "--save-steps", "30",
                                 "--val-episodes", "10020", "--eval-steps", "30", "--batch-size", "8",
-                                "--no-train-expert-only", "--no-freeze-vision-encoder"))
+                                "--no-train-expert-only", "--no-freeze-vision-encoder",
+                                "--eval-noise", "sample", "--eval-num-samples", "2"))
     assert "effective batch 8" in proc.stdout
+    assert "percent close" in proc.stdout and "; chunks: mean of 2 draws" in proc.stdout  # the validation line
     ckpts = out / "checkpoints"
     assert {"000030", "000060", "last", "best"} <= {p.name for p in ckpts.iterdir()}
     # Validation ran on the held-out episode at steps 30 and 60 and `best` points at the better one.
@@ -250,6 +252,10 @@ def test_errors_are_one_line(synthetic_2025, tiny_vlm, tmp_path):
     bad_cfg.write_text("max_step: 3\n")
     _one_line_error(run_train("--config", str(bad_cfg), check=False), "bad.yaml", "max_step")
     _one_line_error(run_train("--resume", str(tmp_path), check=False), "no complete checkpoint")
+    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r3", "--max-steps", "1",
+                                         "--eval-num-samples", "0"), check=False), "--eval-num-samples 0")
+    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r3", "--max-steps", "1",
+                                         "--eval-noise", "foo"), check=False), "--eval-noise 'foo'")
     existing = tmp_path / "existing"
     (existing / "checkpoints").mkdir(parents=True)
     _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False),

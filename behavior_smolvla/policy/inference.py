@@ -139,8 +139,7 @@ def sample_chunks(policy: SmolVLAPolicy, batch: dict[str, Any], noise: torch.Ten
     and pad mask are repeated K times per frame (``batch_repeat_interleave``; row ``b * K + k``) before
     denoising, so the vision encoder and VLM run once for B frames and only the action expert runs on B * K rows.
     ``predict_action_chunk``'s observation queue is not touched (it feeds ``select_action`` only, unused here).
-    Where lerobot would not use the cache (``config.use_cache`` off, or real-time chunking on) the K draws are K
-    calls of ``predict_action_chunk`` instead (K times the prefix's cost).
+    Real-time chunking (RTC) guidance is not applied: this project never enables it.
 
     Args:
         policy: lerobot's ``SmolVLAPolicy``.
@@ -150,6 +149,10 @@ def sample_chunks(policy: SmolVLAPolicy, batch: dict[str, Any], noise: torch.Ten
     Returns:
         float32 [K, B, chunk_size, action_dim], draw k of frame b at ``[k, b]``; normalised (pass it through the
         post-processor). Call under ``torch.inference_mode()`` / ``no_grad``.
+
+    Raises:
+        ConfigError: the policy's config has ``use_cache`` off (lerobot 0.6.1 cannot denoise without the prefix
+            cache either) or real-time chunking on.
     """
     import torch
     from lerobot.policies.smolvla.modeling_smolvla import (
@@ -162,7 +165,8 @@ def sample_chunks(policy: SmolVLAPolicy, batch: dict[str, Any], noise: torch.Ten
     k, b = noise.shape[:2]
     model = policy.model
     if not policy.config.use_cache or model._rtc_enabled():
-        return torch.stack([policy.predict_action_chunk(dict(batch), noise=noise[i]) for i in range(k)])
+        raise ConfigError("--num-samples > 1 needs SmolVLA's prefix cache (config.json use_cache: true) and no "
+                          "real-time chunking (rtc_config); use --num-samples 1")
     policy.eval()
     batch = policy._prepare_batch(dict(batch))
     images, img_masks = policy.prepare_images(batch)
