@@ -98,8 +98,10 @@ class PolicyConfig:
     """Actions executed from each chunk before the next model call; default: chunk_size."""
     state_dim: int | None = None
     """SmolVLA's ``max_state_dim`` (state zero-padded to it); default 32, raised to the mapped state dim if wider."""
-    train_expert_only: bool = True
-    """Freeze the VLM and train the action expert (SmolVLA's default)."""
+    train_expert_only: bool | None = None
+    """Freeze the VLM and train the action expert only. Default (None, resolved by :func:`resolve_train_expert_only`
+    when the run starts; the saved config holds the result): on when fine-tuning a pretrained policy (SmolVLA's
+    default), off with ``from_scratch`` (a randomly initialised VLM has to learn)."""
     freeze_vision_encoder: bool = True
     """Freeze the VLM's vision encoder (SmolVLA's default)."""
 
@@ -140,6 +142,10 @@ class OptimConfig:
     reschedule: bool = False
     """On ``--resume`` with another ``--max-steps``: rebuild the schedule for the new length (default: continue the
     saved schedule, then hold its final lr)."""
+    ema_decay: float = 0.0
+    """Decay D of an exponential moving average of the trainable weights, updated after every optimizer step
+    (warm-up: ``min(D, (1 + k) / (10 + k))`` at the k-th update, see ``training.ema``); checkpoints serve the
+    averaged weights. 0 disables it; otherwise 0 < D < 1 (e.g. 0.999 averages over about 1000 steps)."""
 
 
 @dataclass
@@ -270,7 +276,7 @@ def _coerce(owner: Any, attr: str, value: Any, source: str) -> Any:
     f = next(f for f in dataclasses.fields(owner) if f.name == attr)
     if "list" in str(f.type) and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(current, bool) and not isinstance(value, bool):
+    if (isinstance(current, bool) or str(f.type) == "bool | None") and not isinstance(value, bool):
         raise ConfigError(f"{source}: '{attr}' must be true or false, got {value!r}")
     kind = str(f.type).split(" | ")[0]
     if kind in ("int", "float") and not isinstance(value, bool):
@@ -341,6 +347,9 @@ def validate_config(cfg: TrainConfig) -> None:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{flag} {value}: must be a finite number >= 0 ({hint})")
+    if not (math.isfinite(o.ema_decay) and 0 <= o.ema_decay < 1):
+        raise ConfigError(f"--ema-decay {o.ema_decay}: must be at least 0 and below 1 (0 disables the weight average, "
+                          "e.g. 0.999 averages over about 1000 steps)")
     if p.n_action_steps is not None and p.n_action_steps > p.chunk_size:
         raise ConfigError(f"--n-action-steps {p.n_action_steps}: must be between 1 and --chunk-size ({p.chunk_size})")
     if o.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -354,6 +363,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
     if out.output_dir is not None and out.resume is None:
         check_output_dir(out.output_dir)
+
+
+def resolve_train_expert_only(policy: PolicyConfig) -> bool:
+    """Whether only the action expert trains: ``policy.train_expert_only`` when set, else (None, the default) not
+    ``policy.from_scratch``: a pretrained policy keeps SmolVLA's default (VLM frozen), a randomly initialised VLM
+    trains. The one place this default is decided."""
+    if policy.train_expert_only is not None:
+        return policy.train_expert_only
+    return not policy.from_scratch
 
 
 def early_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:

@@ -452,9 +452,9 @@ def validate(
         Flat dict of floats: ``val_loss`` (SmolVLA's flow-matching training loss, mean over frames, each averaged
         over its valid chunk steps and action dims, normalised units), ``first_action_mae``, ``chunk_mae`` (action
         units, mean over dims), ``percent_close`` (first action, [0, 1]), ``percent_close_chunk``,
-        ``mean_action_first_action_mae`` and ``state_first_action_mae`` (the references; the latter where the
-        contract has an action -> state reference), ``first_action_mae/<group>`` per action group, ``frames``;
-        plus ``plots``: ``{name: Path}`` (empty without ``output_dir``).
+        ``mean_action_first_action_mae``, ``mean_action_chunk_mae`` and ``state_first_action_mae`` (the
+        references; the latter where the contract has an action -> state reference), ``first_action_mae/<group>``
+        per action group, ``frames``; plus ``plots``: ``{name: Path}`` (empty without ``output_dir``).
 
     Raises:
         ConfigError: the dataset is not the policy's evaluation view (other chunk length).
@@ -476,6 +476,7 @@ def validate(
         "percent_close": m["percent_close"]["mean"],
         "percent_close_chunk": m["percent_close_chunk"]["mean"],
         "mean_action_first_action_mae": ref["first_action_mae"]["mean"],
+        "mean_action_chunk_mae": ref["chunk_mae"]["mean"],
         **({"state_first_action_mae": scores["state"]["first_action_mae"]["mean"]} if "state" in scores else {}),
         **{f"first_action_mae/{g}": v for g, v in m["first_action_mae"]["per_group"].items()},
         "frames": len(frames.indices),

@@ -2,14 +2,18 @@
 
 Layout (lerobot-train's, so lerobot tools load it)::
 
-    <run>/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors, policy_{pre,post}processor*,
+    <run>/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors (the weights to serve: with
+                                                     --ema-decay the averaged ones), policy_{pre,post}processor*,
                                                      train_config.yaml (this project's resolved run config)
     <run>/checkpoints/<step:06d>/training_state/     training_step.json (step, epoch, batch position, world size,
-                                                     batch size, wandb run id), optimizer_state.safetensors,
+                                                     batch size, wandb run id, EMA decay and update count, best
+                                                     validation metric), optimizer_state.safetensors,
                                                      optimizer_param_groups.json, scheduler_state.json,
-                                                     rng_state.safetensors
+                                                     rng_state.safetensors, raw_weights.safetensors (with
+                                                     --ema-decay only: the trained, not averaged, weights of the
+                                                     trainable parameters, which --resume continues from)
     <run>/checkpoints/last -> <step:06d>             newest complete checkpoint (relative symlink)
-    <run>/checkpoints/best -> <step:06d>             best by validation error (when validation runs)
+    <run>/checkpoints/best -> <step:06d>             best by held-out whole-chunk MAE (when validation runs)
 
 A checkpoint is written into ``checkpoints/.tmp-<step>-<pid>``, flushed to disk, renamed into place, and only then
 is ``last`` re-pointed (a symlink swapped with an atomic rename). A crash or a full disk at any moment leaves the
@@ -21,21 +25,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from safetensors import SafetensorError
 
 from behavior_smolvla.errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
 CHECKPOINTS_DIR = "checkpoints"
 PRETRAINED_DIR = "pretrained_model"
 TRAINING_STATE_DIR = "training_state"
 TRAIN_CONFIG_FILE = "train_config.yaml"
 TRAINING_STEP_FILE = "training_step.json"
+RAW_WEIGHTS_FILE = "raw_weights.safetensors"
 LAST = "last"
 BEST = "best"
 _TMP_PREFIX = ".tmp-"
@@ -80,7 +88,10 @@ def _point_link(link: Path, target_name: str) -> None:
 class TrainingState:
     """Everything besides weights that an exact resume needs (stored in ``training_step.json``).
 
-    ``epoch`` and ``batch`` are the position in the data order of the NEXT batch to train on.
+    ``epoch`` and ``batch`` are the position in the data order of the NEXT batch to train on. ``ema_decay`` and
+    ``ema_steps``: the weight average's decay and updates so far (0 and 0 without ``--ema-decay``). ``best_metric``:
+    the lowest validation score so far (named by ``best_metric_name``, reached at ``best_step``: the checkpoint
+    ``best`` points to).
     """
 
     step: int
@@ -91,6 +102,10 @@ class TrainingState:
     grad_accum_steps: int
     wandb_run_id: str | None = None
     best_metric: float | None = None
+    best_metric_name: str | None = None
+    best_step: int | None = None
+    ema_decay: float = 0.0
+    ema_steps: int = 0
 
 
 def save_checkpoint(
@@ -101,16 +116,21 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     keep_last: int | None = None,
+    raw_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoints/<step>`` atomically and point ``checkpoints/last`` at it.
 
     Args:
         run_dir: the run folder.
         state: step and data-order position (``TrainingState``).
-        write_pretrained: writes lerobot's policy files into the folder it is given (``policy.save_policy``).
+        write_pretrained: writes lerobot's policy files (the weights to serve) into the folder it is given
+            (``policy.save_policy``, with the EMA weights swapped in when there are some).
         train_config: the resolved run config plus the data facts (state map, cameras, tasks); saved as YAML.
         optimizer, scheduler: torch optimizer and LR scheduler (saved with lerobot's safetensors/json helpers).
         keep_last: keep only the newest K step folders (never the ones ``last`` or ``best`` point to).
+        raw_weights: ``{parameter name: tensor}``, the training weights when ``pretrained_model`` holds others (the
+            EMA's): written to ``training_state/raw_weights.safetensors`` before ``write_pretrained`` runs, for
+            :func:`load_raw_weights`.
 
     Returns:
         The published checkpoint folder.
@@ -135,6 +155,11 @@ def save_checkpoint(
     pretrained.mkdir(parents=True)
     training.mkdir(parents=True)
 
+    if raw_weights is not None:
+        from safetensors.torch import save_file
+
+        save_file({name: t.detach().contiguous().cpu() for name, t in raw_weights.items()},
+                  str(training / RAW_WEIGHTS_FILE))
     write_pretrained(pretrained)
     (pretrained / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(train_config, sort_keys=False))
     (training / TRAINING_STEP_FILE).write_text(json.dumps(state.__dict__, indent=2))
@@ -265,6 +290,40 @@ def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> Tra
         # Headers were checked above; this is a file whose tensors do not fit the optimizer it is loaded into.
         raise damaged(training, checkpoint, _first_line(exc)) from None
     return state
+
+
+def load_raw_weights(checkpoint: Path, module: torch.nn.Module) -> list[str] | None:
+    """Copy ``training_state/raw_weights.safetensors`` (the training weights of a run with ``--ema-decay``, whose
+    ``pretrained_model`` holds the averaged ones) into ``module``'s parameters of the same names, in place.
+
+    Returns:
+        The names loaded, or None when the checkpoint has no such file (its ``pretrained_model`` weights are the
+        training weights).
+
+    Raises:
+        CheckpointError: the file is unreadable, or names a parameter the model does not have or of another shape.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint) / TRAINING_STATE_DIR / RAW_WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise damaged(path, checkpoint, _first_line(exc)) from None
+    params = dict(module.named_parameters())
+    for name, tensor in tensors.items():
+        if name not in params or params[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: holds '{name}' {tuple(tensor.shape)}, which this model "
+                f"{'does not have' if name not in params else f'has as {tuple(params[name].shape)}'}; resume with the "
+                "run's own policy options (train_config.yaml)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    return list(tensors)
 
 
 # --- integrity ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from behavior_smolvla.config import resolve_train_expert_only
 from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
 from behavior_smolvla.policy.inference import Inference, sample_chunks
 
@@ -391,7 +392,7 @@ def _scratch_config(inputs: PolicyInputs, options: PolicyConfig, device: torch.d
         vlm_model_name=vlm_model,
         # A hub backbone has weights; a local folder only if it holds weight files (a tiny VLM folder has none).
         load_vlm_weights=_has_vlm_weights(vlm_model),
-        train_expert_only=options.train_expert_only,
+        train_expert_only=resolve_train_expert_only(options),
         freeze_vision_encoder=options.freeze_vision_encoder,
     )
 
@@ -410,7 +411,7 @@ def _pretrained_config(inputs: PolicyInputs, options: PolicyConfig, device: torc
         "max_state_dim": options.state_dim or max(base.max_state_dim, inputs.policy_state_dim),
         "max_action_dim": max(base.max_action_dim, inputs.action_dim),
         "resize_imgs_with_padding": (size, size),
-        "train_expert_only": options.train_expert_only,
+        "train_expert_only": resolve_train_expert_only(options),
         "freeze_vision_encoder": options.freeze_vision_encoder,
         "pretrained_path": Path(policy_path),
     }

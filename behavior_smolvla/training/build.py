@@ -21,7 +21,7 @@ from rich.console import Console
 
 from behavior_smolvla.actions import REFERENCE_KEY, chunk_action_stats, to_delta
 from behavior_smolvla.config import (
-    TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
+    TrainConfig, apply_overrides, load_config_file, resolve_train_expert_only, validate_against_data, validate_config,
 )
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec, select_tasks
@@ -30,6 +30,7 @@ from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.inputs import PolicyInputs
 from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import ACTION, PolicyBundle, create_policy, resolve_device, to_policy_batch
+from behavior_smolvla.training.ema import EMA
 
 MIN_STD = 1e-3
 """Floor for the normalisation std of state and action dims (in each dim's own units). lerobot divides by
@@ -140,6 +141,23 @@ def build_image_transform(cfg: TrainConfig):
     ranges = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.5, 1.5), "hue": (-0.05, 0.05)}
     tfs = {name: ImageTransformConfig(weight=1.0, type="ColorJitter", kwargs={name: r}) for name, r in ranges.items()}
     return ImageTransforms(ImageTransformsConfig(enable=True, max_num_transforms=2, random_order=True, tfs=tfs))
+
+
+def resolve_policy_training(cfg: TrainConfig, resuming: bool, say: Callable[[str], None]) -> None:
+    """Fix ``policy.train_expert_only`` in ``cfg`` (:func:`~behavior_smolvla.config.resolve_train_expert_only`), so
+    that the saved config holds the value used and a resumed run keeps it; say in one line what a from-scratch run
+    trains."""
+    p = cfg.policy
+    auto = p.train_expert_only is None
+    p.train_expert_only = resolve_train_expert_only(p)
+    if p.from_scratch and not resuming:
+        if p.train_expert_only:
+            say("policy: --from-scratch with --train-expert-only: only the action expert learns, on a randomly "
+                "initialised, frozen VLM")
+        elif auto:
+            say("policy: --from-scratch: the randomly initialised VLM trains too (train_expert_only off; "
+                f"vision encoder {'frozen' if p.freeze_vision_encoder else 'trained'}); pass --train-expert-only "
+                "to train the action expert only")
 
 
 # --- processes, threads, precision ----------------------------------------------------------------------------
@@ -316,6 +334,8 @@ class Training:
         say: prints on rank 0 only.
         worker_start: the multiprocessing context DataLoader workers start from (a forkserver that imported torch,
             av and pyarrow while the model was built), or None without workers.
+        ema: the average of the trainable weights (``--ema-decay``; on every rank, updated with the synchronised
+            weights), or None.
     """
 
     cfg: TrainConfig
@@ -340,6 +360,7 @@ class Training:
     resuming: bool
     say: Callable[[str], None] = field(repr=False, default=print)
     worker_start: Any = field(repr=False, default=None)
+    ema: EMA | None = field(repr=False, default=None)
 
     @property
     def is_main(self) -> bool:
@@ -490,10 +511,8 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
         stats = {**stats, ACTION: floor_std({ACTION: targets})[ACTION]}
     torch.manual_seed(cfg.optim.seed)
     # A resumed run loads its own checkpoint like a pretrained policy (from scratch or not).
+    resolve_policy_training(cfg, resuming, say)
     options = dataclasses.replace(cfg.policy, from_scratch=cfg.policy.from_scratch and not resuming)
-    if cfg.policy.from_scratch and cfg.policy.train_expert_only and not resuming:
-        say("policy: --from-scratch with --train-expert-only (the default): only the action expert learns, on a "
-            "randomly initialised, frozen VLM; pass --no-train-expert-only to train the VLM too")
     bundle = create_policy(
         inputs, options, stats,
         # lerobot accepts "cpu" but not "cpu:0" (what accelerate reports under multi-process CPU runs).
@@ -503,6 +522,11 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     )
     if bundle.reinitialised and not resuming:
         say(f"policy: freshly initialised {', '.join(bundle.reinitialised)} (shape changed from the pretrained one)")
+    # A resumed run's pretrained_model holds the served weights (the average, with --ema-decay): the average
+    # continues from them, then the training weights are restored from training_state (when they differ).
+    ema = EMA(bundle.policy, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    if resuming:
+        ckpt.load_raw_weights(Path(cfg.output.resume), bundle.policy)
 
     schedule_steps = schedule_length(cfg, total_steps, resuming, say)
     optimizer, scheduler = build_optimizer(cfg, bundle.policy, schedule_steps)
@@ -519,6 +543,8 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
                 f"accumulation {state.grad_accum_steps}; resume with the same values to keep the data order"
             )
         say(f"resumed from {cfg.output.resume} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
+        if ema is not None:
+            ema.updates = state.ema_steps
     else:
         torch.manual_seed(cfg.optim.seed)  # the same RNG stream whatever policy construction consumed
 
@@ -540,6 +566,6 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
         val_episodes=val_eps, dataset=dataset, val_dataset=val_dataset, transform=transform,
         uint8_frames=transform is None, batches_per_epoch=batches_per_epoch, total_steps=total_steps, bundle=bundle,
         policy=policy, optimizer=optimizer, scheduler=scheduler, state=state, checkpoint_config=checkpoint_config,
-        resuming=resuming, say=say, worker_start=worker_start,
+        resuming=resuming, say=say, worker_start=worker_start, ema=ema,
     )
 

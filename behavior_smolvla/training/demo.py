@@ -22,8 +22,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "save_steps": 300,
     "log_steps": 50,
     "num_workers": 1,
-    "train_expert_only": False,
-    "freeze_vision_encoder": False,
+    "freeze_vision_encoder": False,  # the VLM trains from scratch by default; the demo trains its encoder too
     "eval_steps": 150,
 }
 

@@ -13,6 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import save_policy
 from behavior_smolvla.training.build import Training, build_training
 from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
+
+
+BEST_METRIC = "chunk_mae"
+"""The validation figure ``checkpoints/best`` is chosen by (lowest wins): the held-out whole-chunk MAE in action
+units (``evaluation.engine.validate``), since the robot executes chunks, not only their first action."""
 
 
 class TrainingDivergedError(BehaviorSmolVLAError):
@@ -213,6 +219,10 @@ class Trainer:
                 t.optimizer.zero_grad(set_to_none=True)
                 times["optimizer"] += time.perf_counter() - t_optim
             step_loss += loss_value / cfg.optim.grad_accum_steps
+        if t.ema is not None and not t.optimizer.step_was_skipped:  # fp16 skips steps with inf gradients
+            t_ema = time.perf_counter()
+            t.ema.update()
+            times["optimizer"] += time.perf_counter() - t_ema
         t.scheduler.step()
         state = t.state
         state.step, state.epoch, state.batch = state.step + 1, epoch, k + 1
@@ -298,38 +308,54 @@ class Trainer:
         self._reset_window(t_log)  # writing this record counts in the next window's log_checkpoint time
 
     def _validate(self) -> bool:
-        """Validation loss and offline metrics on the held-out episodes (rank 0); True when the best so far."""
+        """Validation loss and offline metrics on the held-out episodes (rank 0), of the weights a checkpoint would
+        serve (the EMA's, swapped in and out again, with ``--ema-decay``); True when the best so far by
+        :data:`BEST_METRIC` (lower is better)."""
         from behavior_smolvla.evaluation.engine import validate
 
-        t, step = self.t, self.t.state.step
+        t, state = self.t, self.t.state
+        step = state.step
         inference = t.cfg.eval.inference
-        result = validate(t.bundle, t.val_dataset, max_frames=t.cfg.eval.eval_max_frames, seed=t.cfg.optim.seed,
-                          inference=inference, output_dir=t.run_dir / "eval" / f"step_{step:06d}")
+        with t.ema.applied() if t.ema is not None else nullcontext():
+            result = validate(t.bundle, t.val_dataset, max_frames=t.cfg.eval.eval_max_frames, seed=t.cfg.optim.seed,
+                              inference=inference, output_dir=t.run_dir / "eval" / f"step_{step:06d}")
         plots = result.pop("plots", {})
         names = {k: k.replace("/", "_").removeprefix("val_") for k in result}
         self.metrics.write({"step": step, **{f"val_{names[k]}": v for k, v in result.items()}})
         self.tracker.log({f"val/{names[k]}": v for k, v in result.items()}, step=step)
         self.tracker.log_images({f"val/{name}": path for name, path in plots.items()}, step=step)
-        score = float(result["first_action_mae"])
-        t.say(f"validation at step {step}: loss {result['val_loss']:.4f}, first-action MAE {score:.4g} "
-              f"(mean-action predictor {result['mean_action_first_action_mae']:.4g}), "
-              f"percent close {result['percent_close']:.3f}; chunks: {inference.describe()}")
-        if t.state.best_metric is None or score < t.state.best_metric:
-            t.state.best_metric = score
+        score = float(result[BEST_METRIC])
+        weights = " (EMA weights)" if t.ema is not None else ""
+        t.say(f"validation at step {step}{weights}: loss {result['val_loss']:.4f}, chunk MAE {score:.4g} (chooses "
+              f"best; mean-action predictor {result['mean_action_chunk_mae']:.4g}), first-action MAE "
+              f"{result['first_action_mae']:.4g} (mean-action predictor "
+              f"{result['mean_action_first_action_mae']:.4g}), percent close {result['percent_close']:.3f}; chunks: {inference.describe()}")
+        # A best chosen by another metric (a run started before best was chosen by chunk MAE) is not comparable.
+        best = state.best_metric if state.best_metric_name == BEST_METRIC else None
+        if best is None or score < best:
+            state.best_metric, state.best_metric_name, state.best_step = score, BEST_METRIC, step
             return True
         return False
 
     def _save(self, improved: bool) -> None:
         """Checkpoint the current step on rank 0 (all ranks wait); ``improved`` also points ``best`` at it."""
-        t = self.t
+        t, ema = self.t, self.t.ema
         t.accelerator.wait_for_everyone()
         if t.is_main:
+            t.state.ema_decay, t.state.ema_steps = (ema.decay, ema.updates) if ema is not None else (0.0, 0)
+
+            def write_pretrained(folder: Path) -> None:
+                # pretrained_model holds the weights to serve: the average when there is one.
+                with ema.applied() if ema is not None else nullcontext():
+                    save_policy(t.bundle, folder)
+
             self._last_path = ckpt.save_checkpoint(
                 t.run_dir, t.state,
                 # bundle.policy is the module accelerate wrapped (DDP keeps a reference, it does not copy).
-                write_pretrained=lambda d: save_policy(t.bundle, d),
+                write_pretrained=write_pretrained,
                 train_config=t.checkpoint_config, optimizer=t.optimizer, scheduler=t.scheduler,
                 keep_last=t.cfg.output.keep_last,
+                raw_weights=ema.trained_state_dict() if ema is not None else None,
             )
             if improved:
                 ckpt.mark_best(t.run_dir, t.state.step)
