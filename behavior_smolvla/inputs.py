@@ -401,8 +401,10 @@ class PolicyInputs:
 
     def describe(self) -> str:
         """One line for logs: state, action, cameras, sizes."""
+        m = self.state_map
+        motion = (f", velocities over {m.lag_frames} frames = {m.velocity_dt:.3g} s" if m.has_velocity else "")
         return (f"state {self.state_key} ({self.state_dim} -> {self.policy_state_dim} dims, map "
-                f"{self.state_map.name}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}, "
+                f"{m.name}{motion}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}, "
                 f"{self.action_norm} norm); "
                 f"cameras {list(self.cameras)} at {self.image_size} px; chunk {self.chunk_size}, "
                 f"{self.n_action_steps} executed; stride {self.frame_stride} ({1 / self.step_s:g} Hz)")
