@@ -156,6 +156,8 @@ def _print_state_map_report(report: Any) -> None:
     out = Console(width=max(Console().width, 120))
     out.print(f"[bold]{m.name}[/]  layout {m.layout}, {m.input_dim or 'any'} -> {m.output_dim or '= input'} dims, "
               f"standard-track legal: {_legal_label(m)}\n{m.description}\n[dim]{m.path}[/]", highlight=False)
+    if m.has_velocity:
+        out.print(m.describe_velocity(), highlight=False, markup=False)
     if not m.is_bound:
         out.print("layout any: the dims are resolved against a dataset's state; pass --dataset PATH to list them")
         return
@@ -176,7 +178,7 @@ def _print_state_map_report(report: Any) -> None:
             flags.append("[yellow]constant[/]")
         if d.unreliable:
             flags.append("[red]unreliable[/]")
-        source = d.source_label + (f" ({d.reduce})" if d.reduce else "")
+        source = m.describe_dim(d)
         legal = {True: "allowed", False: "[red]FORBIDDEN[/]", None: "?"}[d.standard_track]
         row = [str(d.index), d.name, source, d.group, legal]
         if report.stats is not None:
@@ -204,6 +206,9 @@ def filter_state_command(
     state_key: str = typer.Option(
         "observation.state", "--state-key", help="With --dataset: the feature read as the state."),
     action_key: str = typer.Option("action", "--action-key", help="With --dataset: the feature read as the action."),
+    frame_stride: int = typer.Option(
+        1, "--frame-stride", help="With --dataset: frames per policy step, as in training (a velocity entry's lag "
+                                  "of k steps spans k x stride frames)."),
     check_standard_track: bool = typer.Option(
         False, "--check-standard-track",
         help="Exit 1 and list the offending dims if the map reads a dim the BEHAVIOR standard track forbids."),
@@ -220,7 +225,7 @@ def filter_state_command(
         _print_state_map_list(as_json)
         return
     report = state_map_report(state_map, dataset=dataset, episodes=episodes, state_key=state_key,
-                              action_key=action_key)
+                              action_key=action_key, frame_stride=frame_stride)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

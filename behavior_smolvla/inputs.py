@@ -91,7 +91,8 @@ class PolicyInputs:
         state_key: dataset feature read as ``observation.state`` (e.g. ``observation.state``, ``state``).
         action_key: dataset feature read as ``action`` (e.g. ``action``, ``actions``).
         state_map: the state map, bound to the dataset's state (``state_map.input_dim`` raw dims in,
-            ``state_map.output_dim`` dims to the policy).
+            ``state_map.output_dim`` dims to the policy); a map with velocity dims is timed with this contract's
+            ``fps`` and ``frame_stride`` (its lag of k policy steps = ``k * frame_stride`` dataset frames).
         action_dim: size of the action vector (23 for the R1Pro: base velocity in m/s and rad/s, joint positions in
             radians, gripper commands).
         action_names: one name per action dim, or None when the dataset declares none.
@@ -133,6 +134,10 @@ class PolicyInputs:
     def __post_init__(self) -> None:
         if self.state_map.input_dim is None:
             raise StateMapError(f"state map {self.state_map.name!r} is not bound to a state size; bind it first")
+        if self.state_map.has_velocity and self.state_map.timing != (float(self.fps), self.frame_stride):
+            raise StateMapError(f"state map {self.state_map.name!r} has velocity dims timed for "
+                                f"{self.state_map.timing} (fps, frame stride), but the contract runs at "
+                                f"({self.fps}, {self.frame_stride}); bind it with fps=, frame_stride= of the contract")
         for name in ("action_dim", "image_size", "chunk_size", "frame_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -219,7 +224,8 @@ class PolicyInputs:
             DatasetError: a camera the dataset does not have.
             ConfigError: sizes out of range, a camera listed twice.
         """
-        bound = default_state_map_for(meta, data.state_map, data.filter_state).bind(meta.state_dim, meta.state_names)
+        bound = default_state_map_for(meta, data.state_map, data.filter_state).bind(
+            meta.state_dim, meta.state_names, fps=float(meta.fps), frame_stride=int(data.frame_stride))
         cameras = list(data.cameras) if data.cameras else default_cameras(meta)
         for key in cameras:
             meta.check_camera(key)
@@ -267,6 +273,11 @@ class PolicyInputs:
                 f"--dataset-path {meta.root}: {meta.state_key!r} has {meta.state_dim} dims but the policy was trained "
                 f"with state map {self.state_map.name!r} over a {self.state_dim}-dim state; use a dataset with the "
                 "training data's state layout")
+        if self.state_map.has_velocity and abs(float(meta.fps) - self.fps) > 1e-6:
+            raise StateMapError(
+                f"--dataset-path {meta.root}: recorded at {meta.fps:g} fps but the policy's state map "
+                f"{self.state_map.name!r} has velocities over {self.state_map.lag_frames} frames at {self.fps:g} fps; "
+                "use a dataset at the training frame rate")
         if meta.action_dim != self.action_dim:
             raise DatasetError(
                 f"--dataset-path {meta.root}: {meta.action_key!r} has {meta.action_dim} dims but the policy predicts "
@@ -390,8 +401,10 @@ class PolicyInputs:
 
     def describe(self) -> str:
         """One line for logs: state, action, cameras, sizes."""
+        m = self.state_map
+        motion = (f", velocities over {m.lag_frames} frames = {m.velocity_dt:.3g} s" if m.has_velocity else "")
         return (f"state {self.state_key} ({self.state_dim} -> {self.policy_state_dim} dims, map "
-                f"{self.state_map.name}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}, "
+                f"{m.name}{motion}); action {self.action_key} ({self.action_dim} dims, {self.action_mode}, "
                 f"{self.action_norm} norm); "
                 f"cameras {list(self.cameras)} at {self.image_size} px; chunk {self.chunk_size}, "
                 f"{self.n_action_steps} executed; stride {self.frame_stride} ({1 / self.step_s:g} Hz)")

@@ -19,7 +19,7 @@ import torch
 from behavior_smolvla.data.dataset import BehaviorDataset
 
 from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec
-from behavior_smolvla.errors import ConfigError, DatasetError, VideoError
+from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
 from behavior_smolvla.state_maps.maps import load_state_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -349,3 +349,68 @@ def test_dataloader_workers_match_single_process(v30):
             else:
                 assert value == b[key]
     assert batches[0][0][CAMERA].shape == (3, 3, 72, 96)
+
+
+# -- velocity state maps ------------------------------------------------------------------------------------------
+
+
+def _episode_states(meta: DatasetMeta, episodes: list[int]) -> dict[int, np.ndarray]:
+    """Raw float32 ``[n, 26]`` state of each episode, read straight from the parquet files."""
+    out = {}
+    for ep in episodes:
+        info = meta.episodes[ep]
+        column = pq.read_table(info.data_path, columns=["observation.state"]).column("observation.state")
+        out[ep] = np.asarray(column.to_pylist(), dtype=np.float32)[info.row_start:info.row_stop]
+    return out
+
+
+def test_velocity_map_reads_the_clamped_earlier_frame_in_every_reader(g1_v30):
+    """observation.state at frame f of an episode = map(s[f], s[max(0, f - lag * stride)]): the training reader
+    (every 3rd frame, cached), the evaluation reader (every frame) and an in-memory reader agree, the first frames
+    of each episode are clamped to its first state (zero motion at frame 0), episode 1 never reads episode 0, and
+    the velocity dims' stats equal numpy over every frame of the selected episodes."""
+    from behavior_smolvla.config import DataConfig, PolicyConfig
+    from behavior_smolvla.inputs import PolicyInputs
+
+    meta = DatasetMeta.load(g1_v30)
+    episodes = [0, 1]
+    inputs = PolicyInputs.resolve(meta, DataConfig(state_map="identity-motion", frame_stride=3, image_size=64),
+                                  PolicyConfig(chunk_size=4))
+    m = inputs.state_map
+    assert m.lag_frames == 3 and m.velocity_dt == pytest.approx(0.1) and inputs.policy_state_dim == 52
+    states = _episode_states(meta, episodes)
+    expected = {}
+    for ep, s in states.items():
+        earlier = s[np.maximum(0, np.arange(len(s)) - 3)]
+        expected[ep] = np.concatenate([s, (s - earlier) / np.float32(0.1)], axis=1)
+        np.testing.assert_array_equal(expected[ep][0, 26:], 0.0)
+        np.testing.assert_allclose(expected[ep][7, 26:], (s[7] - s[4]) / 0.1, rtol=1e-5, atol=1e-6)
+    train = inputs.dataset(meta, episodes)
+    evaluation = inputs.eval_dataset(meta, episodes)
+    in_memory = BehaviorDataset(meta, episodes=episodes, cameras=[], chunk_size=1, state_map=m, in_memory=True)
+    assert train.frame_stride == 3 and evaluation.frame_stride == 1
+    for reader in (train, evaluation, in_memory):
+        seen = 0
+        for i in range(len(reader)):
+            sample = reader.numeric_sample(i)
+            ep, f = int(sample["episode_index"]), int(sample["frame_index"])
+            np.testing.assert_allclose(sample["observation.state"].numpy(), expected[ep][f], rtol=1e-6, atol=1e-6,
+                                       err_msg=f"episode {ep} frame {f}")
+            seen += f < 3  # the clamped frames
+        assert seen == (2 if reader is train else 6)
+    # Statistics: positions from the stored per-episode stats, velocities exact over every frame.
+    every = np.concatenate([expected[ep] for ep in episodes]).astype(np.float64)
+    for reader in (train, evaluation):
+        stats = reader.stats["observation.state"]
+        velocity = every[:, 26:]
+        direct = {"mean": velocity.mean(0), "std": velocity.std(0), "min": velocity.min(0), "max": velocity.max(0)}
+        assert set(direct) <= set(stats)
+        for key, value in stats.items():  # the keys the stored stats have, every one computed for the velocities
+            want = direct[key] if key in direct else np.quantile(velocity, int(key[1:]) / 100, axis=0)
+            np.testing.assert_allclose(value[26:], want, rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(stats["mean"][:26], every[:, :26].mean(0), rtol=1e-5, atol=1e-5)
+    # A dataset at another frame rate cannot feed this map: its velocities would span another time.
+    at_10_fps = load_state_map("identity-motion").bind(26, fps=10, frame_stride=1)
+    with pytest.raises(StateMapError, match="timed for 10 fps but .* is recorded at 30 fps") as info:
+        BehaviorDataset(meta, episodes=episodes, cameras=[], chunk_size=1, state_map=at_10_fps)
+    one_line_error(info)

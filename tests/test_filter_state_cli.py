@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 
-SHIPPED = {"identity", "r1pro-2025-b1k23", "r1pro-2025-full", "r1pro-2025-legal32", "r1pro-2025-standard",
+SHIPPED = {"identity", "identity-motion", "r1pro-2025-b1k23", "r1pro-2025-full", "r1pro-2025-legal32", "r1pro-2025-standard",
            "r1pro-2025-top32", "r1pro-2026-b1k25", "r1pro-2026-full"}
 
 
@@ -116,3 +117,20 @@ def test_dataset_picks_the_default_map_and_refuses_a_wrong_layout(synthetic_2025
     assert "r1pro-2026-b1k25" in proc.stderr and "has 256" in proc.stderr
     proc = cli("--map", "identity", "--dataset", str(synthetic_2025), "--episodes", "999999")
     assert proc.returncode == 2 and "999999" in proc.stderr
+
+
+def test_velocity_map_over_a_dataset_describes_its_motion_dims(g1_v30):
+    """identity-motion over the G1 at a frame stride of 3: 26 positions then 26 velocities over 3 frames (0.1 s),
+    with stats of the velocities (rad/s), said in the JSON and in the table."""
+    proc = cli("--map", "identity-motion", "--dataset", str(g1_v30), "--episodes", "0", "--frame-stride", "3",
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["output_dim"] == 52 and out["names"][26] == "kLeftShoulderPitch.vel"
+    assert out["velocity"]["dims"] == out["names"][26:]
+    assert (out["velocity"]["lag_steps"], out["velocity"]["lag_frames"]) == (1, 3)
+    assert out["velocity"]["dt_s"] == pytest.approx(0.1) and out["timing"] == {"fps": 30.0, "frame_stride": 3}
+    assert all(d["velocity_lag"] == 1 for d in out["dims"][26:])
+    assert max(out["stats"]["std"][26:]) > 0.05  # the right arm moves: tenths of rad/s
+    table = cli("--map", "identity-motion", "--dataset", str(g1_v30), "--episodes", "0", "--frame-stride", "3")
+    assert table.returncode == 0 and "over 3 frames" in table.stdout and "0.1 s at 30 fps" in table.stdout

@@ -7,6 +7,7 @@ BEHAVIOR-1K's PROPRIOCEPTION_INDICES), never derived from the implementation or 
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -183,7 +184,7 @@ def test_full_is_illegal_and_flags_unreliable_efforts():
 def test_list_and_defaults():
     names = [m.name for m in list_state_maps()]
     assert names == sorted(names)
-    assert set(names) == {*expected_maps(), "r1pro-2025-legal32", "identity"}
+    assert set(names) == {*expected_maps(), "r1pro-2025-legal32", "identity", "identity-motion"}
     assert default_state_map(256).name == "r1pro-2025-top32"
     assert default_state_map(61).name == "r1pro-2026-b1k25"
     ident = default_state_map(26)
@@ -470,3 +471,114 @@ def test_yaml_files_ship_in_the_wheel_and_load_from_it(tmp_path):
     module_file, maps = json.loads(out)
     assert module_file.startswith(str(target))
     assert dict(maps)["r1pro-2025-standard"] == 217 and len(maps) == len(list_state_maps())
+
+
+# ------------------------------------------------------------------------------------------------ velocity entries
+
+
+def test_velocity_entries_parse_name_and_keep_the_layout_facts(tmp_path):
+    """``velocity: {lag: k}`` entries: names ``<position>.vel`` (or the entry's name), the sources' group, legality
+    and reliability; identity-motion doubles any state."""
+    motion = load_state_map("identity-motion")
+    assert motion.layout == "any" and motion.has_velocity and not motion.is_bound
+    g1_names = [f"j{i}" for i in range(26)]
+    bound = motion.bind(26, g1_names, fps=30, frame_stride=3)
+    assert bound.output_dim == 52 and bound.names == g1_names + [f"{n}.vel" for n in g1_names]
+    assert bound.source_indices == [*range(26), *range(26)]
+    assert (bound.velocity_lag, bound.lag_frames, bound.velocity_dt, bound.timing) == (1, 3, 0.1, (30.0, 3))
+    assert bound.describe_dim(bound.dims[30]) == "d(4)/dt over 3 frames" and bound.describe_dim(bound.dims[4]) == "4"
+
+    path = write_map(tmp_path, """
+layout: r1pro-2026
+entries:
+  - arm_left_qpos
+  - {block: arm_left_qpos, velocity: {lag: 2}}
+  - {block: gripper_left_qpos, reduce: sum, name: gripper_left_width_vel, velocity: {lag: 2}}
+""")
+    m = load_state_map(path)
+    left, left_names = block(TABLE_2026, "arm_left_qpos")
+    assert m.names == left_names + [f"{n}.vel" for n in left_names] + ["gripper_left_width_vel"]
+    assert m.source_indices == left + left + [24, 25]
+    assert m.velocity_lag == 2 and m.timing is None and m.is_standard_track_legal()
+    assert {m.dims[i].group for i in range(7, 15)} == {"left_arm", "left_gripper"}
+    assert [d.velocity_lag for d in m.dims] == [0] * 7 + [2] * 8 and m.dims[14].reduce == "sum"
+    # Without a velocity entry nothing changes: no timing is kept, the saved form is the one before velocities.
+    plain = load_state_map("r1pro-2026-b1k25")
+    assert plain.bind(61, fps=30, frame_stride=3) is plain and "timing" not in plain.to_dict()
+    assert all("velocity_lag" not in d for d in plain.to_dict()["dims"])
+
+
+def test_apply_with_previous_is_the_difference_over_dt():
+    """v = (m(x) - m(previous)) / (lag * frame_stride / fps), numpy and torch alike; positions untouched."""
+    path_map = StateMap.from_dict({"name": "t", "layout": "any", "entries": [
+        {"slice": "0:3"}, {"slice": [0, 2], "velocity": {"lag": 2}}, {"slice": "1:3", "name": "w", "reduce": "sum",
+                                                                      "velocity": {"lag": 2}}]})
+    m = path_map.bind(3, fps=15.0, frame_stride=3)  # 2 steps x 3 frames at 15 fps: dt = 0.4 s
+    assert m.names == ["state.0", "state.1", "state.2", "state.0.vel", "state.2.vel", "w"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    prev = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    dt = 6 / 15.0
+    expected = np.concatenate([x, (x[..., [0, 2]] - prev[..., [0, 2]]) / dt,
+                               ((x[..., 1] + x[..., 2]) - (prev[..., 1] + prev[..., 2]))[..., None] / dt], axis=-1)
+    out = m.apply(x, prev)
+    assert out.dtype == np.float32 and out.shape == (4, 5, 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(m.apply(x, x)[..., 3:], 0.0)  # no motion: zero velocity
+    np.testing.assert_array_equal(m.apply(torch.from_numpy(x), torch.from_numpy(prev)).numpy(), out)
+    x_copy = x.copy()
+    m.apply(x, prev)
+    np.testing.assert_array_equal(x, x_copy)  # inputs never modified
+    msg = one_line_error(m.apply, x, match=r"velocity dims: apply\(x, previous\) needs the raw state 6 frames earlier")
+    assert "got none" in msg
+    one_line_error(m.apply, x, prev[:1], match="shaped like x")
+    one_line_error(path_map.bind(3).apply, x, prev, match="bind it with the dataset's fps and the frame stride")
+    with pytest.raises(StateMapError, match="fps > 0 and an integer frame_stride >= 1") as info:
+        path_map.bind(3, fps=30, frame_stride=0)
+    assert "\n" not in str(info.value)
+
+
+def test_velocity_stats_and_round_trip():
+    """map_stats: positions from the stored stats, velocities from (raw, previous) samples; to_dict keeps the timing
+    and from_dict gives an equal map."""
+    m = load_state_map("identity-motion").bind(3, fps=30, frame_stride=2)
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(200, 3)).astype(np.float32)
+    prev = np.concatenate([raw[:2], raw[:-2]])  # lag 2 frames, clamped at the first row
+    stored = {**exact_stats(raw), "count": np.array([200])}
+    stats = m.map_stats(stored, raw_state=raw, previous=prev)
+    direct = exact_stats(m.apply(raw, prev))
+    for key in ("mean", "std", "min", "max", "q01", "q99"):
+        np.testing.assert_array_equal(stats[key][:3], stored[key])
+        np.testing.assert_allclose(stats[key][3:], direct[key][3:], rtol=1e-5, atol=1e-6)
+    assert stats["count"].tolist() == [200]
+    one_line_error(m.map_stats, stored, raw, match="has velocity entries .* pass raw_state and previous")
+    saved = json.loads(json.dumps(m.to_dict()))
+    assert saved["timing"] == {"fps": 30.0, "frame_stride": 2} and saved["dims"][3]["velocity_lag"] == 1
+    again = StateMap.from_dict(saved)
+    assert again == m and again.lag_frames == 2
+    np.testing.assert_array_equal(again.apply(raw, prev), m.apply(raw, prev))
+
+
+@pytest.mark.parametrize(("velocity", "needle"), [
+    ("{lag: 0}", "velocity lag 0 must be an integer >= 1"),
+    ("{lag: -2}", "velocity lag -2 must be an integer >= 1"),
+    ("{lag: 1.5}", "velocity lag 1.5 must be an integer >= 1"),
+    ("{lag: true}", "velocity lag True must be an integer >= 1"),
+    ("{lag: one}", "velocity lag 'one' must be an integer >= 1"),
+    ("3", "'velocity' must be a mapping such as {lag: 1}"),
+    ("{lag: 1, every: 2}", "unknown key"),
+])
+@pytest.mark.parametrize("layout", ["any", "r1pro-2026"])
+def test_bad_velocity_lag_is_one_line_naming_the_file_and_entry(tmp_path, velocity, needle, layout):
+    path = write_map(tmp_path, f"layout: {layout}\nentries:\n  - {{slice: '0:3'}}\n"
+                               f"  - {{slice: '3:5', velocity: {velocity}}}\n", "lagged.yaml")
+    msg = one_line_error(load_state_map, path, match=re.escape(needle))
+    assert "lagged.yaml entries[1]" in msg
+
+
+def test_velocity_entries_share_one_lag(tmp_path):
+    path = write_map(tmp_path, "layout: any\nentries:\n  - {slice: '0:2', velocity: {lag: 1}}\n"
+                               "  - {slice: '2:4', velocity: {lag: 2}}\n", "two.yaml")
+    msg = one_line_error(load_state_map, path, match=r"velocity entries use lags \[1, 2\]")
+    assert "two.yaml" in msg

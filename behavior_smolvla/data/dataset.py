@@ -151,6 +151,22 @@ def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_c
     return loaded
 
 
+def _velocity_lag_frames(state_map: Any, meta: DatasetMeta) -> int:
+    """Frames between a row and the earlier row a velocity state map reads (0 without velocity dims).
+
+    Raises:
+        StateMapError: the map's velocities were timed for another frame rate than this dataset's (they would be
+            scaled wrong and span another time), or not timed at all.
+    """
+    if state_map is None or not getattr(state_map, "has_velocity", False):
+        return 0
+    lag = int(state_map.lag_frames)  # raises when the map was bound without fps / frame_stride
+    if abs(state_map.timing[0] - float(meta.fps)) > 1e-6:
+        raise StateMapError(f"state map {state_map.name!r} has velocity dims timed for {state_map.timing[0]:g} fps but "
+                            f"{meta.root} is recorded at {meta.fps:g} fps; use a dataset at the training frame rate")
+    return lag
+
+
 class _MappedFile:
     """A memory-mapped array's file name, standing in for the array while a dataset is pickled."""
 
@@ -171,7 +187,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
     starting at its first frame) is a dict:
 
     * each camera key -> float32 ``[3, H, W]`` in [0, 1] (``(H, W)`` from ``image_size``);
-    * ``observation.state`` float32 ``[D]`` (mapped when a state map is given);
+    * ``observation.state`` float32 ``[D]`` (mapped when a state map is given; a map with velocity dims also reads
+      the raw state ``state_map.lag_frames`` frames earlier in the episode, clamped at its first frame, whatever
+      this reader's ``frame_stride``);
     * ``action`` float32 ``[chunk_size, A]`` and ``action_is_pad`` bool ``[chunk_size]``: for the sample at row ``i``
       of an episode ``[start, end)``, rows ``min(i + d * frame_stride, end - 1)`` and pad where
       ``i + d * frame_stride >= end``, d = 0..chunk_size-1. With ``frame_stride`` 1 this is exactly lerobot's
@@ -191,7 +209,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
         image_size: :data:`~behavior_smolvla.data.video.ImageSize` of the frames (resized at decode time).
         frame_stride: take every n-th frame (>= 1); 3 turns 30 Hz data into 10 Hz samples.
         state_map: None (the raw state), or a :class:`~behavior_smolvla.state_maps.maps.StateMap` already bound to
-            this dataset's state (``StateMap.bind``; :class:`~behavior_smolvla.inputs.PolicyInputs` does it).
+            this dataset's state (``StateMap.bind``; :class:`~behavior_smolvla.inputs.PolicyInputs` does it), and
+            timed for its fps when it has velocity dims. The stats of velocity dims are computed from the selected
+            episodes' rows (every frame, with its clamped earlier frame).
         extra_columns: further parquet columns to return by name (e.g. ``observation.task_info``); fixed-length
             ones as ``[k]`` tensors, ragged ones per row; floating values as float32.
         max_open_videos: video files kept open per process (LRU).
@@ -226,7 +246,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
         ConfigError: a non-positive ``chunk_size`` or ``frame_stride``; an unwritable ``cache_dir``.
-        StateMapError: a state map that is not bound to this dataset's state size.
+        StateMapError: a state map that is not bound to this dataset's state size, or whose velocity dims are
+            untimed or timed for another fps.
     """
 
     def __init__(
@@ -255,6 +276,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
             raise StateMapError(f"state map {getattr(state_map, 'name', state_map)!r} is bound to a "
                                 f"{getattr(state_map, 'input_dim', None)}-dim state but {meta.state_key!r} of "
                                 f"{meta.root} has {meta.state_dim} dims; bind it with state_map.bind({meta.state_dim})")
+        self._lag_frames = _velocity_lag_frames(state_map, meta)
         if int(chunk_size) < 1:
             raise ConfigError(f"chunk_size={chunk_size}: must be >= 1 action")
         if int(frame_stride) < 1:
@@ -286,13 +308,19 @@ class BehaviorDataset(torch.utils.data.Dataset):
             self._state = raw_state
             self.state_names = meta.state_names
         else:
+            # A map with velocity dims reads, for every row, the raw state lag_frames earlier in its episode
+            # (clamped at the episode start); the velocities' statistics come from those pairs (map_stats).
+            previous = None
+            if self._lag_frames:
+                previous = np.asarray(raw_state[self._previous_rows(np.arange(len(raw_state), dtype=np.int64))])
             self.stats[STATE_KEY] = {
                 k: np.asarray(v, dtype=np.float32)
-                for k, v in self.state_map.map_stats(self.stats[STATE_KEY], raw_state=raw_state).items()}
+                for k, v in self.state_map.map_stats(self.stats[STATE_KEY], raw_state=raw_state,
+                                                     previous=previous).items()}
             # Cached data keeps the raw state on disk and maps each row as it is read (a gather of ~200 values
             # costs microseconds): a second, mapped copy would double the cache's size on disk.
             self._state = (raw_state if self._cache is not None
-                           else np.ascontiguousarray(self.state_map.apply(raw_state), dtype=np.float32))
+                           else np.ascontiguousarray(self.state_map.apply(raw_state, previous), dtype=np.float32))
             self.state_names = list(self.state_map.names) if self.state_map.names is not None else None
         self.action_names = meta.action_names
 
@@ -471,10 +499,10 @@ class BehaviorDataset(torch.utils.data.Dataset):
         index = int(index) % len(self)
         entry = self.frame_table[index]
         row = int(entry["row"])
-        stop = self._bounds[int(entry["episode_index"])][1]
+        start, stop = self._bounds[int(entry["episode_index"])]
         wanted = row + np.arange(self.chunk_size, dtype=np.int64) * self.frame_stride
         sample = {
-            STATE_KEY: torch.from_numpy(self._state_row(row)),
+            STATE_KEY: torch.from_numpy(self._state_row(row, start)),
             ACTION_KEY: torch.from_numpy(np.asarray(self._action[np.minimum(wanted, stop - 1)])),
             "action_is_pad": torch.from_numpy(wanted >= stop),
             "task": self.meta.tasks[int(self._task_index[row])],
@@ -541,11 +569,27 @@ class BehaviorDataset(torch.utils.data.Dataset):
             return self._reference[rows]
         return self._gather_reference(self._state[np.asarray(rows, dtype=np.int64)])  # cached: the raw state
 
-    def _state_row(self, row: int) -> np.ndarray:
-        """float32 ``[D]``: the (mapped) state of internal row ``row``, a fresh array."""
+    def _previous_rows(self, rows: np.ndarray) -> np.ndarray:
+        """int64 ``[N]``: for internal ``rows``, the row ``lag_frames`` frames earlier in the same episode, clamped at
+        the episode's first row (a velocity state map's ``previous``; ``rows`` itself when the map has none)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self._lag_frames:
+            return rows
+        # Episodes are contiguous row ranges in episode order; the start of a row's episode is found by bisection.
+        starts = np.array(sorted(start for start, _ in self._bounds.values()), dtype=np.int64)
+        first = starts[np.searchsorted(starts, rows, side="right") - 1]
+        return np.maximum(first, rows - self._lag_frames)
+
+    def _state_row(self, row: int, episode_start: int) -> np.ndarray:
+        """float32 ``[D]``: the (mapped) state of internal row ``row`` (of the episode starting at internal row
+        ``episode_start``), a fresh array."""
         if self._cache is not None and self.state_map is not None:
             # a [1, D_in] block takes the same code path as mapping the whole array at once: identical values
-            return np.ascontiguousarray(self.state_map.apply(np.asarray(self._state[row:row + 1]))[0])
+            previous = None
+            if self._lag_frames:
+                earlier = max(episode_start, row - self._lag_frames)
+                previous = np.asarray(self._state[earlier:earlier + 1])
+            return np.ascontiguousarray(self.state_map.apply(np.asarray(self._state[row:row + 1]), previous)[0])
         return np.array(self._state[row])
 
     def load_sample(self, index: int, decoders: DecoderCache | MutableMapping[Path, VideoFile] | None = None

@@ -11,7 +11,10 @@ The evaluator (OmniGibson ``eval.py``; ``../shared/reference/behavior_r1pro.md``
 :class:`ObservationSpec` turns that into what :meth:`PolicyBundle.predict_chunk` takes, through the same steps
 the training reader (:class:`~behavior_smolvla.data.dataset.BehaviorDataset`) applies to a dataset frame:
 
-* state: the checkpoint's state map applied to the full float32 proprio vector (the same ``StateMap.apply``);
+* state: the checkpoint's state map applied to the full float32 proprio vector (the same ``StateMap.apply``); a
+  map with velocity dims also takes the proprio ``state_map.lag_frames`` evaluator steps earlier, kept per session by
+  :class:`ProprioHistory` (the evaluator steps at the dataset's fps, one observation per step: 30 Hz for BEHAVIOR,
+  so evaluator steps are dataset frames), clamped at the episode start as the reader clamps it;
 * images: RGB (alpha dropped), taken through the colour path of the training videos (yuv420p) and resized by
   FFmpeg's swscale with the reader's filters (area when shrinking, bilinear when enlarging) so the longer side is the
   checkpoint's ``image_size`` and the aspect ratio is kept (``video.output_size``; :func:`training_frame`), then
@@ -26,6 +29,7 @@ the training reader (:class:`~behavior_smolvla.data.dataset.BehaviorDataset`) ap
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +56,7 @@ __all__ = [
     "TASK_ID_KEY",
     "ObservationSpec",
     "ParsedObservation",
+    "ProprioHistory",
     "camera_role",
     "evaluator_camera_sources",
     "training_frame",
@@ -186,8 +191,13 @@ class ObservationSpec:
         images = {key: self._image(observation, key) for key in dict.fromkeys(self.camera_sources.values())}
         return ParsedObservation(proprio=proprio, images=images, task=self._task(observation), batched=batched)
 
-    def to_batch(self, parsed: ParsedObservation) -> dict[str, Any]:
+    def to_batch(self, parsed: ParsedObservation, previous: np.ndarray | None = None) -> dict[str, Any]:
         """The policy batch of one parsed observation (B = 1), as the training reader would have produced it.
+
+        Args:
+            parsed: from :meth:`parse`.
+            previous: float32 [D_in], for a state map with velocity dims: the proprio ``state_map.lag_frames``
+                evaluator steps earlier in the episode (:meth:`ProprioHistory.observe`); ignored by other maps.
 
         Returns:
             ``{camera key: float32 tensor [1, 3, h, w] in [0, 1], "observation.state": float32 tensor [1, D_out],
@@ -200,7 +210,8 @@ class ObservationSpec:
             frame = training_frame(parsed.images[source], self.image_size)
             batch[camera] = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).to(torch.float32) \
                 .div_(255.0).unsqueeze(0)
-        state = np.ascontiguousarray(self.state_map.apply(parsed.proprio[None, :]), dtype=np.float32)
+        earlier = None if previous is None else np.asarray(previous, dtype=np.float32)[None, :]
+        state = np.ascontiguousarray(self.state_map.apply(parsed.proprio[None, :], earlier), dtype=np.float32)
         batch["observation.state"] = torch.from_numpy(state)
         if self.action_reference is not None:
             batch[REFERENCE_KEY] = torch.from_numpy(reference_state(parsed.proprio[None, :], self.action_reference))
@@ -274,6 +285,63 @@ class ObservationSpec:
             return single
         raise ObservationError(f"{TASK_ID_KEY} {task_id} is not one of the checkpoint's tasks ({known}); "
                                "start the server with --task TEXT to give the instruction")
+
+
+class ProprioHistory:
+    """The recent proprio of one session (one evaluator episode), for a state map with velocity dims.
+
+    A velocity dim needs the raw state ``lag`` dataset frames earlier (``StateMap.lag_frames``). The evaluator steps
+    at the dataset's fps and sends one observation per step, so frames are evaluator steps: the observation at step
+    ``f`` (counted from the episode start, :meth:`clear`) is paired with the one at step ``max(0, f - lag)``, which
+    is what the training reader pairs (the episode's first state until ``lag`` frames have passed: zero motion at
+    the first step). A step that returns ``k`` actions at once (an action-chunk request) is followed by the next
+    observation ``k`` steps later; proprio at steps without an observation is linearly interpolated between the
+    observations around it (exact for a joint moving at constant speed).
+
+    Args:
+        lag: frames between the two states (>= 1).
+    """
+
+    def __init__(self, lag: int) -> None:
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 1:
+            raise ValueError(f"ProprioHistory lag {lag!r} must be an integer >= 1 (frames)")
+        self.lag = lag
+        self.clear()
+
+    def clear(self) -> None:
+        """Start of an episode: forget every observation; the next one is step 0."""
+        self._steps: collections.deque[int] = collections.deque()
+        self._values: collections.deque[np.ndarray] = collections.deque()
+        self.step = 0
+
+    def observe(self, proprio: np.ndarray) -> np.ndarray:
+        """Record the proprio of the current step; return float32 [D]: the proprio ``lag`` steps earlier (clamped
+        at the episode's first observation, interpolated between observations when that step had none).
+
+        Observing again before :meth:`advance` (a step that failed and is retried) replaces the step's proprio.
+        """
+        value = np.array(proprio, dtype=np.float32)  # a copy: the message buffer is reused
+        if self._steps and self._steps[-1] == self.step:
+            self._values[-1] = value
+        else:
+            self._steps.append(self.step)
+            self._values.append(value)
+        target = self.step - self.lag
+        # Keep the newest observation at or before the earliest step still needed (the next observation's target
+        # is later than this one's): older ones can never be read again.
+        while len(self._steps) > 1 and self._steps[1] <= target:
+            self._steps.popleft()
+            self._values.popleft()
+        if target <= self._steps[0]:
+            return self._values[0].copy()  # the episode's first observation, or exactly the step wanted
+        after = next(i for i, s in enumerate(self._steps) if s >= target)
+        s0, s1 = self._steps[after - 1], self._steps[after]
+        w = np.float32((target - s0) / (s1 - s0))
+        return (self._values[after - 1] + w * (self._values[after] - self._values[after - 1])).astype(np.float32)
+
+    def advance(self, steps: int = 1) -> None:
+        """The current step returned ``steps`` actions: the next observation is that many steps later."""
+        self.step += int(steps)
 
 
 def _numeric(value: Any, key: str) -> np.ndarray:

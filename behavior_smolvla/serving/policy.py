@@ -22,7 +22,7 @@ from behavior_smolvla.errors import ConfigError, ObservationError
 from behavior_smolvla.policy.inference import Inference
 from behavior_smolvla.policy.smolvla import PolicyBundle, load_policy_bundle
 from behavior_smolvla.serving.limits import check_action_chunk, check_observation_ranges
-from behavior_smolvla.serving.observation import ObservationSpec
+from behavior_smolvla.serving.observation import ObservationSpec, ProprioHistory
 
 ACTION_CHUNK_REQUEST_KEY = "__action_chunk_size__"
 """Request key asking for the next K actions (OmniGibson ``network_utils.ACTION_CHUNK_REQUEST_KEY``)."""
@@ -53,7 +53,10 @@ class BehaviorPolicy:
 
     Each model call predicts a chunk of ``chunk_size`` actions from the current observation; the first
     ``n_action_steps`` of them are queued and served one per step, and the next model call happens when the queue
-    is empty (SmolVLA's ``select_action`` scheme).
+    is empty (SmolVLA's ``select_action`` scheme). A checkpoint whose state map has velocity dims also keeps the
+    episode's recent proprio (:class:`~behavior_smolvla.serving.observation.ProprioHistory`, one per session, cleared
+    by :meth:`reset`): every observation is recorded, queue-served or not, and the evaluator is assumed to step at
+    the dataset's fps (one observation per dataset frame).
 
     Args:
         model: a :class:`~behavior_smolvla.policy.smolvla.PolicyBundle` (``load_policy_bundle``); its input
@@ -84,6 +87,8 @@ class BehaviorPolicy:
         self.spec = _spec or ObservationSpec.from_inputs(model.inputs, task=task)
         self._lock = _lock or threading.Lock()
         self._queue: collections.deque[np.ndarray] = collections.deque()
+        lag = self.spec.state_map.lag_frames
+        self._history = ProprioHistory(lag) if lag else None
 
     @property
     def action_dim(self) -> int:
@@ -104,8 +109,11 @@ class BehaviorPolicy:
                               inference=self.inference, _lock=self._lock, _spec=self.spec)
 
     def reset(self) -> None:
-        """Forget the queued actions (start of an episode): the next step calls the model."""
+        """Forget the queued actions and the proprio history (start of an episode): the next step calls the model,
+        with zero motion in a velocity state map's dims."""
         self._queue.clear()
+        if self._history is not None:
+            self._history.clear()
 
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:
         """The action for this step, float32 [A] (A = 23 for the R1Pro), unnormalised.
@@ -149,9 +157,10 @@ class BehaviorPolicy:
         wanted = int(wanted)
         parsed = self.spec.parse(observation)
         check_observation_ranges(parsed, self.spec.state_map.source_indices)
+        previous = None if self._history is None else self._history.observe(parsed.proprio)
         model_ms = None
         if len(self._queue) < wanted:
-            batch = self.spec.to_batch(parsed)
+            batch = self.spec.to_batch(parsed, previous)
             call = time.perf_counter()
             with self._lock:
                 chunk = self.model.predict_chunk(batch, self.inference, noise_seed=self.noise_seed)
@@ -159,6 +168,8 @@ class BehaviorPolicy:
             check_action_chunk(chunk)  # before queueing: a NaN plan is never served, the next step re-plans
             self._queue = collections.deque(chunk[0, : max(self.n_action_steps, wanted)])
         actions = np.stack([self._queue.popleft() for _ in range(wanted)]).astype(np.float32, copy=False)
+        if self._history is not None:
+            self._history.advance(wanted)  # the next observation comes after these actions were executed
         return StepResult(action=actions[0], chunk=actions if k is not None else None, batched=parsed.batched,
                           infer_ms=(time.perf_counter() - start) * 1e3, model_ms=model_ms)
 
