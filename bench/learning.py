@@ -1,26 +1,34 @@
-"""Real-data learning benchmark (issue 14): does the policy learn more than a no-learning predictor? Prints a table.
+"""Real-data learning benchmark (issues 14, 18): does the trained policy beat every predictor it can see? Over seeds.
 
-On a real LeRobot dataset (default: the G1 Inspire v3.0 recordings in ``../shared/data``), two episodes are held
-out; the tiny SmolVLM backbone is trained from scratch for a fixed budget (``--steps`` optimizer steps at
-``--image-size`` px, same seed, data order and schedule) in each action representation:
+On a real LeRobot dataset (default: the G1 Inspire v3.0 recordings in ``../shared/data``), two episodes are held out;
+the tiny SmolVLM backbone is trained from scratch for a fixed budget (``--steps`` optimizer steps at ``--image-size``
+px, the same schedule for every run) in each TRAINING variant and each seed:
 
-* ``absolute``: the action as recorded, one mean/std per dim (lerobot's way);
-* ``delta (per-step)``: action minus the same joint's current state, one mean/std per chunk step and dim;
-* ``delta (global)``: the same deltas, one mean/std per dim.
+* action representation: ``absolute`` (the action as recorded, one mean/std per dim: lerobot's way) or ``delta``
+  (action minus the same joint's current state, one mean/std per chunk step and dim);
+* VLM ``frozen`` (only the action expert learns: lerobot's default for a pretrained SmolVLA) or ``trained``;
+* ``motion``: the state map ``identity-motion`` (the joint positions plus their velocities over one policy step,
+  a derived state entry; the G1's state holds positions only).
 
-Each checkpoint is scored by ``smolvla-eval``'s engine on the held-out episodes (every ``--frame-stride``-th frame,
-errors in absolute action units whatever the mode), beside the no-learning predictors of the same frames:
+Every run keeps an exponential moving average of its weights (``--ema-decay``), so one run gives two policies: its raw
+weights (``training_state/``) and its EMA weights (``pretrained_model/``, what eval and serve load). Each policy is
+scored with each INFERENCE strategy (no retraining): ``one draw`` (one flow-matching noise sample per frame),
+``zero noise`` (initial noise 0) and ``mean of K`` draws, by ``smolvla-eval``'s engine on the held-out episodes (every
+``--frame-stride``-th frame; errors in absolute action units, radians for the G1's joints, whatever the action mode),
+beside the no-learning predictors of the same frames:
 
-* ``state``: each action dim that has a reference state dim predicts that joint's current state at every chunk
-  step (zero delta), the others the training mean: the baseline a policy can match from its inputs;
+* ``state``: each action dim that has a reference state dim predicts that joint's current state at every chunk step
+  (zero delta), the others the training mean: the baseline a policy can match from its inputs;
 * ``hold``: the previous frame's RECORDED action repeated (the policy never sees it);
 * ``mean_action``: the training data's mean action.
 
-Columns: first-action MAE and whole-chunk MAE (mean over dims, action units: radians for the G1's joints), and the
-training loss over the last logged window. Runs are cached under ``--root`` (delete a run folder to redo it).
+The table gives, per row, the mean and [min-max] over seeds of first-action MAE and whole-chunk MAE (mean over the
+action dims), and the number of seeds in which the row beats ``state`` on each. Runs are cached under ``--root``
+(delete a run folder to redo it); a run's evaluations are cached in its folder too.
 
-    python bench/learning.py                                 # 1500 steps per mode on 2 CPU cores: about an hour
-    python bench/learning.py --steps 300 --markdown          # a short budget
+    python bench/learning.py                  # the full grid: 5 training variants x 3 seeds (~90 min, run it alone)
+    python bench/learning.py --quick          # 2 variants x 1 seed at 600 steps: a few minutes
+    python bench/learning.py --smoke --json   # the smallest run (the test suite's smoke test)
 """
 
 from __future__ import annotations
@@ -28,70 +36,194 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = {"absolute": ("absolute", "global"), "delta (per-step)": ("delta", "per-step"),
-         "delta (global)": ("delta", "global")}
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclass(frozen=True)
+class Variant:
+    """One training configuration (the flags that differ between runs)."""
+
+    action: str  # absolute | delta
+    vlm: str  # frozen | trained
+    motion: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.action}, VLM {self.vlm}" + (", motion" if self.motion else "")
+
+    @property
+    def slug(self) -> str:
+        return f"{self.action}_{self.vlm}" + ("_motion" if self.motion else "")
+
+    def flags(self) -> list[str]:
+        norm = "per-step" if self.action == "delta" else "global"
+        out = ["--action-mode", self.action, "--action-norm", norm,
+               "--train-expert-only" if self.vlm == "frozen" else "--no-train-expert-only"]
+        if self.motion:
+            out += ["--state-map", "identity-motion"]
+        return out
+
+
+VARIANTS = {v.slug: v for v in (
+    Variant("delta", "trained", motion=True), Variant("delta", "trained"), Variant("absolute", "trained"),
+    Variant("delta", "frozen"), Variant("absolute", "frozen"),
+)}
+DEFAULT_VARIANT = "delta_trained_motion"
+"""The recipe the README recommends for this data (the issue's targets are checked on it)."""
+INFERENCE = {"one draw": ("sample", 1), "zero noise": ("zero", 1), "mean of K": ("sample", None)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dataset-path", default=str(REPO.parent / "shared" / "data" / "g1_inspire_v30"))
     p.add_argument("--val-episodes", default="6,7", help="held-out episodes (never trained on)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--seeds", default="1000,1001,1002", help="training seeds (data order, init, noise)")
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=10)
     p.add_argument("--frame-stride", type=int, default=3, help="30 Hz data -> 10 Hz policy steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="0: no EMA weights (raw only)")
+    p.add_argument("--num-samples", type=int, default=8, help="K of the 'mean of K' inference")
+    p.add_argument("--max-frames", type=int, default=None, help="cap on evaluated frames (default: all)")
     p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="training runs at once (each uses --threads torch threads)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--train-vlm", action="store_true", help="--no-train-expert-only (default: the VLM stays frozen)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_learning")
+    p.add_argument("--quick", action="store_true", help="600 steps, seed 1000, variants delta_trained(_motion)")
+    p.add_argument("--smoke", action="store_true", help="the smallest run: 2 steps, 1 seed, 1 variant, 8 frames")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", action="store_true")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.seeds, args.variants, args.max_frames, args.num_samples = 2, "1000", DEFAULT_VARIANT, 8, 2
+        args.root = args.root.parent / f"{args.root.name}_smoke"
+    elif args.quick:
+        args.steps, args.seeds, args.variants = 600, "1000", "delta_trained,delta_trained_motion"
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variant_list if v not in VARIANTS]
+    if unknown or not args.variant_list or not args.seed_list:
+        p.error(f"--variants: unknown {unknown}; use a subset of {', '.join(VARIANTS)}" if unknown
+                else "--variants and --seeds must not be empty")
+    if args.num_samples < 2:
+        p.error("--num-samples must be at least 2 (K of the 'mean of K' inference)")
+    return args
 
 
-def run_folder(args: argparse.Namespace, mode: str) -> Path:
-    slug = mode.replace(" ", "_").replace("(", "").replace(")", "")
-    return args.root / f"{slug}_s{args.steps}_px{args.image_size}_c{args.chunk_size}_fs{args.frame_stride}" \
-                       f"_b{args.batch_size}{'_vlm' if args.train_vlm else ''}"
+# --- training ------------------------------------------------------------------------------------------------------
 
 
-def train(args: argparse.Namespace, mode: str, vlm: Path) -> Path:
-    out = run_folder(args, mode)
+def run_folder(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
+    return args.root / (f"{variant.slug}_s{args.steps}_px{args.image_size}_c{args.chunk_size}_fs{args.frame_stride}"
+                        f"_b{args.batch_size}_lr{args.lr:g}_ema{args.ema_decay:g}_seed{seed}")
+
+
+def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> Path:
+    """Train one run in a subprocess (``smolvla-train``, the user's command) unless its last checkpoint exists."""
+    out = run_folder(args, variant, seed)
     if (out / "checkpoints" / "last").exists():
         return out
-    action_mode, action_norm = MODES[mode]
+    if out.exists():  # an interrupted run: start it again
+        shutil.rmtree(out)
     cmd = [str(Path(sys.executable).parent / "smolvla-train"), "--dataset-path", args.dataset_path,
            "--val-episodes", args.val_episodes, "--from-scratch", "--vlm-model", str(vlm), "--output-dir", str(out),
            "--image-size", str(args.image_size), "--chunk-size", str(args.chunk_size), "--frame-stride",
            str(args.frame_stride), "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
            "--save-steps", str(args.steps), "--lr", str(args.lr), "--warmup-steps", str(max(1, args.steps // 20)),
            "--decay-steps", str(args.steps), "--num-workers", str(args.num_workers), "--device", args.device,
-           "--log-steps", "25", "--wandb-disable", "--action-mode", action_mode, "--action-norm", action_norm]
-    if args.train_vlm:
-        cmd.append("--no-train-expert-only")
+           "--log-steps", str(max(1, min(100, args.steps // 10))), "--wandb-disable", "--seed", str(seed),
+           "--ema-decay", str(args.ema_decay), *variant.flags()]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
+           "MKL_NUM_THREADS": str(args.threads)}
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                              check=False)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"training {mode} failed ({proc.returncode}); see {log}")
+        raise SystemExit(f"training {variant.name} seed {seed} failed ({proc.returncode}); see {log}")
     return out
 
 
-def evaluate(args: argparse.Namespace, run: Path) -> dict:
-    from behavior_smolvla.evaluation.engine import evaluate_checkpoints
+# --- evaluation ----------------------------------------------------------------------------------------------------
 
-    return evaluate_checkpoints([run], args.dataset_path, args.val_episodes, output_dir=run / "eval",
-                                frame_stride=args.frame_stride, device=args.device, progress=False)
+
+def weight_sets(args: argparse.Namespace) -> list[str]:
+    return ["raw", "EMA"] if args.ema_decay > 0 else ["raw"]
+
+
+def evaluations(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(weights, inference) pairs scored per run: every inference strategy on the served weights (the EMA's when
+    on), and zero noise on the raw weights: EMA on / off compared at the default inference, which keeps a run's
+    evaluation at four passes over the held-out frames instead of six."""
+    served = weight_sets(args)[-1]
+    pairs = [(served, inference) for inference in INFERENCE]
+    if served != "raw":
+        pairs.append(("raw", "zero noise"))
+    return pairs
+
+
+def evaluate(args: argparse.Namespace, run: Path, weights: str, inference_name: str) -> dict[str, Any]:
+    """The eval report of one run's weights (``raw`` or ``EMA``) with one inference strategy; cached in the run."""
+    from behavior_smolvla.evaluation.engine import evaluate_checkpoints
+    from behavior_smolvla.policy.inference import Inference
+
+    noise, k = INFERENCE[inference_name]
+    k = k or args.num_samples
+    slug = f"{weights}_{noise}_k{k}_f{args.max_frames or 'all'}".lower()
+    out = run / "bench_eval" / slug
+    cached = out / "report.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    checkpoint = run / "checkpoints" / "last"
+    if weights == "raw" and args.ema_decay > 0:
+        # pretrained_model holds the EMA weights; a sibling checkpoint with the raw ones swapped in
+        checkpoint = raw_weights_checkpoint(checkpoint, run / "bench_eval" / "raw_checkpoint")
+    return evaluate_checkpoints([checkpoint], args.dataset_path, args.val_episodes, output_dir=out,
+                                frame_stride=args.frame_stride, max_frames=args.max_frames, device=args.device,
+                                progress=False, inference=Inference(noise=noise, num_samples=k))
+
+
+def raw_weights_checkpoint(checkpoint: Path, dest: Path) -> Path:
+    """A copy of ``checkpoint`` whose ``pretrained_model`` holds the run's raw (training) weights instead of the EMA's:
+    ``training_state/raw_weights.safetensors`` laid over ``model.safetensors`` (the frozen weights are the same in both).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from behavior_smolvla.policy.checkpoint import PRETRAINED_DIR, RAW_WEIGHTS_FILE, TRAINING_STATE_DIR
+
+    checkpoint = checkpoint.resolve()
+    target = dest / PRETRAINED_DIR
+    if (target / "model.safetensors").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint / PRETRAINED_DIR, tmp / PRETRAINED_DIR)
+    weights = load_file(str(checkpoint / PRETRAINED_DIR / "model.safetensors"))
+    raw = load_file(str(checkpoint / TRAINING_STATE_DIR / RAW_WEIGHTS_FILE))
+    missing = sorted(set(raw) - set(weights))
+    if missing:
+        raise SystemExit(f"{checkpoint}: raw weights {missing[:3]} are not in model.safetensors")
+    weights.update(raw)
+    save_file(weights, str(tmp / PRETRAINED_DIR / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 def last_loss(run: Path) -> float | None:
@@ -101,56 +233,152 @@ def last_loss(run: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-def main() -> None:
-    args = parse_args()
+# --- the table -----------------------------------------------------------------------------------------------------
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def build_rows(args: argparse.Namespace, results: dict[tuple[str, int], dict[str, Any]]) -> tuple[list, dict]:
+    """Rows (mean/min/max over seeds) from ``results[(variant slug, seed)] = {"loss", "reports": {(w, inf): rep}}``."""
+    rows: list[dict[str, Any]] = []
+    reference = next(iter(results.values()))["reports"]
+    reference = next(iter(reference.values()))
+    baselines = {name: reference["predictors"][name] for name in ("state", "hold", "mean_action")
+                 if name in reference["predictors"]}
+    state = baselines.get("state")
+    for slug in args.variant_list:
+        for weights, inference in evaluations(args):
+            first, chunk, wins_first, wins_chunk = [], [], 0, 0
+            for seed in args.seed_list:
+                p = results[(slug, seed)]["reports"][(weights, inference)]["predictors"]["policy"]
+                first.append(p["first_action_mae"]["mean"])
+                chunk.append(p["chunk_mae"]["mean"])
+                if state is not None:
+                    wins_first += first[-1] < state["first_action_mae"]["mean"]
+                    wins_chunk += chunk[-1] < state["chunk_mae"]["mean"]
+            label = inference.replace("K", str(args.num_samples))
+            rows.append({"predictor": f"policy: {VARIANTS[slug].name}; {weights} weights, {label}",
+                         "variant": slug, "weights": weights, "inference": inference,
+                         "first_action_mae": _summary(first), "chunk_mae": _summary(chunk),
+                         "seeds_beating_state": {"first_action": wins_first, "chunk": wins_chunk},
+                         "per_seed": {"first_action_mae": first, "chunk_mae": chunk},
+                         "final_loss": _summary([results[(slug, s)]["loss"] for s in args.seed_list
+                                                 if results[(slug, s)]["loss"] is not None] or [float("nan")])})
+    labels = {"state": "state (zero delta)", "hold": "hold (previous recorded action, not an input)",
+              "mean_action": "mean_action"}
+    for name, p in baselines.items():
+        rows.append({"predictor": labels[name], "variant": None, "weights": None, "inference": None,
+                     "first_action_mae": _summary([p["first_action_mae"]["mean"]]),
+                     "chunk_mae": _summary([p["chunk_mae"]["mean"]]), "seeds_beating_state": None,
+                     "per_seed": None, "final_loss": None})
+    return rows, baselines
+
+
+def check_targets(rows: list[dict[str, Any]], baselines: dict[str, Any], seeds: list[int]) -> dict[str, Any] | None:
+    """Issue 18's targets for the default recipe (EMA weights when present, zero noise), every seed separately."""
+    mine = [r for r in rows if r["variant"] == DEFAULT_VARIANT and r["inference"] == "zero noise"]
+    absolute = [r for r in rows if r["variant"] == "absolute_trained" and r["inference"] == "zero noise"]
+    if not mine or "state" not in baselines:
+        return None
+    row, ref = mine[-1], absolute[-1] if absolute else None
+    state_first = baselines["state"]["first_action_mae"]["mean"]
+    state_chunk = baselines["state"]["chunk_mae"]["mean"]
+    hold_chunk = baselines["hold"]["chunk_mae"]["mean"]
+    mean_chunk = baselines["mean_action"]["chunk_mae"]["mean"]
+    first, chunk = row["per_seed"]["first_action_mae"], row["per_seed"]["chunk_mae"]
+    out = {
+        "row": row["predictor"],
+        "chunk >= 30% better than state": [c <= 0.7 * state_chunk for c in chunk],
+        "chunk better than hold": [c < hold_chunk for c in chunk],
+        "first action better than state": [f < state_first for f in first],
+        "chunk better than mean_action": [c < mean_chunk for c in chunk],
+    }
+    if ref is not None:
+        out["chunk better than absolute (same seed)"] = [
+            c < a for c, a in zip(chunk, ref["per_seed"]["chunk_mae"], strict=True)]
+    out["seeds"] = seeds
+    return out
+
+
+def fmt(s: dict[str, float] | None) -> str:
+    if s is None:
+        return ""
+    if s["min"] == s["max"]:
+        return f"{s['mean']:.4f}"
+    return f"{s['mean']:.4f} [{s['min']:.4f}-{s['max']:.4f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     from behavior_smolvla.policy.backbone import build_tiny_vlm
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise SystemExit(f"--modes: unknown {unknown}; use {', '.join(MODES)}")
     vlm = build_tiny_vlm(args.root / f"tiny_vlm_{args.image_size}", image_size=args.image_size)
-    rows: list[dict] = []
-    reference = None
-    for mode in modes:
-        run = train(args, mode, vlm)
-        report = evaluate(args, run)
-        p = report["predictors"]["policy"]
-        rows.append({"predictor": f"policy, {mode}", "first_action_mae": p["first_action_mae"]["mean"],
-                     "chunk_mae": p["chunk_mae"]["mean"], "final_loss": last_loss(run)})
-        reference = reference or report
-    for name in ("state", "hold", "mean_action"):
-        if name in reference["predictors"]:
-            p = reference["predictors"][name]
-            label = {"hold": "hold (previous recorded action)", "state": "state (zero delta)"}.get(name, name)
-            rows.append({"predictor": label, "first_action_mae": p["first_action_mae"]["mean"],
-                         "chunk_mae": p["chunk_mae"]["mean"], "final_loss": None})
-    setup = (f"{args.dataset_path}, held out {args.val_episodes} ({reference['frames_evaluated']} frames), "
-             f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, chunk {args.chunk_size} at "
-             f"stride {args.frame_stride}, tiny backbone from scratch ({'VLM trained' if args.train_vlm else 'VLM frozen'})")
-    if args.json:
-        print(json.dumps({"setup": setup, "rows": rows}, indent=2))
-        return
-    def fmt(v: float | None) -> str:
-        return "" if v is None else f"{v:.4g}"
+    # Variants in the order given (the default recipe first in the full grid), every seed of one before the next, so
+    # an interrupted grid has whole rows. Training runs are subprocesses (up to --jobs at once); each run is evaluated
+    # here as soon as it is trained, one evaluation at a time (the engine forks the process's global RNG).
+    import torch
 
+    torch.set_num_threads(args.threads)
+    jobs = [(VARIANTS[slug], seed) for slug in args.variant_list for seed in args.seed_list]
+    lock = threading.Lock()
+
+    def one(job: tuple[Variant, int]) -> dict[str, Any]:
+        variant, seed = job
+        started = time.perf_counter()
+        run = train(args, variant, seed, vlm)
+        trained = time.perf_counter()
+        with lock:
+            reports = {(w, inf): evaluate(args, run, w, inf) for w, inf in evaluations(args)}
+        print(f"[learning] {variant.name}, seed {seed}: trained in {trained - started:.0f} s, evaluated in "
+              f"{time.perf_counter() - trained:.0f} s ({run})", file=sys.stderr, flush=True)
+        return {"loss": last_loss(run), "reports": reports}
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(one, jobs))
+    results = {(variant.slug, seed): result for (variant, seed), result in zip(jobs, done, strict=True)}
+    rows, baselines = build_rows(args, results)
+    first_report = next(iter(next(iter(results.values()))["reports"].values()))
+    setup = (f"{args.dataset_path}, held out {args.val_episodes} ({first_report['frames_evaluated']} frames), "
+             f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, lr {args.lr:g}, chunk "
+             f"{args.chunk_size} at stride {args.frame_stride}, EMA decay {args.ema_decay:g}, tiny backbone from "
+             f"scratch, seeds {args.seeds}; MAE in action units (rad), mean [min-max] over seeds")
+    targets = check_targets(rows, baselines, args.seed_list)
+    if args.json:
+        print(json.dumps({"setup": setup, "rows": rows, "targets": targets}, indent=2))
+        return
+    n = len(args.seed_list)
     if args.markdown:
         print(setup + "\n")
-        print("| predictor | first-action MAE | chunk MAE | final train loss |\n|---|---:|---:|---:|")
+        print("| predictor | first-action MAE | chunk MAE | seeds < state (first / chunk) | final train loss |\n"
+              "|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['predictor']} | {fmt(r['first_action_mae'])} | {fmt(r['chunk_mae'])} | "
+            wins = r["seeds_beating_state"]
+            w = f"{wins['first_action']}/{n} / {wins['chunk']}/{n}" if wins else ""
+            print(f"| {r['predictor']} | {fmt(r['first_action_mae'])} | {fmt(r['chunk_mae'])} | {w} | "
                   f"{fmt(r['final_loss'])} |")
+        if targets:
+            print("\nTargets (default recipe, each seed): " + "; ".join(
+                f"{k}: {sum(v)}/{len(v)}" for k, v in targets.items() if isinstance(v, list) and k != "seeds"))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=setup)
-    for col in ("predictor", "first-action MAE", "chunk MAE", "final train loss"):
+    for col in ("predictor", "first-action MAE", "chunk MAE", "seeds < state (first / chunk)", "final train loss"):
         table.add_column(col, justify="left" if col == "predictor" else "right")
     for r in rows:
-        table.add_row(r["predictor"], fmt(r["first_action_mae"]), fmt(r["chunk_mae"]), fmt(r["final_loss"]))
-    Console().print(table)
+        wins = r["seeds_beating_state"]
+        table.add_row(r["predictor"], fmt(r["first_action_mae"]), fmt(r["chunk_mae"]),
+                      f"{wins['first_action']}/{n} / {wins['chunk']}/{n}" if wins else "", fmt(r["final_loss"]))
+    console = Console()
+    console.print(table)
+    if targets:
+        console.print("targets (default recipe, each seed): " + "; ".join(
+            f"{k}: {sum(v)}/{len(v)}" for k, v in targets.items() if isinstance(v, list) and k != "seeds"))
 
 
 if __name__ == "__main__":
