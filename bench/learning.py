@@ -278,11 +278,14 @@ def build_rows(args: argparse.Namespace, results: dict[tuple[str, int], dict[str
 
 def check_targets(rows: list[dict[str, Any]], baselines: dict[str, Any], seeds: list[int]) -> dict[str, Any] | None:
     """Issue 18's targets for the default recipe (EMA weights when present, zero noise), every seed separately."""
-    mine = [r for r in rows if r["variant"] == DEFAULT_VARIANT and r["inference"] == "zero noise"]
-    absolute = [r for r in rows if r["variant"] == "absolute_trained" and r["inference"] == "zero noise"]
-    if not mine or "state" not in baselines:
+    def pick(variant: str) -> dict[str, Any] | None:
+        found = [r for r in rows if r["variant"] == variant and r["inference"] == "zero noise"]
+        served = [r for r in found if r["weights"] == "EMA"] or found  # the weights a checkpoint serves
+        return served[0] if served else None
+
+    row, ref = pick(DEFAULT_VARIANT), pick("absolute_trained")
+    if row is None or "state" not in baselines:
         return None
-    row, ref = mine[-1], absolute[-1] if absolute else None
     state_first = baselines["state"]["first_action_mae"]["mean"]
     state_chunk = baselines["state"]["chunk_mae"]["mean"]
     hold_chunk = baselines["hold"]["chunk_mae"]["mean"]
