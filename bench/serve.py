@@ -17,7 +17,10 @@ depend on training) is trained into ``--root`` first.
 
 A last table times one model call per inference strategy (``--strategies``, default zero noise and the mean of
 1, 4 and 8 draws: ``smolvla-serve --noise sample --num-samples K``), each in a server of its own, from
-``--chunk-requests`` action-chunk requests; the single-step rows above use the first strategy.
+``--chunk-requests`` action-chunk requests; the single-step rows above use the first strategy. On a busy machine
+those rows drift with the other load, so a second table times the model call alone in this process
+(``PolicyBundle.predict_chunk`` on one served observation, the strategies interleaved in each of
+``--model-repeats`` rounds; min and median), beside K separate one-draw calls: what the batched call saves.
 
 With ``--api-key`` the server requires a key (given through ``SMOLVLA_API_KEY``) and every connection sends
 ``Authorization: Api-Key KEY``, as openpi's ``WebsocketClientPolicy(api_key=KEY)`` does. The key is checked once,
@@ -67,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="serve with this API key (no value: a random one); clients send Authorization: Api-Key KEY")
     p.add_argument("--strategies", default="zero,1,4,8",
                    help="inference strategies to time, comma-separated: zero (zero noise) or K (mean of K draws)")
+    p.add_argument("--model-repeats", type=int, default=5,
+                   help="rounds of the in-process model-call timing (0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) after the table")
     args = p.parse_args(argv)
     try:
@@ -86,6 +91,36 @@ def strategy_flags(name: str) -> list[str]:
     if not name.isdigit() or int(name) < 1:
         raise ValueError(name)
     return ["--noise", "sample", "--num-samples", name, "--noise-seed", "0"]
+
+
+def model_call_ms(checkpoint: Path, device: str, strategies: list[list[str]], repeats: int) -> list[dict]:
+    """Milliseconds of ``predict_chunk`` on one served observation per strategy (min, median over ``repeats``
+    rounds, strategies interleaved per round) and, for K draws, of K one-draw calls in a row: wall time, and the
+    process's CPU time (all threads; waiting for a core on a shared machine does not count)."""
+    from behavior_smolvla.policy.inference import Inference
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
+    from behavior_smolvla.serving.observation import ObservationSpec
+
+    bundle = load_policy_bundle(checkpoint, device=device)
+    batch = ObservationSpec.from_inputs(bundle.inputs)(observations(1, seed=3)[0])
+    inferences = [Inference.from_flags(f[1], int(f[3]) if len(f) > 2 else None) for f in strategies]
+    one_draw = Inference("sample", 1)
+    calls = {i.describe(): (lambda i=i: bundle.predict_chunk(batch, i, noise_seed=0)) for i in inferences}
+    calls.update({f"{i.num_samples} x one draw": (lambda i=i: [bundle.predict_chunk(batch, one_draw, noise_seed=k)
+                                                               for k in range(i.num_samples)])
+                  for i in inferences if i.num_samples > 1})
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # first-call overheads
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            call()
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return [{"call": name, "min_ms": min(wall[name]), "median_ms": float(np.median(wall[name])),
+             "cpu_median_ms": float(np.median(cpu[name]))} for name in calls]
 
 
 def _headers(api_key: str | None) -> dict[str, str] | None:
@@ -228,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             other.stop()
         by_strategy.append((meta_k["inference"]["label"], rtt_k, infer_k))
+    direct = model_call_ms(checkpoint, args.device, args.strategies, args.model_repeats) if args.model_repeats else []
     summary = next((line for line in server.lines if "stopped:" in line), "")
     print(f"\nsmolvla-serve on {meta['device']}, image size {meta['image_size']} px, chunk {meta['chunk_size']}, "
           f"n_action_steps {n}; request {size_mb:.2f} MB (release-size RGBA cameras); loopback, one client; "
@@ -246,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         infer_p50 = float(np.percentile(infer_k, 50))
         print(f"| {label} | {len(rtt_k)} | {np.percentile(rtt_k, 50):.1f} | {np.percentile(rtt_k, 95):.1f} | "
               f"{infer_p50:.1f} | {infer_p50 / base:.2f}x |")
+    if direct:
+        print(f"\nthe model call alone (predict_chunk in this process, one observation; {args.model_repeats} rounds):\n")
+        print("| call | min ms | median ms | CPU median ms |")
+        print("|---|---|---|---|")
+        for d in direct:
+            print(f"| {d['call']} | {d['min_ms']:.1f} | {d['median_ms']:.1f} | {d['cpu_median_ms']:.1f} |")
     if cpu_before is not None and cpu_after is not None:
         print(f"\nserver CPU time over the {len(rtt)} single-step requests: {(cpu_after - cpu_before) * 1e3 / len(rtt):.1f} "
               "ms per request (user + system, all threads)")
@@ -270,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             "all_steps": figures(rtt, infer),
             "action_chunk": figures(chunk_rtt, chunk_infer, n),
             "inference": meta["inference"],
+            "model_call_alone": direct,
             "by_inference": [{"inference": label, **figures(rtt_k, infer_k, n)} for label, rtt_k, infer_k in by_strategy],
         }))
 

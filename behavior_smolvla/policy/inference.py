@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-__all__ = ["NOISE_KINDS", "Inference", "sample_chunks"]
+__all__ = ["NOISE_KINDS", "Inference", "check_inference", "sample_chunks"]
 
 NOISE_KINDS = ("zero", "sample")
 """``zero``: the initial noise is all zeros (deterministic); ``sample``: standard-normal draws."""
