@@ -99,9 +99,9 @@ class PolicyConfig:
     state_dim: int | None = None
     """SmolVLA's ``max_state_dim`` (state zero-padded to it); default 32, raised to the mapped state dim if wider."""
     train_expert_only: bool | None = None
-    """Freeze the VLM and train the action expert only. Default (None, resolved by :func:`resolve_train_expert_only`
-    when the run starts; the saved config holds the result): on when fine-tuning a pretrained policy (SmolVLA's
-    default), off with ``from_scratch`` (a randomly initialised VLM has to learn)."""
+    """Freeze the VLM and train the action expert only. Default (None, resolved when the run starts by
+    ``policy.smolvla.resolve_train_expert_only``; the saved config holds the result): off when the VLM is randomly
+    initialised (``from_scratch`` on a backbone folder without weights), else on (SmolVLA's default)."""
     freeze_vision_encoder: bool = True
     """Freeze the VLM's vision encoder (SmolVLA's default)."""
 
@@ -276,7 +276,7 @@ def _coerce(owner: Any, attr: str, value: Any, source: str) -> Any:
     f = next(f for f in dataclasses.fields(owner) if f.name == attr)
     if "list" in str(f.type) and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if (isinstance(current, bool) or str(f.type) == "bool | None") and not isinstance(value, bool):
+    if (isinstance(current, bool) or f.type == "bool | None") and not isinstance(value, bool):
         raise ConfigError(f"{source}: '{attr}' must be true or false, got {value!r}")
     kind = str(f.type).split(" | ")[0]
     if kind in ("int", "float") and not isinstance(value, bool):
@@ -363,15 +363,6 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
     if out.output_dir is not None and out.resume is None:
         check_output_dir(out.output_dir)
-
-
-def resolve_train_expert_only(policy: PolicyConfig) -> bool:
-    """Whether only the action expert trains: ``policy.train_expert_only`` when set, else (None, the default) not
-    ``policy.from_scratch``: a pretrained policy keeps SmolVLA's default (VLM frozen), a randomly initialised VLM
-    trains. The one place this default is decided."""
-    if policy.train_expert_only is not None:
-        return policy.train_expert_only
-    return not policy.from_scratch
 
 
 def early_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:

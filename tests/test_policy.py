@@ -146,7 +146,7 @@ def test_resolve_device():
         resolve_device("tpu7")
 
 
-def test_scratch_forward_backward_trains_the_expert_only(bundle, stats):
+def test_scratch_forward_backward_trains_the_random_vlm_and_the_expert(bundle, stats):
     config = bundle.policy.config
     assert config.vlm_model_name.endswith("tiny_smolvlm") and config.load_vlm_weights is False
     assert (config.max_state_dim, config.max_action_dim, config.chunk_size) == (32, 32, CHUNK)
@@ -168,7 +168,13 @@ def test_scratch_forward_backward_trains_the_expert_only(bundle, stats):
     named = dict(bundle.policy.named_parameters())
     assert named["model.action_out_proj.weight"].grad.abs().sum() > 0
     assert named["model.state_proj.weight"].grad.abs().sum() > 0
-    assert all(not p.requires_grad for n, p in named.items() if n.startswith("model.vlm_with_expert.vlm."))
+    # The tiny backbone has no weights: its random VLM trains too (train_expert_only's default from scratch), its
+    # vision encoder stays frozen (freeze_vision_encoder's default).
+    assert config.train_expert_only is False
+    vlm = {n: p for n, p in named.items() if n.startswith("model.vlm_with_expert.vlm.")}
+    assert named["model.vlm_with_expert.vlm.model.text_model.layers.0.self_attn.q_proj.weight"].grad.abs().sum() > 0
+    assert all(not p.requires_grad for n, p in vlm.items() if ".vision_model." in n)
+    assert any(p.requires_grad for n, p in vlm.items() if ".text_model." in n)
     bundle.policy.zero_grad()
 
 

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from behavior_smolvla.config import resolve_train_expert_only
 from behavior_smolvla.errors import CheckpointError, ConfigError, DatasetError, PolicyLoadError
 from behavior_smolvla.policy.inference import Inference, sample_chunks
 
@@ -311,6 +310,21 @@ def _has_vlm_weights(vlm_model: str) -> bool:
     return any(p.name.endswith(_VLM_WEIGHT_SUFFIXES) for p in folder.iterdir())
 
 
+def vlm_is_random(options: PolicyConfig) -> bool:
+    """True when the policy's VLM starts from random weights: ``from_scratch`` on a backbone folder without weight
+    files (a hub id or a folder with weights gives the pretrained VLM, as lerobot loads it)."""
+    return options.from_scratch and not _has_vlm_weights(options.vlm_model or DEFAULT_VLM_MODEL)
+
+
+def resolve_train_expert_only(options: PolicyConfig) -> bool:
+    """Whether only the action expert trains: ``options.train_expert_only`` when set, else (None, the default) not
+    :func:`vlm_is_random`: a pretrained VLM stays frozen (SmolVLA's default), a randomly initialised one trains.
+    The one place this default is decided (``training.build`` saves the result in the run's config)."""
+    if options.train_expert_only is not None:
+        return options.train_expert_only
+    return not vlm_is_random(options)
+
+
 def _hub_hint() -> str:
     return (
         "pass a local pretrained_model folder as --policy-path, or train from scratch with "
@@ -486,7 +500,8 @@ def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Ma
     Args:
         inputs: what the policy reads (:class:`~behavior_smolvla.inputs.PolicyInputs`).
         options: the run's ``policy`` config section (``policy_path``, ``from_scratch``, ``vlm_model``,
-            ``state_dim`` = SmolVLA's ``max_state_dim``, ``train_expert_only``, ``freeze_vision_encoder``).
+            ``state_dim`` = SmolVLA's ``max_state_dim``, ``train_expert_only`` (None:
+            :func:`resolve_train_expert_only`), ``freeze_vision_encoder``).
         dataset_stats: ``{"observation.state": {...}, "action": {...}}`` with float32 numpy arrays ``mean``,
             ``std`` (required), ``min``, ``max``, ``q01``, ``q99`` (optional) of shape ``[policy_state_dim]`` /
             ``[action_dim]``; the state stats must be those of the mapped state.

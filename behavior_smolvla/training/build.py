@@ -21,7 +21,7 @@ from rich.console import Console
 
 from behavior_smolvla.actions import REFERENCE_KEY, chunk_action_stats, to_delta
 from behavior_smolvla.config import (
-    TrainConfig, apply_overrides, load_config_file, resolve_train_expert_only, validate_against_data, validate_config,
+    TrainConfig, apply_overrides, load_config_file, validate_against_data, validate_config,
 )
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec, select_tasks
@@ -29,7 +29,9 @@ from behavior_smolvla.data.sampler import TrainingStream, worker_context
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.inputs import PolicyInputs
 from behavior_smolvla.policy import checkpoint as ckpt
-from behavior_smolvla.policy.smolvla import ACTION, PolicyBundle, create_policy, resolve_device, to_policy_batch
+from behavior_smolvla.policy.smolvla import (
+    ACTION, PolicyBundle, create_policy, resolve_device, resolve_train_expert_only, to_policy_batch, vlm_is_random,
+)
 from behavior_smolvla.training.ema import EMA
 
 MIN_STD = 1e-3
@@ -144,20 +146,20 @@ def build_image_transform(cfg: TrainConfig):
 
 
 def resolve_policy_training(cfg: TrainConfig, resuming: bool, say: Callable[[str], None]) -> None:
-    """Fix ``policy.train_expert_only`` in ``cfg`` (:func:`~behavior_smolvla.config.resolve_train_expert_only`), so
-    that the saved config holds the value used and a resumed run keeps it; say in one line what a from-scratch run
+    """Fix ``policy.train_expert_only`` in ``cfg`` (``policy.smolvla.resolve_train_expert_only``), so that the saved
+    config holds the value used and a resumed run keeps it; one line says what a run on a randomly initialised VLM
     trains."""
     p = cfg.policy
     auto = p.train_expert_only is None
     p.train_expert_only = resolve_train_expert_only(p)
-    if p.from_scratch and not resuming:
-        if p.train_expert_only:
-            say("policy: --from-scratch with --train-expert-only: only the action expert learns, on a randomly "
-                "initialised, frozen VLM")
-        elif auto:
-            say("policy: --from-scratch: the randomly initialised VLM trains too (train_expert_only off; "
-                f"vision encoder {'frozen' if p.freeze_vision_encoder else 'trained'}); pass --train-expert-only "
-                "to train the action expert only")
+    if resuming or not vlm_is_random(p):
+        return
+    if p.train_expert_only:
+        say(f"policy: --from-scratch --train-expert-only on {p.vlm_model} (no weights): only the action expert "
+            "learns, on a randomly initialised, frozen VLM")
+    elif auto:
+        say(f"policy: --from-scratch on {p.vlm_model} (no weights): the randomly initialised VLM trains too "
+            f"(vision encoder {'frozen' if p.freeze_vision_encoder else 'trained'}); --train-expert-only freezes it")
 
 
 # --- processes, threads, precision ----------------------------------------------------------------------------

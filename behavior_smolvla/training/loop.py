@@ -96,8 +96,9 @@ class Trainer:
 
     Use it as a context manager (signal handlers, progress display, the metrics file and wandb are set up on enter
     and closed on exit) and call :meth:`step` until :attr:`done`. Each step: ``grad_accum_steps`` micro-batches
-    (forward, backward), gradient clip, optimizer and scheduler step; then logging every ``log_steps``, validation
-    every ``eval_steps``, a checkpoint every ``save_steps``, at the end and on SIGTERM/SIGINT.
+    (forward, backward), gradient clip, optimizer step, EMA update (``--ema-decay``), scheduler step; then logging
+    every ``log_steps``, validation every ``eval_steps``, a checkpoint every ``save_steps``, at the end and on
+    SIGTERM/SIGINT.
 
     Attributes:
         step_times: the last step's time split in seconds (``data``, ``forward_backward``, ``optimizer``,
