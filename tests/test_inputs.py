@@ -120,12 +120,15 @@ def v0_backbone(tmp_path_factory) -> Path:
 
 
 def test_checkpoint_from_before_the_contract_serves_the_same_actions(v0_backbone):
+    from behavior_smolvla.policy.inference import Inference
     from behavior_smolvla.serving.policy import load_policy
 
     reference = np.load(CHECKPOINT_V0 / "reference.npz")
     obs = {"robot_r1::proprio": reference["proprio"],
            **{key: reference[role] for role, key in EVALUATOR_RGB_KEYS.items()}}
-    policy = load_policy(CHECKPOINT_V0, device="cpu", noise_seed=0, vlm_model=str(v0_backbone))
+    # the reference was recorded with one seeded draw (the default before zero noise)
+    policy = load_policy(CHECKPOINT_V0, device="cpu", noise_seed=0, vlm_model=str(v0_backbone),
+                         inference=Inference(noise="sample", num_samples=1))
     inputs = policy.model.inputs
     assert inputs.state_map.name == "r1pro-2025-top32" and inputs.state_dim == 256 and inputs.chunk_size == 4
     assert inputs.state_key == "observation.state" and inputs.image_size == 32
