@@ -2,23 +2,24 @@
 
 The model is the offline stand-in of ``behavior_smolvla.policy.standin`` (SmolVLM2-500M-shaped backbone, 450 M
 parameters, ~100 M trainable with the VLM frozen; random weights: speed and memory do not depend on the values),
-fine-tuned through ``create_policy`` exactly as ``smolvla-train --policy-path`` does (the default top-32 state map,
-or ``--filter-state`` for 217 dims), on a generated BEHAVIOR-2025-shaped dataset: three 512 x 512 HEVC cameras
+fine-tuned by the trainer itself: ``training.build.build_training`` builds the run as ``smolvla-train --policy-path``
+does (the default top-32 state map, or ``--filter-state`` for 217 dims), ``training.loop.Trainer.step`` steps it and
+``Trainer.save_checkpoint`` writes its checkpoints, on a generated BEHAVIOR-2025-shaped dataset: three 512 x 512 HEVC cameras
 with a 250-frame keyframe interval, like the release. Chunk 50, SmolVLA's AdamW preset, grad clipping, cosine
 schedule. Prints a table, or one JSON object with ``--json``. Not a test; asserts nothing.
 The serving figures use a 1-step checkpoint of the trainer itself (``cli.py train`` from the stand-in).
 
-Per batch size, each in its own process so that its peak RSS is its own: seconds per training step (data wait +
+Per batch size, each in its own process so that its peak RSS is its own: seconds per ``Trainer.step`` (data wait +
 forward/backward + optimizer, median over ``--steps`` after ``--warmup``, with min-max spread), the data wait's
 share, samples/s, CPU seconds per step, peak RSS, peak GPU memory. With the first batch size, ``--ckpt-repeat``
-checkpoint writes (``checkpoint.save_checkpoint``: atomic, fsynced, policy + processors + optimizer + scheduler +
-RNG) and loads (``load_policy_bundle`` + ``load_training_state``, what ``--resume`` reads), their size on disk.
+checkpoint writes (``Trainer.save_checkpoint``, the trainer's own save: atomic, fsynced, policy + processors + input
+contract + optimizer + scheduler + RNG; a change to what a checkpoint holds reaches this benchmark too) and loads (``load_policy_bundle`` + ``load_training_state``, what ``--resume`` reads), their size on disk.
 The load right after a write reads from the page cache: a cold load from a slow disk takes longer.
 
 ``--device cuda``: bf16 autocast (the trainer's rule); first a sweep of batch sizes on batches kept on the GPU
-(compute only) up to the first that runs out of memory or ``--max-batch``, with peak GPU memory each; then the
-largest batch that fit is fed by a ``DataLoader`` with ``--num-workers`` (default 8) spawned workers decoding the
-HEVC data: samples/s and ``data_wait_frac``; then ``--serve-calls`` model calls of the policy server's
+(compute only: the trainer's autocast, backward, clipping, optimizer and schedule) up to the first that runs out of
+memory or ``--max-batch``, with peak GPU memory each; then the largest batch that fit is trained by ``Trainer.step``
+fed by its ``DataLoader`` with ``--num-workers`` (default 8) workers decoding the HEVC data: samples/s and ``data_wait_frac``; then ``--serve-calls`` model calls of the policy server's
 ``BehaviorPolicy.act`` on evaluator observations (release sizes, ``n_action_steps=1``): p50/p95 latency.
 
     python bench/real_size.py                          # CPU, batch 1 and 2 (~10 minutes on 2 cores)
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--filter-state", action="store_true", help="217-dim standard-track state (state_proj widened)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA")
     p.add_argument("--episodes", type=int, default=None, help="episodes of the generated data (CPU 4, CUDA 8)")
-    p.add_argument("--frames", type=int, default=None, help="frames per episode (CPU 40, CUDA 300)")
+    p.add_argument("--frames", type=int, default=None, help="frames per episode (CPU 60, CUDA 300; at least the chunk, 50)")
     p.add_argument("--dataset-path", type=Path, help="use this BEHAVIOR 2025 dataset instead of generating one")
     p.add_argument("--standin", type=Path, help="stand-in folder (default: ROOT/standin, built on first use)")
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_real_size", help="cache folder")
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     defaults = {"steps": (3, 10), "warmup": (1, 3), "num_workers": (0, 8), "serve_calls": (0, 30),
-                "episodes": (4, 8), "frames": (40, 300)}
+                "episodes": (4, 8), "frames": (60, 300)}
     for name, (cpu_value, cuda_value) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, cuda_value if cuda else cpu_value)
@@ -152,70 +153,40 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 class Trainee:
-    """The stand-in fine-tuned as ``smolvla-train --policy-path`` builds it, with the trainer's optimizer."""
+    """The stand-in fine-tuned by the trainer itself: ``build_training`` builds the run exactly as ``smolvla-train
+    --policy-path`` does (input contract, reader, policy, SmolVLA's AdamW preset and cosine schedule, accelerate's
+    precision), fed runs step it with ``Trainer.step`` and checkpoints are ``Trainer.save_checkpoint``: whatever a
+    checkpoint holds, the benchmark writes and loads the trainer's own."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
+        from rich.console import Console
 
         from behavior_smolvla.config import TrainConfig
-        from behavior_smolvla.data.meta import DatasetMeta
-        from behavior_smolvla.inputs import PolicyInputs
-        from behavior_smolvla.policy.smolvla import create_policy, resolve_device
-        from behavior_smolvla.training.build import build_optimizer, floor_std
+        from behavior_smolvla.training.build import build_training
+        from behavior_smolvla.training.loop import Trainer
 
         self.spec = spec
-        self.device = resolve_device(spec["device"])
-        # What the policy reads comes from the input contract, resolved as smolvla-train resolves it.
         cfg = TrainConfig()
+        cfg.data.dataset_path, cfg.data.num_workers = spec["dataset"], int(spec["num_workers"])
         cfg.data.filter_state, cfg.data.image_size = bool(spec["filter_state"]), int(spec["image_size"])
         cfg.policy.chunk_size, cfg.policy.policy_path = CHUNK_SIZE, spec["policy_path"]
-        meta = DatasetMeta.load(spec["dataset"])
-        self.inputs = PolicyInputs.resolve(meta, cfg.data, cfg.policy)
-        self.dataset = self.inputs.dataset(meta, sorted(meta.episodes))
-        torch.manual_seed(spec["seed"])
-        bundle = create_policy(self.inputs, cfg.policy, floor_std(self.dataset.stats), device=str(self.device))
-        self.bundle, self.policy, self.pre = bundle, bundle.policy, bundle.preprocessor
-        self.reinitialised = bundle.reinitialised
-        self.camera_map = self.inputs.camera_map
-        # The trainer's optimizer and schedule (SmolVLA's AdamW preset, cosine with warm-up over the preset's 30k).
-        self.optimizer, self.scheduler = build_optimizer(cfg, self.policy, cfg.optim.decay_steps)
-        self.state_map, self.cameras = self.inputs.state_map, list(self.inputs.cameras)
-        self.policy.train()
-
-    def loader(self, batch_size: int, workers: int):
-        """Batches forever (successive epochs) from the trainer's stream and DataLoader settings."""
-        from torch.utils.data import DataLoader
-
-        from behavior_smolvla.data.sampler import TrainingStream
-        from behavior_smolvla.training.build import worker_decoder_threads
-
-        stream = TrainingStream(self.dataset, seed=self.spec["seed"], batch_size=batch_size, rank=0, world_size=1,
-                                uint8_images=True,
-                                decoder_threads=worker_decoder_threads(workers, 1, self.device.type))
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
-                            multiprocessing_context="spawn" if workers > 0 else None,
-                            prefetch_factor=4 if workers > 0 else None, persistent_workers=workers > 0)
-        while True:
-            yield from loader
-
-    def step(self, batch: dict, preprocessed: bool = False) -> float:
-        """One optimizer step; returns the loss (a host sync, as the trainer's ``loss.item()``)."""
-        import torch
-
-        from behavior_smolvla.training.build import model_batch
-
-        inputs = batch if preprocessed else model_batch(self.pre, batch, self.camera_map, uint8_frames=True)
-        if self.spec["precision"] == "bf16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                loss, _ = self.policy.forward(inputs)
-        else:
-            loss, _ = self.policy.forward(inputs)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 10.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return float(loss.item())
+        if spec.get("vlm_model"):  # --smoke: the tiny backbone from scratch instead of the stand-in
+            cfg.policy.from_scratch, cfg.policy.vlm_model = True, spec["vlm_model"]
+        cfg.optim.device, cfg.optim.precision, cfg.optim.seed = spec["device"], spec["precision"], spec["seed"]
+        cfg.optim.batch_size = int(spec["batch_sizes"][0])
+        # Never stop, log or save on its own: this script decides when to step and when to checkpoint.
+        cfg.optim.max_steps = cfg.output.save_steps = cfg.logging.log_steps = 10**9
+        cfg.output.output_dir, cfg.output.keep_last = spec["run_dir"], 1
+        cfg.logging.wandb_disable = True
+        self.console = Console(quiet=True)
+        self.t = build_training(cfg, console=self.console)
+        if spec.get("threads"):  # over the trainer's CPU rule (all cores minus the workers)
+            torch.set_num_threads(spec["threads"])
+        self.trainer = Trainer(self.t, self.console)
+        self.device = self.t.accelerator.device
+        self.policy, self.reinitialised = self.t.bundle.policy, self.t.bundle.reinitialised
+        self.state_map = self.t.inputs.state_map
 
     def sync(self) -> None:
         import torch
@@ -223,55 +194,72 @@ class Trainee:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def fed_run(self, batch_size: int, workers: int, warmup: int, steps: int) -> dict[str, Any]:
-        """Steps fed by the DataLoader: per-step wall time, data wait, CPU time."""
+    def _resize_batch(self, batch_size: int) -> None:
+        """The run at another batch size (the CUDA fed run after the sweep), as ``build_training`` sizes it."""
+        t = self.t
+        if batch_size != t.cfg.optim.batch_size:
+            t.cfg.optim.batch_size = batch_size
+            t.batches_per_epoch = len(t.stream(0, 0))
+
+    def fed_run(self, batch_size: int, warmup: int, steps: int) -> dict[str, Any]:
+        """``Trainer.step`` calls fed by the trainer's DataLoader: per-step wall time, data wait, CPU time."""
         import torch
 
+        self._resize_batch(batch_size)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        batches = self.loader(batch_size, workers)
         total, wait, cpu = [], [], []
-        for i in range(warmup + steps):
-            self.sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            self.step(batch)
-            self.sync()
-            if i >= warmup:
-                total.append(time.perf_counter() - t0)
-                wait.append(t1 - t0)
-                cpu.append(time.process_time() - c0)
-        batches.close()
+        with self.trainer as trainer:
+            for i in range(warmup + steps):
+                self.sync()
+                t0, c0 = time.perf_counter(), time.process_time()
+                trainer.step()
+                self.sync()
+                if i >= warmup:
+                    total.append(time.perf_counter() - t0)
+                    wait.append(trainer.step_times["data"])
+                    cpu.append(time.process_time() - c0)
         return {
-            "batch_size": batch_size, "num_workers": workers, "fed_by": "DataLoader",
+            "batch_size": batch_size, "num_workers": self.t.cfg.data.num_workers, "fed_by": "DataLoader",
             "step_s": _spread(total), "data_wait_frac": sum(wait) / sum(total),
             "samples_per_s": batch_size * len(total) / sum(total), "cpu_s_per_step": statistics.median(cpu),
             **self._memory(),
         }
 
     def kept_run(self, batch_size: int, warmup: int, steps: int) -> dict[str, Any]:
-        """Compute only: one preprocessed batch (tiled from a real one) kept on the device, stepped repeatedly."""
+        """Compute only: one preprocessed batch (tiled from a real one) kept on the device, stepped repeatedly with
+        the trainer's step (accelerate's autocast and backward, grad clipping, its optimizer and schedule)."""
         import torch
 
-        small = next(self.loader(min(batch_size, 4), 0))
-        inputs = self._tile(self._preprocess(small), batch_size)
+        t = self.t
+        small = next(iter(self._stream(min(batch_size, 4))))
+        inputs = self._tile(t.model_batch(small), batch_size)
         torch.cuda.reset_peak_memory_stats(self.device) if self.device.type == "cuda" else None
+        clip = t.cfg.optim.grad_clip_norm
         total = []
         for i in range(warmup + steps):
             self.sync()
             t0 = time.perf_counter()
-            self.step(inputs, preprocessed=True)
+            with t.accelerator.autocast():
+                loss, _ = t.policy(inputs)
+            t.accelerator.backward(loss)
+            t.accelerator.clip_grad_norm_(t.policy.parameters(), clip)
+            t.optimizer.step()
+            t.optimizer.zero_grad(set_to_none=True)
+            t.scheduler.step()
+            loss.item()  # the host sync the trainer's step has
             self.sync()
             if i >= warmup:
                 total.append(time.perf_counter() - t0)
         return {"batch_size": batch_size, "fed_by": "kept batch (compute only)", "step_s": _spread(total),
                 "samples_per_s": batch_size * len(total) / sum(total), **self._memory()}
 
-    def _preprocess(self, batch: dict) -> dict:
-        from behavior_smolvla.training.build import model_batch
+    def _stream(self, batch_size: int):
+        from behavior_smolvla.data.sampler import TrainingStream
 
-        return model_batch(self.pre, batch, self.camera_map, uint8_frames=True)
+        t = self.t
+        return TrainingStream(t.dataset, seed=t.cfg.optim.seed, batch_size=batch_size, rank=0, world_size=1,
+                              uint8_images=t.uint8_frames)
 
     @staticmethod
     def _tile(inputs: dict, batch_size: int) -> dict:
@@ -297,23 +285,22 @@ class Trainee:
             out["peak_gpu_reserved_mib"] = torch.cuda.max_memory_reserved(self.device) / 2**20
         return out
 
-    def checkpoints(self, run_dir: Path, repeat: int) -> dict[str, Any]:
-        """Write and load full checkpoints ``repeat`` times (keep-last 1): seconds and size on disk."""
+    def checkpoints(self, repeat: int) -> dict[str, Any]:
+        """``Trainer.save_checkpoint`` ``repeat`` times at the current step (``--keep-last 1``: each write replaces
+        the previous folder, as a run's next save prunes it), each followed by what ``--resume`` reads
+        (``load_policy_bundle`` + ``load_training_state``): seconds and size on disk."""
         from behavior_smolvla.policy import checkpoint as ckpt
-        from behavior_smolvla.policy.smolvla import load_policy_bundle, save_policy
+        from behavior_smolvla.policy.smolvla import load_policy_bundle
 
         writes, loads, sizes = [], [], {}
         last = None
-        for i in range(repeat):
-            state = ckpt.TrainingState(step=i + 1, epoch=0, batch=i + 1, world_size=1, batch_size=1,
-                                       grad_accum_steps=1)
+        for _ in range(repeat):
             t0 = time.perf_counter()
-            last = ckpt.save_checkpoint(run_dir, state, lambda d: save_policy(self.bundle, d),
-                                        {"bench": "real_size"}, self.optimizer, self.scheduler, keep_last=1)
+            last = self.trainer.save_checkpoint()
             writes.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             loaded = load_policy_bundle(last / ckpt.PRETRAINED_DIR, device=str(self.device))
-            ckpt.load_training_state(last, self.optimizer, self.scheduler)
+            ckpt.load_training_state(last, self.t.optimizer, self.t.scheduler)
             self.sync()
             loads.append(time.perf_counter() - t0)
             del loaded
@@ -349,8 +336,6 @@ def serve_latency(checkpoint: Path, device: str, calls: int) -> dict[str, Any]:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
     trainee = Trainee(spec)
     from behavior_smolvla.policy.standin import count_parameters
@@ -369,19 +354,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             except torch.OutOfMemoryError:
                 oom = True
             if oom:  # outside the except block: its traceback no longer holds the failed step's tensors
-                trainee.optimizer.zero_grad(set_to_none=True)
+                trainee.t.optimizer.zero_grad(set_to_none=True)
                 gc.collect()
                 torch.cuda.empty_cache()
                 out["runs"].append({"batch_size": b, "fed_by": "kept batch (compute only)", "oom": True})
                 break
         out["max_batch_size"] = fits
         if fits:
-            out["runs"].append(trainee.fed_run(fits, spec["num_workers"], spec["warmup"], spec["steps"]))
+            out["runs"].append(trainee.fed_run(fits, spec["warmup"], spec["steps"]))
     else:
         for b in spec["batch_sizes"]:
-            out["runs"].append(trainee.fed_run(b, spec["num_workers"], spec["warmup"], spec["steps"]))
+            out["runs"].append(trainee.fed_run(b, spec["warmup"], spec["steps"]))
     if spec["ckpt_repeat"]:
-        out.update(trainee.checkpoints(Path(spec["run_dir"]), spec["ckpt_repeat"]))
+        out.update(trainee.checkpoints(spec["ckpt_repeat"]))
     if spec.get("serve_checkpoint"):
         del trainee
         out.update(serve_latency(Path(spec["serve_checkpoint"]), spec["device"], spec["serve_calls"]))
@@ -464,8 +449,13 @@ def print_table(s: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
+        from behavior_smolvla.errors import BehaviorSmolVLAError
+
         spec = json.loads(args.child)
-        Path(spec["result"]).write_text(json.dumps(child(spec)))
+        try:
+            Path(spec["result"]).write_text(json.dumps(child(spec)))
+        except BehaviorSmolVLAError as exc:  # bad input (flags, data): one line, as smolvla-train says it
+            sys.exit(f"error: {exc}")
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
@@ -483,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     base = {"device": args.device, "image_size": args.image_size, "dataset": str(data),
             "policy_path": str(pretrained), "seed": args.seed,
             "precision": args.precision, "filter_state": args.filter_state, "num_workers": args.num_workers,
-            "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "run_dir": str(run_dir)}
+            "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
     if cuda:
         groups = [{"batch_sizes": sizes, "sweep": True, "ckpt_repeat": args.ckpt_repeat,
                    "serve_calls": args.serve_calls, "serve_checkpoint": str(serve_ckpt) if serve_ckpt else None}]
@@ -495,7 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     children = []
     for group in groups:
         say(args, f"measuring batch size(s) {group['batch_sizes']} on {args.device} ...")
-        children.append(run_child(args, {**base, **group}))
+        # A run folder per process: build_training refuses one that already holds checkpoints.
+        group_dir = run_dir / f"batch{group['batch_sizes'][0]}"
+        children.append(run_child(args, {**base, **group, "run_dir": str(group_dir)}))
     summary = summarise(args, children)
     if serve_ckpt:
         summary["serve_checkpoint"] = str(serve_ckpt)
