@@ -21,6 +21,7 @@ training loss over the last logged window. Runs are cached under ``--root`` (del
 
     python bench/learning.py                                 # 1500 steps per mode on 2 CPU cores: about an hour
     python bench/learning.py --steps 300 --markdown          # a short budget
+    python bench/learning.py --smoke --json                  # the script itself in seconds (2 steps, 1 mode)
 """
 
 from __future__ import annotations
@@ -54,7 +55,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_learning")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", action="store_true")
-    return p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: 2 steps of batch 2, no workers, the absolute mode only, "
+                        "8 evaluated frames, runs under ROOT/smoke (figures meaningless)")
+    p.add_argument("--max-frames", type=int, default=None, help="evaluated held-out frames (default: every one)")
+    args = p.parse_args()
+    if args.smoke:
+        args.steps, args.batch_size, args.modes, args.num_workers = 2, 2, "absolute", 0
+        args.max_frames = args.max_frames or 8
+        args.root = args.root / "smoke"
+    return args
 
 
 def run_folder(args: argparse.Namespace, mode: str) -> Path:
@@ -91,7 +101,8 @@ def evaluate(args: argparse.Namespace, run: Path) -> dict:
     from behavior_smolvla.evaluation.engine import evaluate_checkpoints
 
     return evaluate_checkpoints([run], args.dataset_path, args.val_episodes, output_dir=run / "eval",
-                                frame_stride=args.frame_stride, device=args.device, progress=False)
+                                frame_stride=args.frame_stride, max_frames=args.max_frames, device=args.device,
+                                progress=False)
 
 
 def last_loss(run: Path) -> float | None:

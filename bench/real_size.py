@@ -25,6 +25,7 @@ fed by its ``DataLoader`` with ``--num-workers`` (default 8) workers decoding th
     python bench/real_size.py                          # CPU, batch 1 and 2 (~10 minutes on 2 cores)
     python bench/real_size.py --json
     python bench/real_size.py --device cuda --json     # a GPU: sweep, 8 workers, serve latency
+    python bench/real_size.py --smoke --json           # the script itself in seconds (tiny backbone, 64 px)
 
 Generated inputs (the stand-in, ~1.8 GB, and the dataset) are cached under ``--root`` and reused.
 """
@@ -49,12 +50,14 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 512
 CHUNK_SIZE = 50
 GOP = 250
+SMOKE_SIZE = 64
+"""``--smoke``: side of the generated cameras and of the model's input (the tiny backbone's 64 px)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+    p.add_argument("--image-size", type=int, default=None,
                    help="side SmolVLA resizes the cameras to (512, smolvla_base's; less only to try the script)")
     p.add_argument("--batch-sizes", default=None,
                    help="comma-separated (default: 1,2 on CPU; on CUDA the sweep 8,16,32,... up to --max-batch)")
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (CPU 1, CUDA 3)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (CPU 0, CUDA 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores on CPU)")
-    p.add_argument("--ckpt-repeat", type=int, default=3, help="checkpoint writes and loads to time")
+    p.add_argument("--ckpt-repeat", type=int, default=None, help="checkpoint writes and loads to time (3)")
     p.add_argument("--serve-calls", type=int, default=None, help="timed policy-server model calls (CPU 0, CUDA 30)")
     p.add_argument("--filter-state", action="store_true", help="217-dim standard-track state (state_proj widened)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA")
@@ -76,9 +79,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep the last checkpoint written (ROOT/runs/DEVICE; its path is in the output)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: the tiny backbone from scratch instead of the stand-in, 64 px "
+                        "data and model, 2 episodes x 60 frames, batch 1, 1 step, 1 checkpoint (figures meaningless)")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON spec of one measuring process
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
+    if args.smoke:  # every size at its smallest (flags given explicitly still win)
+        smoke = {"image_size": SMOKE_SIZE, "batch_sizes": "1", "steps": 1, "warmup": 0, "episodes": 2, "frames": 60,
+                 "ckpt_repeat": 1}
+        for name, value in smoke.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    args.data_size = SMOKE_SIZE if args.smoke else IMAGE_SIZE
+    if args.image_size is None:
+        args.image_size = IMAGE_SIZE
+    if args.ckpt_repeat is None:
+        args.ckpt_repeat = 3
     defaults = {"steps": (3, 10), "warmup": (1, 3), "num_workers": (0, 8), "serve_calls": (0, 30),
                 "episodes": (4, 8), "frames": (60, 300)}
     for name, (cpu_value, cuda_value) in defaults.items():
@@ -96,43 +113,58 @@ def say(args: argparse.Namespace, text: str) -> None:
 # -- inputs (parent) ---------------------------------------------------------------------------------------------
 
 
-def ensure_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The stand-in's ``pretrained_model`` folder and the dataset, built once under ``--root``."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    standin = args.standin or args.root / "standin"
-    if not (standin / "standin.json").is_file():
-        say(args, f"building the smolvla_base stand-in in {standin} (~30 s, 1.8 GB) ...")
-    # A subprocess: the build's ~3 GB peak must not count in this process (nor stay allocated here).
-    proc = subprocess.run([sys.executable, "-m", "behavior_smolvla.policy.standin", str(standin)], check=False,
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"building the stand-in failed:\n{proc.stderr[-2000:]}")
-    pretrained = Path(json.loads(proc.stdout.strip().splitlines()[-1])["policy_path"])
+def ensure_inputs(args: argparse.Namespace) -> tuple[dict[str, str], Path]:
+    """The policy to fine-tune and the dataset, built once under ``--root``: ``{"policy_path": the stand-in's
+    pretrained_model folder}``, or with ``--smoke`` ``{"vlm_model": the tiny backbone}`` (a SmolVLA from scratch)."""
+    if args.smoke:
+        from behavior_smolvla.policy.backbone import build_tiny_vlm
+
+        policy = {"vlm_model": str(build_tiny_vlm(args.root / "tiny_vlm", image_size=SMOKE_SIZE))}
+    else:
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        standin = args.standin or args.root / "standin"
+        if not (standin / "standin.json").is_file():
+            say(args, f"building the smolvla_base stand-in in {standin} (~30 s, 1.8 GB) ...")
+        # A subprocess: the build's ~3 GB peak must not count in this process (nor stay allocated here).
+        proc = subprocess.run([sys.executable, "-m", "behavior_smolvla.policy.standin", str(standin)], check=False,
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(f"building the stand-in failed:\n{proc.stderr[-2000:]}")
+        policy = {"policy_path": json.loads(proc.stdout.strip().splitlines()[-1])["policy_path"]}
     if args.dataset_path:
-        return pretrained, args.dataset_path
-    data = args.root / f"behavior2025_e{args.episodes}_f{args.frames}_{IMAGE_SIZE}px_gop{GOP}"
+        return policy, args.dataset_path
+    size = args.data_size
+    data = args.root / f"behavior2025_e{args.episodes}_f{args.frames}_{size}px_gop{GOP}"
     if not (data / ".complete").is_file():
-        from behavior_smolvla.data.synthetic import write_behavior_2025
+        from behavior_smolvla.synthetic.datasets import write_behavior_2025
 
         say(args, f"generating {data} ({args.episodes} episodes x {args.frames} frames, 3 cameras "
-                  f"{IMAGE_SIZE}x{IMAGE_SIZE} HEVC, GOP {GOP}) ...")
-        write_behavior_2025(data, episodes=args.episodes, frames=args.frames, tasks=2, image_size=IMAGE_SIZE,
+                  f"{size}x{size} HEVC, GOP {GOP}) ...")
+        write_behavior_2025(data, episodes=args.episodes, frames=args.frames, tasks=2, image_size=size,
                             codec="libx265", gop=GOP, overwrite=True)
         (data / ".complete").touch()
-    return pretrained, data
+    return policy, data
 
 
-def trainer_checkpoint(args: argparse.Namespace, pretrained: Path, data: Path) -> Path:
+def policy_flags(policy: dict[str, str]) -> list[str]:
+    """``smolvla-train`` flags for the policy of :func:`ensure_inputs`."""
+    if "vlm_model" in policy:
+        return ["--from-scratch", "--vlm-model", policy["vlm_model"]]
+    return ["--policy-path", policy["policy_path"]]
+
+
+def trainer_checkpoint(args: argparse.Namespace, policy: dict[str, str], data: Path) -> Path:
     """A 1-step checkpoint of the trainer itself (``cli.py train``) from the stand-in: what the server loads."""
-    run = args.root / "runs" / f"serve_{args.device.replace(':', '')}_{args.image_size}px"
+    kind = "smoke" if args.smoke else "serve"
+    run = args.root / "runs" / f"{kind}_{args.device.replace(':', '')}_{args.image_size}px"
     if not (run / "checkpoints" / "last").exists():
         shutil.rmtree(run, ignore_errors=True)
         say(args, f"training a 1-step checkpoint for the serving figures into {run} ...")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
                "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         proc = subprocess.run(
-            [sys.executable, str(REPO / "cli.py"), "train", "--dataset-path", str(data), "--policy-path",
-             str(pretrained), "--image-size", str(args.image_size), "--batch-size", "1", "--max-steps", "1",
+            [sys.executable, str(REPO / "cli.py"), "train", "--dataset-path", str(data), *policy_flags(policy),
+             "--image-size", str(args.image_size), "--batch-size", "1", "--max-steps", "1",
              "--save-steps", "1", "--num-workers", "0", "--device", args.device, "--wandb-disable",
              "--output-dir", str(run)] + (["--filter-state"] if args.filter_state else []),
             capture_output=True, text=True, env=env, check=False)
@@ -170,9 +202,11 @@ class Trainee:
         cfg = TrainConfig()
         cfg.data.dataset_path, cfg.data.num_workers = spec["dataset"], int(spec["num_workers"])
         cfg.data.filter_state, cfg.data.image_size = bool(spec["filter_state"]), int(spec["image_size"])
-        cfg.policy.chunk_size, cfg.policy.policy_path = CHUNK_SIZE, spec["policy_path"]
-        if spec.get("vlm_model"):  # --smoke: the tiny backbone from scratch instead of the stand-in
+        cfg.policy.chunk_size = CHUNK_SIZE
+        if "vlm_model" in spec:  # --smoke: the tiny backbone from scratch instead of the stand-in
             cfg.policy.from_scratch, cfg.policy.vlm_model = True, spec["vlm_model"]
+        else:
+            cfg.policy.policy_path = spec["policy_path"]
         cfg.optim.device, cfg.optim.precision, cfg.optim.seed = spec["device"], spec["precision"], spec["seed"]
         cfg.optim.batch_size = int(spec["batch_sizes"][0])
         # Never stop, log or save on its own: this script decides when to step and when to checkpoint.
@@ -395,6 +429,7 @@ def summarise(args: argparse.Namespace, children: list[dict[str, Any]]) -> dict[
     fed = [r for r in runs if r.get("fed_by") == "DataLoader"]
     main = fed[-1] if args.device.startswith("cuda") else fed[0]
     summary = {
+        "model": "tiny backbone from scratch (--smoke)" if args.smoke else "smolvla_base stand-in",
         "device": args.device, "precision": args.precision, "image_size": args.image_size, "cameras": 3,
         "chunk_size": CHUNK_SIZE, "state_map": first["state_map"], "state_dim": first["state_dim"],
         "reinitialised": first["reinitialised"], "torch_threads": first["torch_threads"],
@@ -417,7 +452,7 @@ def summarise(args: argparse.Namespace, children: list[dict[str, Any]]) -> dict[
 
 
 def print_table(s: dict[str, Any]) -> None:
-    print(f"\nsmolvla_base stand-in on {s['device']} ({s['precision']}, {s['torch_threads']} torch threads): "
+    print(f"\n{s['model']} on {s['device']} ({s['precision']}, {s['torch_threads']} torch threads): "
           f"{s['params_total'] / 1e6:.1f} M parameters, {s['params_trainable'] / 1e6:.1f} M trainable; "
           f"3 cameras at {s['image_size']} px, chunk {s['chunk_size']}, state map {s['state_map']} "
           f"({s['state_dim']} dims)\n")
@@ -459,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
-    pretrained, data = ensure_inputs(args)
+    policy, data = ensure_inputs(args)
     cuda = args.device.startswith("cuda")
     if args.batch_sizes:
         sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -467,11 +502,11 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= args.max_batch]
     else:
         sizes = [1, 2]
-    serve_ckpt = trainer_checkpoint(args, pretrained, data) if args.serve_calls else None
+    serve_ckpt = trainer_checkpoint(args, policy, data) if args.serve_calls else None
     run_dir = args.root / "runs" / f"{args.device.replace(':', '')}"
     shutil.rmtree(run_dir, ignore_errors=True)
     base = {"device": args.device, "image_size": args.image_size, "dataset": str(data),
-            "policy_path": str(pretrained), "seed": args.seed,
+            **policy, "seed": args.seed,
             "precision": args.precision, "filter_state": args.filter_state, "num_workers": args.num_workers,
             "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
     if cuda:
