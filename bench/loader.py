@@ -441,7 +441,8 @@ def json_report(results: dict[str, list[dict]], args: argparse.Namespace) -> dic
             continue
         rows[mode] = {
             "method": LABELS[mode], "samples_per_s": r["rate"], "samples_per_s_range": list(r["rate_range"]),
-            "samples_per_cpu_s": r["per_cpu"], "samples_per_cpu_s_range": r["per_cpu_range"] and list(r["per_cpu_range"]),
+            "samples_per_cpu_s": r["per_cpu"],
+            "samples_per_cpu_s_range": r["per_cpu_range"] and list(r["per_cpu_range"]),
             "peak_rss_mib": r["rss"], "startup_s": r["startup"], "runs": r["runs"], "note": r["note"],
             "x_lerobot": r["rate"] / b["rate"] if b else None, "x_decode_limit": r["rate"] / c["rate"] if c else None,
             "cpu_per_sample_x_limit": (c["per_cpu"] / r["per_cpu"] if c and c["per_cpu"] and r["per_cpu"] else None),

@@ -2,24 +2,26 @@
 
 The model is the offline stand-in of ``behavior_smolvla.policy.standin`` (SmolVLM2-500M-shaped backbone, 450 M
 parameters, ~100 M trainable with the VLM frozen; random weights: speed and memory do not depend on the values),
-fine-tuned by the trainer itself: ``training.build.build_training`` builds the run as ``smolvla-train --policy-path``
-does (the default top-32 state map, or ``--filter-state`` for 217 dims), ``training.loop.Trainer.step`` steps it and
-``Trainer.save_checkpoint`` writes its checkpoints, on a generated BEHAVIOR-2025-shaped dataset: three 512 x 512 HEVC cameras
-with a 250-frame keyframe interval, like the release. Chunk 50, SmolVLA's AdamW preset, grad clipping, cosine
-schedule. Prints a table, or one JSON object with ``--json``. Not a test; asserts nothing.
+fine-tuned by the trainer itself: ``training.build.build_training`` builds the run as ``smolvla-train
+--policy-path`` does (the default top-32 state map, or ``--filter-state`` for 217 dims), ``training.loop.Trainer.step``
+steps it and ``Trainer.save_checkpoint`` writes its checkpoints, on a generated BEHAVIOR-2025-shaped dataset: three
+512 x 512 HEVC cameras with a 250-frame keyframe interval, like the release. Chunk 50, SmolVLA's AdamW preset, grad
+clipping, cosine schedule. Prints a table, or one JSON object with ``--json``. Not a test; asserts nothing.
 The serving figures use a 1-step checkpoint of the trainer itself (``cli.py train`` from the stand-in).
 
 Per batch size, each in its own process so that its peak RSS is its own: seconds per ``Trainer.step`` (data wait +
 forward/backward + optimizer, median over ``--steps`` after ``--warmup``, with min-max spread), the data wait's
 share, samples/s, CPU seconds per step, peak RSS, peak GPU memory. With the first batch size, ``--ckpt-repeat``
 checkpoint writes (``Trainer.save_checkpoint``, the trainer's own save: atomic, fsynced, policy + processors + input
-contract + optimizer + scheduler + RNG; a change to what a checkpoint holds reaches this benchmark too) and loads (``load_policy_bundle`` + ``load_training_state``, what ``--resume`` reads), their size on disk.
+contract + optimizer + scheduler + RNG; a change to what a checkpoint holds reaches this benchmark too) and loads
+(``load_policy_bundle`` + ``load_training_state``, what ``--resume`` reads), their size on disk.
 The load right after a write reads from the page cache: a cold load from a slow disk takes longer.
 
 ``--device cuda``: bf16 autocast (the trainer's rule); first a sweep of batch sizes on batches kept on the GPU
 (compute only: the trainer's autocast, backward, clipping, optimizer and schedule) up to the first that runs out of
 memory or ``--max-batch``, with peak GPU memory each; then the largest batch that fit is trained by ``Trainer.step``
-fed by its ``DataLoader`` with ``--num-workers`` (default 8) workers decoding the HEVC data: samples/s and ``data_wait_frac``; then ``--serve-calls`` model calls of the policy server's
+fed by its ``DataLoader`` with ``--num-workers`` (default 8) workers decoding the HEVC data: samples/s and
+``data_wait_frac``; then ``--serve-calls`` model calls of the policy server's
 ``BehaviorPolicy.act`` on evaluator observations (release sizes, ``n_action_steps=1``): p50/p95 latency.
 
     python bench/real_size.py                          # CPU, batch 1 and 2 (~10 minutes on 2 cores)
@@ -71,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--filter-state", action="store_true", help="217-dim standard-track state (state_proj widened)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA")
     p.add_argument("--episodes", type=int, default=None, help="episodes of the generated data (CPU 4, CUDA 8)")
-    p.add_argument("--frames", type=int, default=None, help="frames per episode (CPU 60, CUDA 300; at least the chunk, 50)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per episode (CPU 60, CUDA 300; at least the chunk, 50)")
     p.add_argument("--dataset-path", type=Path, help="use this BEHAVIOR 2025 dataset instead of generating one")
     p.add_argument("--standin", type=Path, help="stand-in folder (default: ROOT/standin, built on first use)")
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_real_size", help="cache folder")
