@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.seeds, args.variants, args.max_frames, args.num_samples = 2, "1000", DEFAULT_VARIANT, 8, 2
+        args.batch_size = 2
         args.root = args.root.parent / f"{args.root.name}_smoke"
     elif args.quick:
         args.steps, args.seeds, args.variants = 600, "1000", "delta_trained,delta_trained_motion"

@@ -1,7 +1,13 @@
-"""Data-loading benchmark on BEHAVIOR-2025-like long-GOP HEVC video (issue 2, section 6). Prints a table; not a test.
+"""Data-loading benchmark on BEHAVIOR-like HEVC video (issue 2, section 6). Prints a table (or ``--json``); not a test.
 
-Three ways to feed training, measured on the same generated data (three cameras 720x720 / 480x480 / 480x480, HEVC,
-one keyframe per 250 frames, like the 2025 release), chunk 50, batch 8, frames resized to 224x224:
+Three ways to feed training, measured on the same generated data (three cameras 720x720 / 480x480 / 480x480, HEVC),
+chunk 50, batch 8, frames resized to 224x224. ``--layout`` picks the release whose shape the data has:
+
+* ``2025`` (default): LeRobot v2.1, one mp4 per episode and camera, one keyframe per 250 frames (the 2025 release);
+* ``2026``: LeRobot v3.0 as the 2026 release (what users train on now): files holding several episodes
+  (``--episodes-per-file``, each camera grouped differently), HEVC with a keyframe every 8 frames at crf 30, the
+  release's camera keys (``observation.rgb.*_camera_0``). A short GOP makes a random frame cheap to reach, so the
+  locality-aware plan gains less over random access; (b) reads this dataset as it is (no conversion).
 
 (a) this project's ``TrainingStream`` (locality-aware plan) through a ``DataLoader`` with ``--workers`` workers;
     (a') the same with ``uint8_images=True`` (frames stay uint8 until the consumer converts them, e.g. on the GPU);
@@ -26,6 +32,8 @@ of three HEVC cameras takes several minutes on two cores.
 
     python bench/loader.py                     # generate if needed, measure (a), (b), (c), print the table
     python bench/loader.py --seconds 30 --lerobot-batches 2 --repeat 1 --markdown
+    python bench/loader.py --layout 2026       # the 2026 release's shape
+    python bench/loader.py --smoke --json      # the script itself in seconds (tiny cameras, 60 frames)
 """
 
 from __future__ import annotations
@@ -46,10 +54,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SIZES = {"head": (720, 720), "left_wrist": (480, 480), "right_wrist": (480, 480)}
-"""Camera resolutions of the BEHAVIOR 2025 release (``../shared/reference/behavior_r1pro.md``)."""
-GOP = 250
-"""Keyframe interval of the 2025 release's libx265 videos (same source)."""
-REPO_ID = "bench/behavior2025"
+"""Camera resolutions of the BEHAVIOR 2025 and 2026 releases (``../shared/reference/behavior_r1pro.md``)."""
+SMOKE_SIZES = {"head": (64, 64), "left_wrist": (48, 64), "right_wrist": (48, 64)}
+"""``--smoke``: tiny cameras (libx265 encodes nothing narrower than ~64 px; non-square like the tests' data)."""
+GOP = {"2025": 250, "2026": 8}
+"""Keyframe interval of each release's libx265 videos (same source; 2026: ``video.g`` 8 in its info.json)."""
+CRF = {"2025": 18, "2026": 30}
+"""Encoder quality: the 2026 release's crf 30; 2025: the generator's default (the release does not state one)."""
+REPO_ID = "bench/behavior"
+SMOKE = {"episodes": 4, "frames": 60, "batch_size": 2, "chunk_size": 10, "image_size": 32, "workers": 1,
+         "seconds": 2.0, "lerobot_batches": 1, "repeat": 1}
+"""``--smoke``: every row once on the smallest data (figures meaningless)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,32 +86,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                    "r: (a') handing each batch over in a new storage, no ring)")
     p.add_argument("--repeat", type=int, default=3, help="runs of (a), (a') and (c), alternating; medians reported")
     p.add_argument("--markdown", action="store_true", help="print a markdown table instead of a rich one")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) instead of a table")
+    p.add_argument("--layout", choices=sorted(GOP), default="2025",
+                   help="the release whose shape the generated data has (see above)")
+    p.add_argument("--episodes-per-file", type=int, default=2, help="--layout 2026: episodes per parquet/head mp4")
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: cameras 64/48 px, " + ", ".join(
+                       f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items()) + " (figures meaningless)")
     p.add_argument("--measure", choices=["a", "u", "r", "b", "c"], help=argparse.SUPPRESS)  # internal: one measurement
-    return p.parse_args(argv)
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)  # flags given explicitly still win
+    args = p.parse_args(argv)
+    args.camera_sizes = SMOKE_SIZES if args.smoke else SIZES
+    args.gop = GOP[args.layout]
+    return args
 
 
 # -- data -------------------------------------------------------------------------------------------------------
 
 
 def ensure_datasets(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The v2.1 (2025 layout) dataset and its lerobot-converted v3.0 copy, generated on first use."""
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    """The dataset this project reads and the v3.0 one lerobot reads, generated on first use: for ``--layout
+    2025`` the v2.1 dataset and its lerobot-converted copy, for ``2026`` the same v3.0 dataset twice."""
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025, write_behavior_2026
 
-    tag = f"e{args.episodes}_f{args.frames}_gop{GOP}"
+    sizes = args.camera_sizes
+    px = _sizes_label(sizes)
+    if args.layout == "2026":
+        tag = f"e{args.episodes}_f{args.frames}_gop{args.gop}_epf{args.episodes_per_file}_{px.replace('/', '-')}"
+        v30 = args.root / f"behavior2026_{tag}"
+        if not (v30 / ".complete").is_file():
+            _say(args, f"generating {v30} ({args.episodes} episodes x {args.frames} frames, {args.episodes_per_file} "
+                       f"episodes per file, HEVC {px}, GOP {args.gop}, crf {CRF['2026']}) ...")
+            t0 = time.perf_counter()
+            write_behavior_2026(v30, episodes=args.episodes, frames=args.frames, tasks=1, image_size=sizes,
+                                codec="libx265", gop=args.gop, crf=CRF["2026"],
+                                episodes_per_file=args.episodes_per_file, overwrite=True)
+            (v30 / ".complete").touch()
+            _say(args, f"  done in {time.perf_counter() - t0:.0f} s")
+        return v30, v30
+    tag = f"e{args.episodes}_f{args.frames}_gop{args.gop}" + ("" if sizes == SIZES else f"_{px.replace('/', '-')}")
     v21 = args.root / f"behavior2025_{tag}"
     v30 = args.root / f"behavior2025_{tag}_v30"
     if not (v21 / ".complete").is_file():
-        print(f"generating {v21} ({args.episodes} episodes x {args.frames} frames, 720/480/480 HEVC, GOP {GOP}) ...",
-              flush=True)
+        _say(args, f"generating {v21} ({args.episodes} episodes x {args.frames} frames, HEVC {px}, GOP {args.gop}) ...")
         t0 = time.perf_counter()
-        write_behavior_2025(v21, episodes=args.episodes, frames=args.frames, tasks=1, image_size=SIZES,
-                            codec="libx265", gop=GOP, overwrite=True)
+        write_behavior_2025(v21, episodes=args.episodes, frames=args.frames, tasks=1, image_size=sizes,
+                            codec="libx265", gop=args.gop, overwrite=True)
         (v21 / ".complete").touch()
-        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+        _say(args, f"  done in {time.perf_counter() - t0:.0f} s")
     if not (v30 / ".complete").is_file():
         convert_to_v30(v21, v30)
         (v30 / ".complete").touch()
     return v21, v30
+
+
+def _sizes_label(sizes: dict[str, tuple[int, int]]) -> str:
+    """``720/480/480``: the cameras' heights (head, wrists), or ``HxW`` each where one is not square."""
+    return "/".join(str(h) if h == w else f"{h}x{w}" for h, w in sizes.values())
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """Progress: on stderr with ``--json`` (stdout then holds the one JSON object)."""
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def convert_to_v30(v21: Path, v30: Path) -> None:
@@ -116,7 +168,7 @@ def convert_to_v30(v21: Path, v30: Path) -> None:
     import pyarrow.parquet as pq
     from lerobot.scripts.convert_dataset_v21_to_v30 import convert_dataset
 
-    print(f"converting to LeRobot v3.0 with lerobot's converter -> {v30} ...", flush=True)
+    print(f"converting to LeRobot v3.0 with lerobot's converter -> {v30} ...", flush=True, file=sys.stderr)
     work = v30.with_name(v30.name + "_work")
     for path in (work, work.with_name(work.name + "_old"), work.with_name(work.name + "_v30"), v30):
         shutil.rmtree(path, ignore_errors=True)
@@ -213,7 +265,8 @@ def measure_decode(args: argparse.Namespace, v21: Path) -> dict:
     from behavior_smolvla.data.video import frame_to_rgb
 
     meta = DatasetMeta.load(v21)
-    paths = [info.videos[key][0] for info in meta.episodes.values() for key in meta.camera_keys]
+    # Each file once: a v3.0 file (2026 layout) holds several episodes.
+    paths = list(dict.fromkeys(info.videos[key][0] for info in meta.episodes.values() for key in meta.camera_keys))
     frames = 0
     t0 = time.perf_counter()
     cpu0 = _tree_cpu_seconds()
@@ -376,6 +429,31 @@ def _summary(runs: list[dict]) -> dict | None:
             "note": ok[-1]["note"], "runs": len(ok)}
 
 
+def json_report(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    """The table's figures as one object: the setup, then per row (``a``, ``u``, ``r``, ``b``, ``c``) the median
+    and range of samples/s and samples per CPU-second, peak RSS, start-up, the ratios to (b) and (c), or ``error``."""
+    summary = {m: _summary(runs) for m, runs in results.items()}
+    b, c = summary.get("b"), summary.get("c")
+    rows = {}
+    for mode, r in summary.items():
+        if r is None:
+            rows[mode] = {"method": LABELS[mode], "error": results[mode][-1].get("error", "no successful run")}
+            continue
+        rows[mode] = {
+            "method": LABELS[mode], "samples_per_s": r["rate"], "samples_per_s_range": list(r["rate_range"]),
+            "samples_per_cpu_s": r["per_cpu"],
+            "samples_per_cpu_s_range": r["per_cpu_range"] and list(r["per_cpu_range"]),
+            "peak_rss_mib": r["rss"], "startup_s": r["startup"], "runs": r["runs"], "note": r["note"],
+            "x_lerobot": r["rate"] / b["rate"] if b else None, "x_decode_limit": r["rate"] / c["rate"] if c else None,
+            "cpu_per_sample_x_limit": (c["per_cpu"] / r["per_cpu"] if c and c["per_cpu"] and r["per_cpu"] else None),
+        }
+    return {"layout": args.layout, "episodes": args.episodes, "frames": args.frames, "gop": args.gop,
+            "cameras": {role: list(size) for role, size in args.camera_sizes.items()},
+            "episodes_per_file": args.episodes_per_file if args.layout == "2026" else 1,
+            "chunk_size": args.chunk_size, "batch_size": args.batch_size, "workers": args.workers,
+            "image_size": args.image_size, "repeat": args.repeat, "cpus": os.cpu_count(), "rows": rows}
+
+
 def print_report(results: dict[str, list[dict]], args: argparse.Namespace, markdown: bool) -> None:
     summary = {m: _summary(runs) for m, runs in results.items()}
     header = ["method", "samples/s median [range]", "x (b)", "x (c)", "samples/CPU-s median [range]",
@@ -395,7 +473,8 @@ def print_report(results: dict[str, list[dict]], args: argparse.Namespace, markd
             f"{r['per_cpu']:.1f} [{r['per_cpu_range'][0]:.1f}-{r['per_cpu_range'][1]:.1f}]" if r["per_cpu"] else "",
             f"{c['per_cpu'] / r['per_cpu']:.2f}" if c and c["per_cpu"] and r["per_cpu"] else "",
             f"{r['rss']:.0f}", f"{r['startup']:.1f}", f"{r['runs']} runs; {r['note']}"])
-    title = (f"{args.episodes} episodes x {args.frames} frames, HEVC 720/480/480, GOP {GOP}, chunk {args.chunk_size}, "
+    title = (f"{args.layout} layout: {args.episodes} episodes x {args.frames} frames, HEVC "
+             f"{_sizes_label(args.camera_sizes)}, GOP {args.gop}, chunk {args.chunk_size}, "
              f"batch {args.batch_size}, {args.workers} workers, {args.image_size}x{args.image_size}, "
              f"{os.cpu_count()} CPUs; medians of {args.repeat} alternated runs of each row but (b)")
     # Issue 13's targets: CPU per delivered sample <= 1.25x the limit's, throughput >= 0.9x the limit (quiet
@@ -461,15 +540,20 @@ def main(argv: list[str] | None = None) -> None:
     # (c), (a) and (a') alternate, so that load from elsewhere falls on all of them alike; medians are reported.
     schedule = [m for _ in range(args.repeat) for m in "caur" if m in args.only] + (["b"] if "b" in args.only else [])
     for mode in schedule:
-        print(f"measuring {LABELS[mode]} ...", flush=True)
+        _say(args, f"measuring {LABELS[mode]} ...")
         r = run_measurement(mode, argv)
         results.setdefault(mode, []).append(r)
         if "error" not in r:
             per_cpu = (f"{r['cpu_samples'] / r['cpu_seconds']:.1f} samples per CPU-second, "
                        if r["cpu_seconds"] > 0 and r["cpu_samples"] > 0 else "")
-            print(f"  {r['samples'] / r['seconds']:.2f} samples/s, {per_cpu}peak RSS {r['peak_rss_mib']:.0f} MiB",
-                  flush=True)
-    print_report(results, args, args.markdown)
+            _say(args, f"  {r['samples'] / r['seconds']:.2f} samples/s, {per_cpu}peak RSS {r['peak_rss_mib']:.0f} MiB")
+    if args.json:
+        print(json.dumps(json_report(results, args)))
+    else:
+        print_report(results, args, args.markdown)
+    failed = [m for m, runs in results.items() if all("error" in r for r in runs)]
+    if failed:
+        sys.exit(f"measurement(s) failed: {', '.join(LABELS[m] for m in failed)}")
 
 
 if __name__ == "__main__":

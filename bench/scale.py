@@ -28,6 +28,7 @@ comparison; it needs several GB per worker at the full-task size.
 
     python bench/scale.py                          # generate if needed, measure every size, print the table
     python bench/scale.py --sizes task-20 --mode memory --json
+    python bench/scale.py --smoke --json           # the script itself in seconds
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ SIZES = {
     "task-20": {"episodes": 20, "frames": 10_000, "tasks": 1},
     "task-200": {"episodes": 200, "frames": 10_000, "tasks": 1},
     "release-10k": {"episodes": 10_000, "frames": 60, "tasks": 50},
+    "smoke": {"episodes": 4, "frames": 120, "tasks": 2},
 }
 """Episode counts and mean lengths. One 2025 task is 200 episodes and ~1.5-2.4 M frames; the 2025 release is 50
-tasks, 10,000 episodes, 119 M frames (``../shared/reference/behavior_r1pro.md``)."""
+tasks, 10,000 episodes, 119 M frames (``../shared/reference/behavior_r1pro.md``). ``smoke`` only tries the script."""
+DEFAULT_SIZES = ("task-20", "task-200", "release-10k")
 CAMERAS = ("observation.images.rgb.head", "observation.images.rgb.left_wrist", "observation.images.rgb.right_wrist")
 STATE_DIM, ACTION_DIM, FPS, GOP, SIDE = 256, 23, 30, 250, 32
 
@@ -58,7 +61,7 @@ STATE_DIM, ACTION_DIM, FPS, GOP, SIDE = 256, 23, 30, 250, 32
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "scale", help="datasets and the numeric cache")
-    p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of: {', '.join(SIZES)}")
+    p.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help=f"comma-separated, of: {', '.join(SIZES)}")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--batches", type=int, default=20, help="batches read before the worker memory is taken")
     p.add_argument("--repeat", type=int, default=3, help="runs per size (after the one that builds the cache)")
@@ -66,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context", choices=["forkserver", "spawn"], default="forkserver",
                    help="how DataLoader workers start (smolvla-train: forkserver)")
     p.add_argument("--json", action="store_true", help="print one JSON object per size instead of a table")
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: --sizes smoke (4 episodes x ~120 frames) --workers 1 --batches 2 "
+                        "--repeat 0 (figures meaningless)")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one run of one size, in a child process
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(sizes="smoke", workers=1, batches=2, repeat=0)  # flags given explicitly still win
     return p.parse_args(argv)
 
 

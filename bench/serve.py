@@ -29,6 +29,7 @@ in the HTTP upgrade, so the rows should match a run without it.
     python bench/serve.py                                  # tiny demo backbone on CPU
     python bench/serve.py --api-key                        # the same with a (random) API key
     python bench/serve.py --checkpoint RUN --device cuda   # a real checkpoint on a GPU
+    python bench/serve.py --smoke --json                   # the script itself in seconds
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-repeats", type=int, default=5,
                    help="rounds of the in-process model-call timing (0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) after the table")
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: --requests 12 --chunk-requests 2 --warmup 1 (figures meaningless)")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(requests=12, chunk_requests=2, warmup=1)  # flags given explicitly still win
     args = p.parse_args(argv)
     try:
         args.strategies = [strategy_flags(s) for s in args.strategies.split(",") if s.strip()]

@@ -61,6 +61,7 @@ decodes). Both are built once and cached under ``--root``. ``--dataset-path`` ta
 
     python bench/train_step.py                                   # tiny backbone, CPU, ~2-4 minutes on 2 cores
     python bench/train_step.py --steps 200 --repeat 2 --markdown
+    python bench/train_step.py --smoke --json                    # the script itself in seconds
     python bench/train_step.py --device cuda --threads 8 --num-workers 8 --image-size 512 \\
         --policy-path /path/to/smolvla_base                      # the real model (local pretrained_model folder)
     python bench/train_step.py --device cuda --image-size 512 --from-scratch \\
@@ -89,6 +90,11 @@ SYNTHETIC_EPISODES = 4
 SYNTHETIC_GOP = 30
 """Keyframe interval of the generated videos. Shorter than the release's 250 on purpose: this benchmark measures the
 training loop where data is not the bottleneck (``bench/loader.py`` measures reading release-like video)."""
+
+
+SMOKE = {"steps": 2, "warmup": 1, "log_steps": 1, "repeat": 1, "batch_size": 2, "preload_batches": 2,
+         "num_workers": 0}
+"""``--smoke``: the smallest run that goes through every row (windows of one step, no DataLoader workers)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--markdown", action="store_true", help="print a markdown table instead of a rich one")
     p.add_argument("--verbose", action="store_true", help="show the trainer's own console output")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) instead of the table")
+    p.add_argument("--smoke", action="store_true",
+                   help="try the script in seconds: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                                 SMOKE.items()) + " (figures meaningless)")
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)  # flags given explicitly still win
     args = p.parse_args(argv)
     for flag in ("steps", "repeat", "batch_size", "chunk_size", "save_steps", "log_steps", "image_size", "threads",
                  "preload_batches"):
@@ -143,7 +155,7 @@ def prepare_sources(args: argparse.Namespace) -> dict[str, Any]:
     The generated dataset holds enough frames that one run never crosses an epoch boundary (a new epoch starts new
     DataLoader workers, a data stall that is not a per-step cost).
     """
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025
     from behavior_smolvla.policy.backbone import build_tiny_vlm
 
     dataset = args.dataset_path
@@ -153,7 +165,7 @@ def prepare_sources(args: argparse.Namespace) -> dict[str, Any]:
         dataset = args.root / f"behavior2025_e{SYNTHETIC_EPISODES}_f{frames}_{args.image_size}px_gop{SYNTHETIC_GOP}"
         if not (dataset / ".complete").is_file():
             print(f"generating {dataset} ({SYNTHETIC_EPISODES} episodes x {frames} frames, "
-                  f"{args.image_size} px HEVC) ...", flush=True)
+                  f"{args.image_size} px HEVC) ...", flush=True, file=sys.stderr if args.json else sys.stdout)
             write_behavior_2025(dataset, episodes=SYNTHETIC_EPISODES, frames=frames, tasks=2,
                                 image_size=args.image_size, gop=SYNTHETIC_GOP, overwrite=True)
             (dataset / ".complete").touch()
@@ -415,9 +427,18 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
     header = ["run", "steps", "ms/step total", "data wait", "forward+backward", "optimizer", "log/ckpt",
               "samples/s", "CPU ms/step", "vs bare: total", "vs bare: without data wait", "vs bare: CPU",
               "vs bare+pre: without data wait"]
-    table = []
+    table, records = [], []
     for name, w in rows:
         total = _median(w.total)
+        records.append({
+            "run": name, "steps": w.steps, "ms_per_step": total, "data_wait_ms": _median(w.data),
+            "forward_backward_ms": _median(w.fb), "optimizer_ms": _median(w.optim),
+            "log_checkpoint_ms": _median(w.other), "samples_per_s": 1000.0 * args.batch_size / total,
+            "cpu_ms_per_step": _median(w.cpu),
+            "vs_bare_total_pct": None if w is base else _paired(w.total, base.total),
+            "vs_bare_without_data_wait_pct": None if w is base else _paired(w.without_data(), base.total),
+            "vs_bare_cpu_pct": None if w is base else _paired(w.cpu, base.cpu),
+        })
         table.append([
             name, str(w.steps), f"{total:.1f}", f"{_median(w.data):.2f}", f"{_median(w.fb):.1f}",
             f"{_median(w.optim):.1f}", f"{_median(w.other):.2f}", f"{1000.0 * args.batch_size / total:.1f}",
@@ -433,6 +454,20 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
              f"trainer: {args.num_workers} worker(s), log every {args.log_steps}, save every {args.save_steps}")
     subtitle = (f"ms per step: medians over {args.log_steps}-step windows of {args.repeat} run(s), the rows' windows "
                 "interleaved; overheads: median over windows of the ratio to the bare window run next to it")
+    fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
+    setup = _median([tf["setup_s"] for tf in trainer_facts])
+    if args.json:
+        import json
+
+        print(json.dumps({
+            "device": facts["device"], "precision": facts["precision"], "threads": args.threads,
+            "batch_size": args.batch_size, "chunk_size": args.chunk_size, "image_size": args.image_size,
+            "cameras": len(facts["cameras"]), "params": facts["params"], "params_trainable": facts["trainable"],
+            "num_workers": args.num_workers, "log_steps": args.log_steps, "repeat": args.repeat, "rows": records,
+            "trainer_data_wait_frac": _median(fracs), "trainer_setup_s": setup,
+            "load_before": facts["load_before"], "load_after": facts["load_after"],
+        }))
+        return
     if args.markdown:
         print(f"\n**{title}**\n\n{subtitle}\n")
         print("| " + " | ".join(header) + " |")
@@ -458,8 +493,6 @@ def report(args: argparse.Namespace, rows: list[tuple[str, Windows]], facts: dic
           f"wait {_paired_spread(trained.without_data(), loop.without_data())}, CPU "
           f"{_paired_spread(trained.cpu, loop.cpu)}; vs the loop with the DataLoader busy alongside, without data "
           f"wait: {_paired_spread(trained.without_data(), alongside.without_data())}")
-    fracs = [f for tf in trainer_facts for f in tf["data_wait_frac"]]
-    setup = _median([tf["setup_s"] for tf in trainer_facts])
     print(f"trainer data wait / window wall time: median {_median(fracs):.3f} "
           f"(max {max(fracs, default=float('nan')):.3f}); "
           f"trainer set-up (build_training, then its warm-up steps) {setup:.1f} s")
@@ -483,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.repeat):
         t0 = time.perf_counter()
         trainer_facts.append(interleaved_run(args, prepared, args.root / "runs" / f"trainer_{r}", rows, trainer))
-        print(f"run {r + 1}/{args.repeat}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"run {r + 1}/{args.repeat}: {time.perf_counter() - t0:.0f} s", flush=True,
+              file=sys.stderr if args.json else sys.stdout)
     facts = dict(trainer_facts[-1]["facts"])
     facts["load_before"], facts["load_after"] = load_before, os.getloadavg()[0]
     report(args, [("bare (preprocessed once)", rows["plain"]), ("bare + preprocessor", rows["pre"]),

@@ -26,7 +26,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """``../shared/data`` next to the checkout (the real datasets; see its README.md)."""
 
 # Wrists are 48 x 64 (H x W): non-square frames catch height/width mix-ups, and libx265 cannot encode frames
-# 34-48 pixels wide (see behavior_smolvla.data.synthetic). Lengths differ per episode on purpose.
+# 34-48 pixels wide (see behavior_smolvla.synthetic.datasets). Lengths differ per episode on purpose.
 SYNTHETIC_IMAGE_SIZE = {"head": (64, 64), "left_wrist": (48, 64), "right_wrist": (48, 64)}
 SYNTHETIC_2025 = {"episodes": 4, "frames": [40, 52, 46, 60], "tasks": 2, "image_size": SYNTHETIC_IMAGE_SIZE,
                   "codec": "libx265", "gop": 250, "seed": 0}
@@ -57,7 +57,7 @@ def g1_v21() -> Path:
 def synthetic_2025(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BEHAVIOR-2025-layout dataset (:data:`SYNTHETIC_2025`): episodes 10, 20 (task 0) and 10010, 10020
     (task 1), HEVC with a 250-frame GOP (one keyframe per file). Ground truth: ``synthetic.load_ground_truth``."""
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025
 
     return write_behavior_2025(tmp_path_factory.mktemp("synthetic_2025") / "behavior_2025", **SYNTHETIC_2025)
 
@@ -66,7 +66,7 @@ def synthetic_2025(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthetic_2026(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BEHAVIOR-2026-layout (v3.0) dataset (:data:`SYNTHETIC_2026`): episodes 0-2 (task 0, chunk 0) and
     3-5 (task 1, chunk 1), several episodes per parquet and per mp4, HEVC with an 8-frame GOP."""
-    from behavior_smolvla.data.synthetic import write_behavior_2026
+    from behavior_smolvla.synthetic.datasets import write_behavior_2026
 
     return write_behavior_2026(tmp_path_factory.mktemp("synthetic_2026") / "behavior_2026", **SYNTHETIC_2026)
 

@@ -136,7 +136,7 @@ def test_checkpoint_from_before_the_contract_serves_the_same_actions(v0_backbone
 
 
 def test_checkpoint_from_before_the_contract_evaluates(v0_backbone, tmp_path):
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025
     from behavior_smolvla.evaluation.engine import evaluate_checkpoints
 
     # the dataset it was trained on, written again with the same settings (tests/fixtures/checkpoint_v0/README.md)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from behavior_smolvla.data import synthetic as S
+from behavior_smolvla.synthetic import datasets as S
 from behavior_smolvla.data.inspect import inspect_dataset, print_report
 
 INSPECT = Path(sys.executable).parent / "smolvla-inspect"

@@ -20,7 +20,7 @@ FRAMES = [130, 100, 75]
 @pytest.fixture(scope="module")
 def long_gop(tmp_path_factory: pytest.TempPathFactory):
     """BEHAVIOR-2025-layout HEVC dataset with a 30-frame GOP (a scaled-down 250-frame one) and 3 episodes."""
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025
 
     return write_behavior_2025(tmp_path_factory.mktemp("sampler") / "long_gop", episodes=3, frames=FRAMES, tasks=2,
                                image_size={"head": (32, 32), "left_wrist": (24, 32), "right_wrist": (24, 32)},

@@ -364,7 +364,7 @@ def read_raw_state(root: Path, meta, episodes) -> dict[int, np.ndarray]:
 
 def test_dataset_samples_are_mapped_states(synthetic_2025):
     from behavior_smolvla.data.dataset import BehaviorDataset
-    from behavior_smolvla.data.synthetic import load_ground_truth
+    from behavior_smolvla.synthetic.datasets import load_ground_truth
 
     truth = load_ground_truth(synthetic_2025)
     ds = BehaviorDataset(synthetic_2025, cameras=[], chunk_size=2, state_map=load_state_map("r1pro-2025-b1k23").bind(256))
@@ -411,7 +411,7 @@ def test_dataset_stats_of_the_mapped_state_equal_direct_stats(synthetic_2025):
 
 def test_2026_dataset_samples_are_mapped_states(synthetic_2026):
     from behavior_smolvla.data.dataset import BehaviorDataset
-    from behavior_smolvla.data.synthetic import load_ground_truth
+    from behavior_smolvla.synthetic.datasets import load_ground_truth
 
     truth = load_ground_truth(synthetic_2026)
     ds = BehaviorDataset(synthetic_2026, cameras=[], chunk_size=1, state_map=load_state_map("r1pro-2026-b1k25").bind(61))

@@ -1,4 +1,4 @@
-"""behavior_smolvla.data.synthetic: the two BEHAVIOR layouts on disk, their round trip through the reader (and, for
+"""behavior_smolvla.synthetic.datasets: the two BEHAVIOR layouts on disk, their round trip through the reader (and, for
 v3.0, through lerobot's own LeRobotDataset), the R1Pro state's internal consistency, and learnability."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from behavior_smolvla.data.synthetic_render import episode_frames
-from behavior_smolvla.data import synthetic as S
+from behavior_smolvla.synthetic.render import episode_frames
+from behavior_smolvla.synthetic import datasets as S
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta
 from behavior_smolvla.errors import ConfigError

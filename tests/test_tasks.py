@@ -55,7 +55,7 @@ def test_task_balanced_spans_give_equal_shares():
 @pytest.fixture(scope="module")
 def unbalanced(tmp_path_factory):
     """Two tasks of very different sizes (HEVC, 20-frame GOP): task 0 has 150 + 120 frames, task 1 has 30."""
-    from behavior_smolvla.data.synthetic import write_behavior_2025
+    from behavior_smolvla.synthetic.datasets import write_behavior_2025
 
     root = write_behavior_2025(tmp_path_factory.mktemp("tasks") / "unbalanced", episodes=3, frames=[150, 30, 120],
                                tasks=2, image_size=32, codec="libx265", gop=20, seed=5)

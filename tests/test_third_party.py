@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from behavior_smolvla.data.synthetic_render import episode_frames
-from behavior_smolvla.data.synthetic import load_ground_truth, write_third_party_upload
+from behavior_smolvla.synthetic.render import episode_frames
+from behavior_smolvla.synthetic.datasets import load_ground_truth, write_third_party_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -179,7 +179,7 @@ def test_missing_state_key_is_one_line_naming_the_flag(upload, tmp_path):
 
 
 def test_writer_rejects_bad_names(tmp_path):
-    from behavior_smolvla.data.synthetic import write_behavior_2026
+    from behavior_smolvla.synthetic.datasets import write_behavior_2026
     from behavior_smolvla.errors import ConfigError
 
     common = {"episodes": 1, "frames": 4, "tasks": 1, "image_size": 32, "codec": "mpeg4"}

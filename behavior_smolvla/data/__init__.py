@@ -5,6 +5,6 @@ frame is decoded (PyAV); ``dataset`` is the random-access reader (``BehaviorData
 state map, action chunks with their padding mask); ``stats`` holds the normalisation statistics and ``cache`` the
 memory-mapped numeric columns; ``sampler`` is the training order (keyframe-aligned spans decoded forward in
 DataLoader workers) and ``collate`` assembles its batches and hands them to the trainer. ``inspect`` describes a
-dataset and ``synthetic`` writes small BEHAVIOR-shaped datasets for tests, benchmarks and the demo (their simulated
-episodes come from ``synthetic_world``, their camera images from ``synthetic_render``).
+dataset. Only reading lives here: the small generated datasets of tests, benchmarks and the demo are written by
+:mod:`behavior_smolvla.synthetic`.
 """

@@ -41,7 +41,7 @@ def apply_demo_defaults(cfg: TrainConfig, given: set[str]) -> None:
 
 def prepare_demo(cfg: TrainConfig, run_dir: Path, say: Callable[[str], None]) -> None:
     """Generate the demo's BEHAVIOR-2025-shaped dataset and tiny SmolVLM backbone under ``run_dir`` (reused if there)."""
-    from behavior_smolvla.data.synthetic import write_demo_dataset
+    from behavior_smolvla.synthetic.datasets import write_demo_dataset
     from behavior_smolvla.policy.backbone import build_tiny_vlm
 
     data_dir = run_dir / "demo_data"

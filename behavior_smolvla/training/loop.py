@@ -338,6 +338,17 @@ class Trainer:
             return True
         return False
 
+    def save_checkpoint(self, improved: bool = False) -> Path | None:
+        """Checkpoint the current step now, exactly as at a ``save_steps`` boundary (``checkpoints/<step>`` and
+        ``last``; ``improved`` also points ``best`` at it; ``--keep-last`` pruning). The trainer's one save path:
+        ``bench/real_size.py`` times it. All ranks must call it.
+
+        Returns:
+            The written checkpoint folder on rank 0; on other ranks the last one rank 0 reported, or None.
+        """
+        self._save(improved)
+        return self._last_path
+
     def _save(self, improved: bool) -> None:
         """Checkpoint the current step on rank 0 (all ranks wait); ``improved`` also points ``best`` at it."""
         t, ema = self.t, self.t.ema

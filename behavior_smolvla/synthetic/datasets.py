@@ -22,9 +22,9 @@ BEHAVIOR-1K dataset scripts that wrote the 2025 release):
   columns: :func:`write_third_party_upload` is such a dataset named like a community upload (``state``,
   ``actions``, one ``image`` camera).
 
-The episodes come from the synthetic world of :mod:`.synthetic_world` (the same for every layout; described there);
+The episodes come from the synthetic world of :mod:`.world` (the same for every layout; described there);
 its public names (``SyntheticSpec``, ``synthesize``, ``SyntheticEpisode``, ``load_ground_truth``, ``task_strings``,
-the constants) are re-exported here, so ``behavior_smolvla.data.synthetic`` stays the one import for callers.
+the constants) are re-exported here, so ``behavior_smolvla.synthetic.datasets`` stays the one import for callers.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from behavior_smolvla.data.synthetic_render import episode_frames, render_frame
-from behavior_smolvla.data.synthetic_world import (
+from behavior_smolvla.synthetic.render import episode_frames, render_frame
+from behavior_smolvla.synthetic.world import (
     ACTION_GROUPS,
     APPROACH_RATE,
     BASE_CMD_LIMIT,

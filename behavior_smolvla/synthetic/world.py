@@ -1,6 +1,6 @@
 """The synthetic world behind the small BEHAVIOR-shaped datasets: the spec of a dataset, the simulated R1Pro
-episodes (state, action, extra columns) and their ground truth. Writing them to disk is :mod:`.synthetic`'s job;
-what the cameras show is :mod:`.synthetic_render`'s (it reads this module, never the other way round).
+episodes (state, action, extra columns) and their ground truth. Writing them to disk is :mod:`.datasets`'s job;
+what the cameras show is :mod:`.render`'s (it reads this module, never the other way round).
 
 The synthetic world (the same for both layouts; all quantities SI: radians, metres, m/s, rad/s):
 
@@ -479,6 +479,6 @@ def load_ground_truth(root: str | Path) -> dict[int, SyntheticEpisode]:
     """
     path = Path(root) / SPEC_FILE
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: {root} was not written by behavior_smolvla.data.synthetic")
+        raise ConfigError(f"{path} does not exist: {root} was not written by behavior_smolvla.synthetic.datasets")
     spec = SyntheticSpec.from_json(json.loads(path.read_text()))
     return {ep.episode_index: ep for ep in synthesize(spec)}

@@ -1,4 +1,4 @@
-"""What the synthetic cameras show (see the world description in :mod:`.synthetic_world`): the head camera draws
+"""What the synthetic cameras show (see the world description in :mod:`.world`): the head camera draws
 the episode's target, base command, progress and a timecode; each wrist camera draws its arm's closeness to the
 target and its finger opening. Shapes are aligned to even pixels so that yuv420p keeps their colours crisp.
 """
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from behavior_smolvla.data.synthetic_world import (
+from behavior_smolvla.synthetic.world import (
     _TASK_COLOURS,
     BASE_CMD_LIMIT,
     FINGER_OPEN_M,
