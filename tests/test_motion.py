@@ -71,9 +71,9 @@ def test_served_policy_builds_the_readers_state_frame_by_frame(motion_run, g1_v3
     seen: list[np.ndarray] = []
     predict = served.model.predict_chunk
 
-    def spy(batch, noise_seed=0):  # the real model call, with the state it was given recorded
+    def spy(batch, *args, **kwargs):  # the real model call, with the state it was given recorded
         seen.append(batch["observation.state"].numpy()[0].copy())
-        return predict(batch, noise_seed=noise_seed)
+        return predict(batch, *args, **kwargs)
 
     served.model.predict_chunk = spy
     meta = DatasetMeta.load(g1_v30)
