@@ -23,9 +23,11 @@ err_console = Console(stderr=True)
 
 # The inference strategy's flags (smolvla-eval, smolvla-serve; smolvla-train's --eval-noise / --eval-num-samples).
 # Their default is Inference()'s (behavior_smolvla.policy.inference), given there only.
-NOISE_HELP = ("Initial flow-matching noise: zero (deterministic; the default) or sample (random draws). One draw is "
-              "a random sample of the policy's action distribution, not its typical chunk.")
-NUM_SAMPLES_HELP = "With --noise sample: average this many draws per chunk, in one batched model call (default 1)."
+NOISE_HELP = ("Initial flow-matching noise: sample (random draws; the default, averaged over --num-samples) or zero "
+              "(one deterministic chunk). One draw is a random sample of the policy's action distribution, not its "
+              "typical chunk.")
+NUM_SAMPLES_HELP = ("With --noise sample: average this many draws per chunk, in one batched model call (default 8; "
+                    "1 = one draw, lerobot's own behaviour).")
 
 # Sub-command name -> Typer app, for ``python cli.py <name>``; each section below registers its own.
 _SUBCOMMANDS: dict[str, typer.Typer] = {}
@@ -314,8 +316,8 @@ def train_command(
     log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
     eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
     eval_max_frames: int = _opt(None, "--eval-max-frames", help="Held-out frames per validation (64)."),
-    eval_noise: str = _opt(None, "--eval-noise", help="Validation chunks: zero noise (default) or sample (see smolvla-eval --noise)."),
-    eval_num_samples: int = _opt(None, "--eval-num-samples", help="Validation chunks: with --eval-noise sample, draws averaged (1)."),
+    eval_noise: str = _opt(None, "--eval-noise", help="Validation chunks: sample (default) or zero (see smolvla-eval --noise)."),
+    eval_num_samples: int = _opt(None, "--eval-num-samples", help="Validation chunks: with --eval-noise sample, draws averaged (8)."),
     wandb_project: str = _opt(None, "--wandb-project", help="Weights & Biases project (behavior-smolvla)."),
     wandb_entity: str = _opt(None, "--wandb-entity", help="Weights & Biases entity."),
     wandb_run_name: str = _opt(None, "--wandb-run-name", help="Weights & Biases run name."),

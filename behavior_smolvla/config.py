@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from behavior_smolvla.errors import ConfigError
-from behavior_smolvla.policy.inference import Inference, check_inference
+from behavior_smolvla.policy.inference import Inference
 
 
 @dataclass
@@ -189,13 +189,13 @@ class EvalConfig:
     """Frames per validation pass (spread evenly over the held-out episodes)."""
     eval_noise: str = Inference().noise
     """How validation draws each chunk: ``zero`` initial noise or ``sample`` (see ``policy.inference``)."""
-    eval_num_samples: int = Inference().num_samples
-    """With ``eval_noise: sample``, the draws averaged per chunk."""
+    eval_num_samples: int | None = None
+    """Draws averaged per chunk; default: ``Inference``'s with ``eval_noise: sample``, 1 with ``zero``."""
 
     @property
     def inference(self) -> Inference:
         """The validation's :class:`~behavior_smolvla.policy.inference.Inference` (checked by ``validate_config``)."""
-        return Inference(self.eval_noise, self.eval_num_samples)
+        return Inference.from_flags(self.eval_noise, self.eval_num_samples, "--eval-noise", "--eval-num-samples")
 
 
 @dataclass
@@ -358,7 +358,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--from-scratch needs --vlm-model (a hub id or a local SmolVLM folder)")
     if d.dataset_path is None and not cfg.demo:
         raise ConfigError("--dataset-path is required (a LeRobot dataset folder), or use --demo for built-in data")
-    check_inference(ev.eval_noise, ev.eval_num_samples, "--eval-noise", "--eval-num-samples")
+    ev.inference  # noqa: B018 (checks --eval-noise / --eval-num-samples, naming them)
     if cfg.eval.eval_steps is not None and not d.val_episodes and not cfg.demo:  # the demo picks its own
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
     if out.output_dir is not None and out.resume is None:

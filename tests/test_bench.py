@@ -141,7 +141,7 @@ def test_learning(tmp_path):
     names = [r["predictor"] for r in out["rows"]]
     # the served (EMA) weights with each inference strategy, then the raw weights at the default one
     assert [(r["weights"], r["inference"]) for r in policy] == [
-        ("EMA", "one draw"), ("EMA", "zero noise"), ("EMA", "mean of K"), ("raw", "zero noise")]
+        ("EMA", "one draw"), ("EMA", "zero noise"), ("EMA", "mean of K"), ("raw", "mean of K")]
     assert {"state (zero delta)", "mean_action"} <= set(names)
     for row in out["rows"]:
         for key in ("first_action_mae", "chunk_mae"):

@@ -313,10 +313,11 @@ def _lerobot_chunk(bundle, batch: dict, noise: torch.Tensor) -> np.ndarray:
     return bundle.postprocessor(actions).numpy()
 
 
-def test_zero_noise_is_the_default_deterministic_and_lerobots_chunk_from_zeros(bundle):
+def test_zero_noise_is_deterministic_and_lerobots_chunk_from_zeros(bundle):
     batch = _batch(with_action=False)
-    zero = bundle.predict_chunk(batch)
-    assert Inference() == Inference("zero", 1) and zero.shape == (B, CHUNK, ACTION) and zero.dtype == np.float32
+    zero = bundle.predict_chunk(batch, Inference("zero", 1))
+    assert Inference() == Inference("sample", 8)  # the default: the mean of 8 draws (bench/learning.py)
+    assert zero.shape == (B, CHUNK, ACTION) and zero.dtype == np.float32
     np.testing.assert_array_equal(bundle.predict_chunk(batch, Inference("zero", 1), noise_seed=99), zero)
     zeros = torch.zeros(B, CHUNK, bundle.policy.config.max_action_dim)
     np.testing.assert_allclose(zero, _lerobot_chunk(bundle, batch, zeros), rtol=0, atol=1e-6)
@@ -352,12 +353,13 @@ def test_inference_labels_round_trip_and_one_line_errors(bundle):
     mean = Inference("sample", 8)
     assert mean.to_dict() == {"noise": "sample", "num_samples": 8, "label": "mean of 8 draws"}
     assert Inference.from_dict(mean.to_dict()) == mean
-    assert Inference.from_flags(None, None) == Inference() and Inference.from_flags("sample", None).num_samples == 1
+    assert Inference.from_flags(None, None) == Inference() and Inference.from_flags("sample", None).num_samples == 8
+    assert Inference.from_flags("zero", None) == Inference("zero", 1)  # --noise zero alone: one chunk
     for args, flags, needle in (
         (("foo", 1), (), "--noise 'foo': use zero"),
         (("sample", 0), (), "--num-samples 0: must be a whole number >= 1"),
         (("zero", 4), (), "--num-samples 4 with --noise zero"),
-        ((None, 2), ("--eval-noise", "--eval-num-samples"), "--eval-num-samples 2 with --eval-noise zero"),
+        (("zero", 2), ("--eval-noise", "--eval-num-samples"), "--eval-num-samples 2 with --eval-noise zero"),
     ):
         with pytest.raises(ConfigError) as info:
             Inference.from_flags(*args, *flags)

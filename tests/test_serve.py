@@ -363,7 +363,7 @@ def test_metadata_on_connect(server, model, demo_checkpoint):
         assert (meta["action_dim"], meta["chunk_size"], meta["image_size"]) == (23, model.chunk_size, model.inputs.image_size)
         assert meta["task_map"] == {str(k): v for k, v in model.inputs.task_map.items()}
         assert meta["inference"] == Inference().to_dict() and meta["noise_seed"] == 0
-        assert "chunks: zero noise" in next(line for line in server.lines if "ws://" in line)
+        assert "chunks: mean of 8 draws" in next(line for line in server.lines if "ws://" in line)
     finally:
         client.close()
 
@@ -531,7 +531,7 @@ def test_served_mean_of_draws_from_the_command_line(demo_checkpoint, model):
         reply = client.request(obs)
         assert isinstance(reply, dict), reply
         np.testing.assert_allclose(reply["action"], expected, rtol=0, atol=1e-5)
-        assert np.abs(expected - BehaviorPolicy(model, noise_seed=0).act(obs)).max() > 1e-4  # not zero noise
+        assert np.abs(expected - BehaviorPolicy(model, noise_seed=0).act(obs)).max() > 1e-4  # not the default K
     finally:
         client.close()
         srv.stop()
