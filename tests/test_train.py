@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import CliResult, run_in_process
 
 from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
 from behavior_smolvla.training.tracking import read_metrics
@@ -20,10 +21,16 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV, timeout=timeout
-    )
+def run_train(*args: str, check: bool = True, timeout: int = 600,
+              in_process: bool = False) -> subprocess.CompletedProcess | CliResult:
+    """``smolvla-train ARGS`` in a subprocess, or (``in_process``) through the same Typer app in this process
+    (``tests/cli_runner.py``: for errors, where a subprocess only adds an interpreter start and the torch imports)."""
+    if in_process:
+        proc = run_in_process("smolvla-train", list(args), env={"COLUMNS": "200"})
+    else:
+        proc = subprocess.run(
+            [str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV, timeout=timeout
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"smolvla-train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -225,7 +232,7 @@ def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_p
     assert cfg["max_state_dim"] == 217
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def _one_line_error(proc: subprocess.CompletedProcess | CliResult, *needles: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     text = " ".join(lines)
@@ -235,24 +242,27 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_errors_are_one_line(synthetic_2025, tiny_vlm, tmp_path):
+    # The first case in a real subprocess (the installed script's exit code 2), the others in this process.
     _one_line_error(run_train("--dataset-path", str(tmp_path / "nope"), "--max-steps", "1", check=False),
                     "--dataset-path", "nope")
-    _one_line_error(run_train("--dataset-path", str(synthetic_2025), check=False), "--max-steps", "--num-epochs")
+    _one_line_error(run_train("--dataset-path", str(synthetic_2025), check=False, in_process=True),
+                    "--max-steps", "--num-epochs")
     _one_line_error(
         run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r1", "--max-steps", "1", "--state-map",
-                             "r1pro-2026-full"), check=False),
+                             "r1pro-2026-full"), check=False, in_process=True),
         "r1pro-2026-full", "256",
     )
     offline = [a for a in base_args(synthetic_2025, tiny_vlm, tmp_path / "r2", "--max-steps", "1") if a != "--from-scratch"]
-    _one_line_error(run_train(*offline, "--policy-path", "someone/not-cached-policy", check=False),
+    _one_line_error(run_train(*offline, "--policy-path", "someone/not-cached-policy", check=False, in_process=True),
                     "someone/not-cached-policy", "--from-scratch")
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("max_step: 3\n")
-    _one_line_error(run_train("--config", str(bad_cfg), check=False), "bad.yaml", "max_step")
-    _one_line_error(run_train("--resume", str(tmp_path), check=False), "no complete checkpoint")
+    _one_line_error(run_train("--config", str(bad_cfg), check=False, in_process=True), "bad.yaml", "max_step")
+    _one_line_error(run_train("--resume", str(tmp_path), check=False, in_process=True), "no complete checkpoint")
     existing = tmp_path / "existing"
     (existing / "checkpoints").mkdir(parents=True)
-    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False),
+    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False,
+                              in_process=True),
                     "--resume", str(existing))
 
 
@@ -261,7 +271,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(synthetic_
     # An absurd learning rate without clipping turns the weights to inf after the first update.
     args = base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "20", "--save-steps", "1", "--lr", "1e12",
                      "--warmup-steps", "0", "--grad-clip-norm", "0")
-    proc = run_train(*args, check=False)
+    proc = run_train(*args, check=False, in_process=True)
     _one_line_error(proc, "loss is nan at step 2", "000001")
     assert os.readlink(out / "checkpoints" / "last") == "000001"
     assert_lerobot_loads(out / "checkpoints" / "last", tiny_vlm)
