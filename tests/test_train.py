@@ -107,10 +107,27 @@ def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, 
     assert_lerobot_loads(ckpts / "last", tiny_vlm)
 
 
+@pytest.fixture(scope="module")
+def g1_config_run(g1_v30, tiny_vlm, tmp_path_factory) -> Path:
+    """A 20-step run on the real G1 v3.0 data (every 5th frame) configured by a YAML file plus flags: shared by
+    the real-data test and the config-file test (read-only). Its settings equal :func:`base_args`'s; checkpoints
+    every 2 steps with ``keep_last`` 2."""
+    out = tmp_path_factory.mktemp("g1_config") / "run"
+    cfg = out.parent / "run.yaml"
+    # Nested sections and flat flag names (dashes or underscores) mix; the command line wins over the file.
+    cfg.write_text(yaml.safe_dump({
+        "data": {"dataset_path": str(g1_v30), "frame_stride": 5},
+        "policy": {"from_scratch": True, "vlm_model": str(tiny_vlm), "chunk_size": 8},
+        "max_steps": 50, "batch-size": 4, "image_size": 64, "num_workers": 0, "device": "cpu",
+        "wandb_disable": True, "save_steps": 2, "keep_last": 2, "log_steps": 1, "lr": 1e-3, "warmup-steps": 2,
+    }))
+    run_train("--config", str(cfg), "--max-steps", "20", "--output-dir", str(out))
+    return out
+
+
 @pytest.mark.slow
-def test_train_real_g1_v30(g1_v30, tiny_vlm, tmp_path):
-    out = tmp_path / "run"
-    run_train(*base_args(g1_v30, tiny_vlm, out, "--max-steps", "20", "--save-steps", "20", "--frame-stride", "5"))
+def test_train_real_g1_v30(g1_config_run, tiny_vlm):
+    out = g1_config_run
     saved = load_train_config(resolve_checkpoint(out))
     assert saved["inputs"]["state_map"]["name"] == "identity" and saved["inputs"]["state_map"]["input_dim"] == 26
     loss = losses(out)
@@ -127,12 +144,25 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
     raise AssertionError(f"run never reached step {step}")
 
 
+RESUME_ARGS = ("--max-steps", "12", "--save-steps", "100", "--num-workers", "1", "--image-aug")
+"""The exact-resume runs' settings (with :func:`base_args`): a DataLoader worker and augmentation, whose random
+state must resume too."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(synthetic_2025, tiny_vlm, tmp_path_factory) -> Path:
+    """A finished 12-step run with :data:`RESUME_ARGS` (one checkpoint, ``000012``, 64 px, state map
+    r1pro-2025-top32): the reference of the exact-resume tests, and a 32-dim source checkpoint (read-only)."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_train(*base_args(synthetic_2025, tiny_vlm, out, *RESUME_ARGS))
+    return out
+
+
 @pytest.mark.slow
-def test_exact_resume_matches_uninterrupted(synthetic_2025, tiny_vlm, tmp_path):
+def test_exact_resume_matches_uninterrupted(uninterrupted_run, synthetic_2025, tiny_vlm, tmp_path):
     """Stopped at some step s (SIGTERM: checkpoint and exit) and resumed == uninterrupted, loss for loss."""
-    full, part = tmp_path / "full", tmp_path / "part"
-    args = ("--max-steps", "12", "--save-steps", "100", "--num-workers", "1", "--image-aug")
-    run_train(*base_args(synthetic_2025, tiny_vlm, full, *args))
+    full, part = uninterrupted_run, tmp_path / "part"
+    args = RESUME_ARGS
     proc = subprocess.Popen([str(BIN / "smolvla-train"), *base_args(synthetic_2025, tiny_vlm, part, *args)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_step(part, proc, 3)
@@ -218,9 +248,8 @@ def test_wandb_offline_run_holds_metrics_and_config(synthetic_2025, tiny_vlm, tm
 
 
 @pytest.mark.slow
-def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_path):
-    src = tmp_path / "src"
-    run_train(*base_args(synthetic_2025, tiny_vlm, src, "--max-steps", "2"))
+def test_filter_state_217_from_32_dim_checkpoint(uninterrupted_run, synthetic_2025, tiny_vlm, tmp_path):
+    src = uninterrupted_run  # any 32-dim (r1pro-2025-top32) checkpoint of this backbone and size
     out = tmp_path / "ft"
     args = [a for a in base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "3") if a != "--from-scratch"]
     proc = run_train(*args, "--filter-state", "--policy-path", str(src / "checkpoints" / "last" / "pretrained_model"))
@@ -278,21 +307,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(synthetic_
 
 
 @pytest.mark.slow
-def test_config_file_with_flag_overrides_and_keep_last(g1_v30, tiny_vlm, tmp_path):
-    out = tmp_path / "run"
-    cfg = tmp_path / "run.yaml"
-    # Nested sections and flat flag names (dashes or underscores) mix; the command line wins over the file.
-    cfg.write_text(yaml.safe_dump({
-        "data": {"dataset_path": str(g1_v30), "frame_stride": 5},
-        "policy": {"from_scratch": True, "vlm_model": str(tiny_vlm), "chunk_size": 8},
-        "max_steps": 50, "batch-size": 4, "image_size": 64, "num_workers": 0, "device": "cpu",
-        "wandb_disable": True, "save_steps": 2, "keep_last": 2,
-    }))
-    run_train("--config", str(cfg), "--max-steps", "7", "--output-dir", str(out))
+def test_config_file_with_flag_overrides_and_keep_last(g1_config_run):
+    out = g1_config_run
     saved = load_train_config(resolve_checkpoint(out))["run"]
-    assert saved["optim"]["max_steps"] == 7 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
+    # --max-steps 20 on the command line beat the file's 50; the nested and dashed keys were read.
+    assert saved["optim"]["max_steps"] == 20 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
+    assert saved["optim"]["lr"] == 1e-3 and saved["optim"]["warmup_steps"] == 2
     # --keep-last 2: only the two newest step folders survive.
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000006", "000007", "last"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000018", "000020", "last"]
 
 
 def test_trainer_steps_one_at_a_time_with_checkpoints_and_time_split(synthetic_2025, tiny_vlm, tmp_path):
