@@ -81,8 +81,9 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished ``smolvla-train --demo`` run folder (the built-in defaults, a few minutes on CPU), trained once per
-    session in a real subprocess and shared by the evaluation and serving tests (read-only).
+    """A finished ``smolvla-train --demo`` run folder (the built-in defaults: 600 steps, a minute or two on CPU),
+    trained once per session in a real subprocess (read-only). Only for tests of what the full demo learns (the
+    README's promise; marked slow): a test that needs any trained checkpoint uses :func:`demo_short_run`.
 
     Its ``demo_data/`` is the BEHAVIOR-2025-shaped training dataset; the held-out episodes are in the checkpoint's
     ``train_config.yaml`` (``dataset.val_episodes``)."""
@@ -97,4 +98,27 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     if proc.returncode != 0:
         pytest.fail(f"smolvla-train --demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return run_dir
+
+
+DEMO_SHORT_ARGS = ["--demo", "--max-steps", "20", "--save-steps", "10", "--num-workers", "0", "--wandb-disable"]
+"""``smolvla-train`` flags of :func:`demo_short_run`: the demo's data, backbone and model, 20 steps."""
+
+
+@pytest.fixture(scope="session")
+def demo_short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short demo run (:data:`DEMO_SHORT_ARGS`: the demo's dataset, tiny backbone, model and settings, but 20 steps
+    with checkpoints ``000010`` and ``000020`` (= ``last``), validated at step 20), trained once per session through
+    the ``smolvla-train`` command in this process, and shared read-only by the evaluation, serving and input-contract
+    tests that need a trained checkpoint of the demo's shape (not a well-trained one).
+
+    Its ``demo_data/`` is the BEHAVIOR-2025-shaped dataset (24 episodes); the held-out episodes (120 and 10120, the
+    last of each task) are in the checkpoint's ``train_config.yaml`` (``dataset.val_episodes``)."""
+    from cli_runner import run_in_process
+
+    run_dir = tmp_path_factory.mktemp("demo_short") / "run"
+    result = run_in_process("smolvla-train", [*DEMO_SHORT_ARGS, "--output-dir", str(run_dir)])
+    if result.returncode != 0:
+        pytest.fail(f"smolvla-train {' '.join(DEMO_SHORT_ARGS)} failed ({result.returncode}):\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return run_dir

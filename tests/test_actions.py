@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_runner import CliResult, run_in_process
 
 from behavior_smolvla.actions import REFERENCE_KEY, chunk_action_stats, to_absolute, to_delta
 from behavior_smolvla.config import DataConfig, PolicyConfig
@@ -156,12 +157,17 @@ def test_baselines_on_a_hand_computed_case():
 # --- a real delta-mode run ------------------------------------------------------------------------------------
 
 
-def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _train(*args: str, timeout: int = 600, in_process: bool = False) -> subprocess.CompletedProcess | CliResult:
+    """``smolvla-train ARGS`` in a subprocess, or (``in_process``) through the same Typer app in this process
+    (``tests/cli_runner.py``), for resumes whose printed schedule is checked: an interpreter start adds nothing."""
     env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     import os
 
-    proc = subprocess.run([str(BIN / "smolvla-train"), *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout)
+    if in_process:
+        proc = run_in_process("smolvla-train", list(args), env={"COLUMNS": "200"})
+    else:
+        proc = subprocess.run([str(BIN / "smolvla-train"), *args], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=timeout)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -294,14 +300,14 @@ def test_delta_exact_resume_and_honest_schedules(delta_run, tiny_vlm, tmp_path):
     assert [full[s]["lr"] for s in range(1, 7)] == pytest.approx(lr_curve(6, range(1, 7)))
     # Resume with a larger --max-steps: the saved 6-step schedule continues and the final lr is held.
     ck6 = _copy_run(run, tmp_path / "longer", 6)
-    proc = _train("--resume", str(ck6), "--max-steps", "9")
+    proc = _train("--resume", str(ck6), "--max-steps", "9", in_process=True)
     assert ("--max-steps 9 differs from the 6 steps the lr schedule was built for: it continues unchanged then "
             "holds lr 0.0001 from step 6 to 9") in proc.stdout
     longer = _records(tmp_path / "longer")
     assert [longer[s]["lr"] for s in (7, 8, 9)] == pytest.approx([1e-4] * 3)
     # ... or, with --reschedule, it is rebuilt for 9 steps.
     ck6 = _copy_run(run, tmp_path / "rebuilt", 6)
-    proc = _train("--resume", str(ck6), "--max-steps", "9", "--reschedule")
+    proc = _train("--resume", str(ck6), "--max-steps", "9", "--reschedule", in_process=True)
     assert "schedule: --reschedule: rebuilt for 9 steps (was 6)" in proc.stdout
     rebuilt = _records(tmp_path / "rebuilt")
     assert [rebuilt[s]["lr"] for s in (7, 8, 9)] == pytest.approx(lr_curve(9, (7, 8, 9)))

@@ -1,7 +1,11 @@
-"""Bad inputs across the five commands, as a hostile or unlucky user would give them: each case runs the real
-console script in a subprocess on a damaged copy of a test fixture (or with a bad flag) and must end with exit code
-2 and ONE ``error:`` line on stderr naming the file or flag (or, for ``smolvla-inspect``'s problem report, exit
-code 1 with the file named in the report), and no Python traceback anywhere.
+"""Bad inputs across the five commands, as a hostile or unlucky user would give them: each case runs a command on a
+damaged copy of a test fixture (or with a bad flag) and must end with exit code 2 and ONE ``error:`` line on stderr
+naming the file or flag (or, for ``smolvla-inspect``'s problem report, exit code 1 with the file named in the
+report), and no Python traceback anywhere.
+
+Most cases run the command in this process (``tests/cli_runner.py``: the same Typer app, error wrapper and exit
+code, without an interpreter start and the torch imports per case); the cases marked ``subprocess`` (at least one
+per command, and both of inspect's exit codes) run the installed console script in a real subprocess.
 
 Most cases fail before any model is built; the damaged-checkpoint cases share one tiny real checkpoint run (2
 steps of SmolVLA on the tiny backbone at 32 px, trained once per module).
@@ -10,19 +14,16 @@ steps of SmolVLA on the tiny backbone at 32 px, trained once per module).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_runner import CliResult, run_in_process, run_subprocess
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
+ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
        "PYTHONUNBUFFERED": "1"}
 UNWRITABLE = "/proc/no-such-dir/run"
 """A folder that cannot be created even by root (procfs refuses new entries)."""
@@ -38,8 +39,10 @@ class Ctx:
     tmp: Path
 
 
-def run_cli(command: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / command), *args], check=False, capture_output=True, text=True, env=ENV, timeout=timeout)
+def run_cli(command: str, args: list[str], in_process: bool = False) -> CliResult:
+    if in_process:
+        return run_in_process(command, args, env=ENV)
+    return run_subprocess(command, args, env=ENV)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------
@@ -53,7 +56,8 @@ def base(synthetic_2025, tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("bad_inputs")
     vlm = build_tiny_vlm(root / "vlm", image_size=32)
     run = root / "run"
-    proc = run_cli("smolvla-train", [*train_args(synthetic_2025, vlm, run), "--max-steps", "2", "--save-steps", "1"])
+    proc = run_cli("smolvla-train", [*train_args(synthetic_2025, vlm, run), "--max-steps", "2", "--save-steps", "1"],
+                   in_process=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (run / "checkpoints" / "000001").is_dir() and (run / "checkpoints" / "000002").is_dir()
     return synthetic_2025, vlm, run
@@ -189,6 +193,8 @@ class Case:
     code: int = 2
     slow: bool = False
     """Trains for some steps (marked ``slow``, deselected by ``make test-fast``)."""
+    subprocess: bool = False
+    """Run the installed console script in a subprocess (else in this process)."""
 
 
 def _train(*extra: str) -> Callable[[Ctx], list[str]]:
@@ -209,7 +215,8 @@ def _eval(checkpoint: Callable[[Ctx], Path] | None = None, *extra: str) -> Calla
 
 CASES = [
     # smolvla-inspect
-    Case("inspect-missing-folder", "smolvla-inspect", lambda c: [str(c.tmp / "nope")], ["nope", "does not exist"]),
+    Case("inspect-missing-folder", "smolvla-inspect", lambda c: [str(c.tmp / "nope")], ["nope", "does not exist"],
+         subprocess=True),
     Case("inspect-regular-file", "smolvla-inspect", lambda c: [str(a_file(c))], ["a_file", "is a file"]),
     Case("inspect-info-json-garbage", "smolvla-inspect", lambda c: [str(replace_meta(c, "info.json", "{oops"))],
          ["info.json"]),
@@ -222,14 +229,15 @@ CASES = [
     Case("inspect-verify-damaged-video", "smolvla-inspect", lambda c: [str(damaged_video(c)), "--verify"],
          ["damaged video", "episode_00000010.mp4", "first bad frame"], code=1),
     Case("inspect-truncated-parquet", "smolvla-inspect", lambda c: [str(damaged_parquet(c))],
-         ["unreadable", "episode_00000010.parquet"], code=1),
+         ["unreadable", "episode_00000010.parquet"], code=1, subprocess=True),
     Case("inspect-codec-mismatch", "smolvla-inspect",
          lambda c: [str(edit_info(c, lambda i: i["features"]["observation.images.rgb.head"].setdefault(
              "info", {}).update({"video.codec": "av1"})))], ["codec", "av1", "hevc"], code=1),
     Case("inspect-verify-stats-disagree", "smolvla-inspect", lambda c: [str(zero_std(c)), "--verify"],
          ["stats", "episode 10", "std dim 3"], code=1),
     # smolvla-filter-state
-    Case("filter-unknown-map", "smolvla-filter-state", lambda c: ["--map", "no-such-map"], ["no-such-map"]),
+    Case("filter-unknown-map", "smolvla-filter-state", lambda c: ["--map", "no-such-map"], ["no-such-map"],
+         subprocess=True),
     Case("filter-map-bad-yaml", "smolvla-filter-state", lambda c: ["--map", str(text_file(c, "m.yaml", BAD_YAML))],
          ["m.yaml"]),
     Case("filter-map-unknown-block", "smolvla-filter-state",
@@ -241,14 +249,15 @@ CASES = [
     Case("filter-episode-spec-garbage", "smolvla-filter-state",
          lambda c: ["--dataset", str(c.dataset), "--episodes", "3-x"], ["3-x"]),
     # smolvla-train: flags
-    Case("train-lr-zero", "smolvla-train", _train("--lr", "0"), ["--lr"]),
+    Case("train-lr-zero", "smolvla-train", _train("--lr", "0"), ["--lr"], subprocess=True),
     Case("train-lr-negative", "smolvla-train", _train("--lr", "-1e-3"), ["--lr"]),
     Case("train-lr-nan", "smolvla-train", _train("--lr", "nan"), ["--lr", "nan"]),
     Case("train-grad-clip-negative", "smolvla-train", _train("--grad-clip-norm", "-1"), ["--grad-clip-norm"]),
     Case("train-weight-decay-inf", "smolvla-train", _train("--weight-decay", "inf"), ["--weight-decay"]),
     Case("train-decay-steps-zero", "smolvla-train", _train("--decay-steps", "0"), ["--decay-steps"]),
     Case("train-max-steps-zero", "smolvla-train", _train("--max-steps", "0"), ["--max-steps"]),
-    Case("train-snake-case-flag-checked", "smolvla-train", _train("--batch_size", "0"), ["--batch-size"]),
+    Case("train-snake-case-flag-checked", "smolvla-train", _train("--batch_size", "0"), ["--batch-size"],
+         subprocess=True),
     Case("train-chunk-size-huge", "smolvla-train", _train("--chunk-size", "100000"), ["--chunk-size", "60"]),
     Case("train-batch-size-huge", "smolvla-train", _train("--batch-size", "100000"), ["--batch-size", "198"]),
     Case("train-image-size-huge", "smolvla-train", _train("--image-size", "100000"), ["--image-size", "GB"]),
@@ -274,10 +283,10 @@ CASES = [
          ["episode_00000010.mp4", "frame"]),
     Case("train-damaged-video-in-worker", "smolvla-train",
          _train_on(damaged_video, "--num-workers", "1", "--batch-size", "8", "--max-steps", "60"),
-         ["episode_00000010.mp4"], slow=True),
+         ["episode_00000010.mp4"], slow=True, subprocess=True),
     # smolvla-train: damaged checkpoints (the intact older one must be named)
     Case("resume-model-truncated", "smolvla-train", lambda c: ["--resume", str(damaged_ckpt(c, MODEL))],
-         ["model.safetensors", "000001"]),
+         ["model.safetensors", "000001"], subprocess=True),
     Case("resume-optimizer-random-bytes", "smolvla-train",
          lambda c: ["--resume", str(damaged_ckpt(c, OPTIM, "random"))], ["optimizer_state.safetensors", "000001"]),
     Case("resume-train-config-bad-yaml", "smolvla-train",
@@ -286,7 +295,7 @@ CASES = [
          ["000001"]),
     # smolvla-eval
     Case("eval-model-truncated", "smolvla-eval", _eval(lambda c: damaged_ckpt(c, MODEL)),
-         ["model.safetensors", "000001"]),
+         ["model.safetensors", "000001"], subprocess=True),
     Case("eval-model-random-bytes", "smolvla-eval", _eval(lambda c: damaged_ckpt(c, MODEL, "random")),
          ["model.safetensors", "000001"]),
     Case("eval-train-config-bad-yaml", "smolvla-eval", _eval(lambda c: damaged_ckpt(c, TRAIN_CONFIG, BAD_YAML)),
@@ -301,7 +310,8 @@ CASES = [
     # smolvla-serve (its network flags are tested with the server)
     Case("serve-missing-checkpoint", "smolvla-serve", lambda c: ["--checkpoint", str(c.tmp / "nope")], ["nope"]),
     Case("serve-model-truncated", "smolvla-serve",
-         lambda c: ["--checkpoint", str(damaged_ckpt(c, MODEL)), "--device", "cpu"], ["model.safetensors", "000001"]),
+         lambda c: ["--checkpoint", str(damaged_ckpt(c, MODEL)), "--device", "cpu"], ["model.safetensors", "000001"],
+         subprocess=True),
     Case("serve-train-config-bad-yaml", "smolvla-serve",
          lambda c: ["--checkpoint", str(damaged_ckpt(c, TRAIN_CONFIG, BAD_YAML)), "--device", "cpu"],
          ["train_config.yaml", "000001"]),
@@ -313,7 +323,7 @@ CASES = [
 def test_bad_input(case: Case, base, tmp_path):
     dataset, vlm, run = base
     ctx = Ctx(dataset=dataset, vlm=vlm, run=run, tmp=tmp_path)
-    proc = run_cli(case.command, case.args(ctx))
+    proc = run_cli(case.command, case.args(ctx), in_process=not case.subprocess)
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, output[-3000:]
     assert proc.returncode == case.code, (proc.returncode, output[-3000:])
@@ -351,8 +361,7 @@ def test_intact_older_checkpoint_resumes_after_the_named_damage(base, tmp_path):
 @pytest.mark.parametrize("command", ["smolvla-inspect", "smolvla-filter-state", "smolvla-train", "smolvla-eval",
                                      "smolvla-serve"])
 def test_help_is_readable_at_80_columns(command):
-    proc = subprocess.run([str(BIN / command), "--help"], check=False, capture_output=True, text=True,
-                          env={**ENV, "COLUMNS": "80"}, timeout=120)
+    proc = run_subprocess(command, ["--help"], env={**ENV, "COLUMNS": "80"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "…" not in proc.stdout, proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout

@@ -1,5 +1,6 @@
-"""``smolvla-eval`` in real subprocesses: outputs, default folder, and one-line errors (missing train config, a
-dataset whose state layout does not fit the checkpoint)."""
+"""``smolvla-eval``: outputs, default folder, and one-line errors (missing train config, a dataset whose state layout
+does not fit the checkpoint). Runs that write a report and the missing-flag case use the installed console script in
+real subprocesses; the two checkpoint/dataset errors run the same app in this process (``tests/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import CliResult, run_in_process
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
-def run_eval(*args: str) -> subprocess.CompletedProcess:
+def run_eval(*args: str, in_process: bool = False) -> subprocess.CompletedProcess | CliResult:
+    if in_process:
+        return run_in_process("smolvla-eval", list(args), env={"COLUMNS": "200"})
     return subprocess.run([str(BIN / "smolvla-eval"), *args], capture_output=True, text=True, env=ENV, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def demo_ckpt_run(request, tmp_path_factory) -> Path:
-    """A demo-trained run: the shared ``demo_run`` when conftest provides it, else a short one."""
-    try:
-        return request.getfixturevalue("demo_run")
-    except pytest.FixtureLookupError:
-        out = tmp_path_factory.mktemp("eval_cli") / "run"
-        args = ["--demo", "--max-steps", "5", "--num-workers", "0", "--output-dir", str(out), "--wandb-disable"]
-        proc = subprocess.run([str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV,
-                              timeout=1800)
-        assert proc.returncode == 0, f"smolvla-train --demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return out
+def demo_ckpt_run(demo_short_run) -> Path:
+    """A demo-trained run (conftest's short demo run, shared by the session)."""
+    return demo_short_run
 
 
 @pytest.fixture()
@@ -49,7 +45,7 @@ def dataset_facts(checkpoint: Path) -> dict:
     return yaml.safe_load(path.read_text())["dataset"]
 
 
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+def one_line_error(proc: subprocess.CompletedProcess | CliResult, *needles: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -100,13 +96,14 @@ def test_eval_bad_inference_flags_are_one_line(tmp_path):
 
 def test_eval_missing_train_config_is_one_line(copied_checkpoint, tmp_path):
     (copied_checkpoint / "pretrained_model" / "train_config.yaml").unlink()
-    proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", str(tmp_path), "--episodes", "0")
+    proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", str(tmp_path), "--episodes", "0",
+                    in_process=True)
     one_line_error(proc, "train_config.yaml", "missing")
 
 
 def test_eval_dataset_with_another_state_layout_is_one_line(demo_ckpt_run, synthetic_2026):
     proc = run_eval("--checkpoint", str(demo_ckpt_run), "--dataset-path", str(synthetic_2026), "--episodes", "0",
-                    "--device", "cpu")
+                    "--device", "cpu", in_process=True)
     one_line_error(proc, str(synthetic_2026), "61", "256", "state map")
 
 

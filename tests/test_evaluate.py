@@ -1,15 +1,13 @@
 """Offline evaluation: metric code on hand-made numbers, reference predictors against the parquet data, the report
 of a demo-trained checkpoint (single and ensemble), validation during training.
 
-Real lerobot SmolVLA on the demo's tiny backbone, real PyAV decoding, real ``smolvla-train`` subprocess."""
+Real lerobot SmolVLA on the demo's tiny backbone, real PyAV decoding: the checkpoints are conftest's short demo run
+(``demo_short_run``); the learning test uses the full ``smolvla-train --demo`` run (``demo_run``, a real subprocess)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +20,13 @@ from behavior_smolvla.evaluation.engine import evaluate_checkpoints, spread_even
 from behavior_smolvla.evaluation.metrics import action_layout, chunk_metrics, ensemble_disagreement, hold_chunks, pearson
 from behavior_smolvla.r1pro import ACTION_GROUPS
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def train_demo(out: Path, *extra: str) -> Path:
-    proc = subprocess.run([str(BIN / "smolvla-train"), "--demo", "--output-dir", str(out), "--wandb-disable", *extra],
-                          capture_output=True, text=True, env=ENV, timeout=1800)
-    assert proc.returncode == 0, f"smolvla-train --demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
-def demo_ckpt_run(request, tmp_path_factory) -> Path:
-    """A demo-trained run with two checkpoints: the shared ``demo_run`` when conftest provides it, else a short one."""
-    try:
-        return request.getfixturevalue("demo_run")
-    except pytest.FixtureLookupError:
-        return train_demo(tmp_path_factory.mktemp("eval") / "run", "--max-steps", "10", "--save-steps", "5",
-                          "--num-workers", "0")
+def demo_ckpt_run(demo_short_run) -> Path:
+    """A demo-trained run with two checkpoints (conftest's short demo run, shared by the session)."""
+    return demo_short_run
 
 
 def train_config(run: Path) -> dict:
@@ -334,11 +319,9 @@ def test_validation_evaluation_and_serving_draw_chunks_alike_for_each_strategy(d
 
 
 @pytest.fixture(scope="module")
-def full_demo_run(request, tmp_path_factory) -> Path:
-    try:
-        return request.getfixturevalue("demo_run")
-    except pytest.FixtureLookupError:
-        return train_demo(tmp_path_factory.mktemp("full_demo") / "run")
+def full_demo_run(demo_run) -> Path:
+    """The full ``smolvla-train --demo`` run (conftest, a real subprocess with the built-in settings)."""
+    return demo_run
 
 
 @pytest.mark.slow

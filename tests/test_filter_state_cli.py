@@ -1,31 +1,30 @@
-"""`smolvla-filter-state` in real subprocesses: --list, --map (name or file) with --json, --check-standard-track exit
-codes, per-dim dataset stats, and one-line errors for bad input."""
+"""`smolvla-filter-state`: --list, --map (name or file) with --json, --check-standard-track exit codes, per-dim dataset
+stats, and one-line errors for bad input. The command runs in this process (``tests/cli_runner.py``) except for one
+case per exit code (0, 1, 2), which run the installed console script in a real subprocess."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import pyarrow.parquet as pq
+from cli_runner import CliResult, run_in_process, run_subprocess
 
 SHIPPED = {"identity", "identity-motion", "r1pro-2025-b1k23", "r1pro-2025-full", "r1pro-2025-legal32", "r1pro-2025-standard",
            "r1pro-2025-top32", "r1pro-2026-b1k25", "r1pro-2026-full"}
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the installed console script (next to this interpreter)."""
-    script = Path(sys.executable).with_name("smolvla-filter-state")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([str(script), *args], capture_output=True, text=True, env=env, timeout=120)
+def cli(*args: str, subprocess: bool = False) -> CliResult:
+    """Run ``smolvla-filter-state`` in this process, or (``subprocess``) the installed console script."""
+    env = {"HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    if subprocess:
+        return run_subprocess("smolvla-filter-state", list(args), env=env, timeout=120)
+    return run_in_process("smolvla-filter-state", list(args), env=env)
 
 
 def test_list_shows_every_shipped_map():
-    proc = cli("--list")
+    proc = cli("--list", subprocess=True)
     assert proc.returncode == 0, proc.stderr
     for name in SHIPPED:
         assert name in proc.stdout
@@ -60,7 +59,7 @@ def test_map_table_shows_sources_groups_and_flags():
 def test_check_standard_track_exit_codes(tmp_path):
     legal = cli("--map", "r1pro-2025-legal32", "--check-standard-track")
     assert legal.returncode == 0 and "is legal" in legal.stdout
-    illegal = cli("--map", "r1pro-2025-full", "--check-standard-track")
+    illegal = cli("--map", "r1pro-2025-full", "--check-standard-track", subprocess=True)
     assert illegal.returncode == 1
     assert "39 forbidden dims" in illegal.stdout and "robot_pos.0..2 (140:143)" in illegal.stdout
     user = tmp_path / "with_pose.yaml"
@@ -81,7 +80,7 @@ def test_bad_map_file_and_unknown_name_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     message = proc.stderr.strip()
     assert len(message.splitlines()) == 1 and str(bad) in message and "out of range" in message
-    proc = cli("--map", "top32")
+    proc = cli("--map", "top32", subprocess=True)
     assert proc.returncode == 2 and "unknown state map 'top32'" in proc.stderr and "r1pro-2025-top32" in proc.stderr
     proc = cli()
     assert proc.returncode == 2 and "--list" in proc.stderr

@@ -74,8 +74,8 @@ def test_a_newer_or_damaged_inputs_section_is_refused(synthetic_2025):
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(request) -> Path:
-    return request.getfixturevalue("demo_run")
+def demo_checkpoint(demo_short_run) -> Path:
+    return demo_short_run
 
 
 @pytest.mark.slow

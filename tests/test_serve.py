@@ -1,10 +1,10 @@
 """Serving a demo-trained checkpoint: the evaluator's observation path, the action queue, and the websocket server.
 
-Everything is real: a checkpoint written by ``smolvla-train --demo`` (lerobot SmolVLA on the tiny backbone), the
-training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve`` in a subprocess on 127.0.0.1,
-driven by a client built like the BEHAVIOR evaluator's (``websockets`` sync client, ``msgpack`` with bytes-keyed
-array maps, no compression, no size limit). Tests that need the demo checkpoint are marked slow (the demo trains
-for minutes on CPU); the frame conversion and camera-mapping tests are not.
+Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's 20-step ``demo_short_run``: lerobot
+SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
+in a subprocess on 127.0.0.1, driven by a client built like the BEHAVIOR evaluator's (``websockets`` sync client,
+``msgpack`` with bytes-keyed array maps, no compression, no size limit). Tests that need the demo checkpoint are
+marked slow (end to end: a model and often a server); the frame conversion and camera-mapping tests are not.
 """
 
 from __future__ import annotations
@@ -51,19 +51,9 @@ RECV_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished demo run: the shared ``demo_run`` fixture when conftest has one, else a 10-step run of our own."""
-    try:
-        return Path(request.getfixturevalue("demo_run"))
-    except pytest.FixtureLookupError:
-        pass
-    run = tmp_path_factory.mktemp("serve_demo") / "run"
-    proc = subprocess.run([str(BIN / "smolvla-train"), "--demo", "--output-dir", str(run), "--max-steps", "10",
-                           "--save-steps", "10"], capture_output=True, text=True, env=ENV, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"smolvla-train --demo failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                             f"{proc.stderr[-2000:]}")
-    return run
+def demo_checkpoint(demo_short_run: Path) -> Path:
+    """A finished demo run (conftest's short demo run, shared by the session)."""
+    return demo_short_run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import asyncio
 import os
 import secrets
 import struct
-import subprocess
 import threading
 import urllib.request
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 import websockets
+from cli_runner import run_in_process
 from test_serve import (
-    BIN,
     ENV,
     RECV_TIMEOUT_S,
     EvaluatorClient,
@@ -57,9 +56,10 @@ MAX_MESSAGE_MB = 1  # small, so that an oversized message is cheap to build; the
     (["--max-queued-requests", "0"], None, "--max-queued-requests"),
 ])
 def test_bad_serve_flags_exit_2_with_one_line_before_loading(tmp_path, args, env_key, needle):
-    env = {**ENV, "SMOLVLA_API_KEY": env_key} if env_key else ENV
-    proc = subprocess.run([str(BIN / "smolvla-serve"), "--checkpoint", str(tmp_path / "nothing"), *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    # In this process (tests/cli_runner.py: the installed script's app and error wrapper); the installed script's
+    # one-line exit 2 in a subprocess is test_serve.py::test_cli_error_is_one_line's.
+    proc = run_in_process("smolvla-serve", ["--checkpoint", str(tmp_path / "nothing"), *args],
+                          env={"SMOLVLA_API_KEY": env_key})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], lines
@@ -115,8 +115,8 @@ def test_non_finite_actions_are_refused():
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(request: pytest.FixtureRequest) -> Path:
-    return Path(request.getfixturevalue("demo_run"))
+def demo_checkpoint(demo_short_run: Path) -> Path:
+    return demo_short_run
 
 
 @pytest.fixture(scope="module")

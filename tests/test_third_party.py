@@ -1,7 +1,8 @@
 """A dataset named like a community upload rather than a BEHAVIOR release (LeRobot v3.0 with ``state``, ``actions`` and
 one MPEG-4 part 2 camera ``image``; ``synthetic.write_third_party_upload``): it is a valid v3.0 dataset, every console
 script reads it with ``--state-key state --action-key actions`` (real subprocesses), the trained checkpoint serves
-evaluator observations, and without the flags training stops with one line that names them."""
+evaluator observations, and without the flags training stops with one line that names them (the training command in
+this process: ``tests/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cli_runner import run_in_process
 
 from behavior_smolvla.synthetic.render import episode_frames
 from behavior_smolvla.synthetic.datasets import load_ground_truth, write_third_party_upload
@@ -167,8 +169,8 @@ def test_every_script_reads_it_with_the_key_flags(upload, tmp_path_factory, tmp_
 
 
 def test_missing_state_key_is_one_line_naming_the_flag(upload, tmp_path):
-    proc = run("smolvla-train", "--dataset-path", str(upload), "--max-steps", "1", "--output-dir",
-               str(tmp_path / "run"), "--wandb-disable", timeout=300)
+    proc = run_in_process("smolvla-train", ["--dataset-path", str(upload), "--max-steps", "1", "--output-dir",
+                                            str(tmp_path / "run"), "--wandb-disable"], env={"COLUMNS": "80"})
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

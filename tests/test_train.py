@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import CliResult, run_in_process
 
 from behavior_smolvla.policy.checkpoint import load_train_config, resolve_checkpoint
 from behavior_smolvla.training.tracking import read_metrics
@@ -20,10 +21,16 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV, timeout=timeout
-    )
+def run_train(*args: str, check: bool = True, timeout: int = 600,
+              in_process: bool = False) -> subprocess.CompletedProcess | CliResult:
+    """``smolvla-train ARGS`` in a subprocess, or (``in_process``) through the same Typer app in this process
+    (``tests/cli_runner.py``: for errors, where a subprocess only adds an interpreter start and the torch imports)."""
+    if in_process:
+        proc = run_in_process("smolvla-train", list(args), env={"COLUMNS": "200"})
+    else:
+        proc = subprocess.run(
+            [str(BIN / "smolvla-train"), *args], capture_output=True, text=True, env=ENV, timeout=timeout
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"smolvla-train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -102,10 +109,27 @@ def test_train_synthetic_2025_layout_and_lerobot_load(synthetic_2025, tiny_vlm, 
     assert_lerobot_loads(ckpts / "last", tiny_vlm)
 
 
+@pytest.fixture(scope="module")
+def g1_config_run(g1_v30, tiny_vlm, tmp_path_factory) -> Path:
+    """A 20-step run on the real G1 v3.0 data (every 5th frame) configured by a YAML file plus flags: shared by
+    the real-data test and the config-file test (read-only). Its settings equal :func:`base_args`'s; checkpoints
+    every 2 steps with ``keep_last`` 2."""
+    out = tmp_path_factory.mktemp("g1_config") / "run"
+    cfg = out.parent / "run.yaml"
+    # Nested sections and flat flag names (dashes or underscores) mix; the command line wins over the file.
+    cfg.write_text(yaml.safe_dump({
+        "data": {"dataset_path": str(g1_v30), "frame_stride": 5},
+        "policy": {"from_scratch": True, "vlm_model": str(tiny_vlm), "chunk_size": 8},
+        "max_steps": 50, "batch-size": 4, "image_size": 64, "num_workers": 0, "device": "cpu",
+        "wandb_disable": True, "save_steps": 2, "keep_last": 2, "log_steps": 1, "lr": 1e-3, "warmup-steps": 2,
+    }))
+    run_train("--config", str(cfg), "--max-steps", "20", "--output-dir", str(out))
+    return out
+
+
 @pytest.mark.slow
-def test_train_real_g1_v30(g1_v30, tiny_vlm, tmp_path):
-    out = tmp_path / "run"
-    run_train(*base_args(g1_v30, tiny_vlm, out, "--max-steps", "20", "--save-steps", "20", "--frame-stride", "5"))
+def test_train_real_g1_v30(g1_config_run, tiny_vlm):
+    out = g1_config_run
     saved = load_train_config(resolve_checkpoint(out))
     assert saved["inputs"]["state_map"]["name"] == "identity" and saved["inputs"]["state_map"]["input_dim"] == 26
     loss = losses(out)
@@ -122,16 +146,29 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
     raise AssertionError(f"run never reached step {step}")
 
 
+RESUME_ARGS = ("--max-steps", "12", "--save-steps", "100", "--num-workers", "1", "--image-aug", "--ema-decay", "0.9")
+"""The exact-resume runs' settings (with :func:`base_args`): a DataLoader worker and augmentation, whose random
+state must resume too, and the weight average, which must resume with the training weights."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(synthetic_2025, tiny_vlm, tmp_path_factory) -> Path:
+    """A finished 12-step run with :data:`RESUME_ARGS` (one checkpoint, ``000012``, 64 px, state map
+    r1pro-2025-top32): the reference of the exact-resume tests, and a 32-dim source checkpoint (read-only)."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_train(*base_args(synthetic_2025, tiny_vlm, out, *RESUME_ARGS))
+    return out
+
+
 @pytest.mark.slow
-def test_exact_resume_matches_uninterrupted(synthetic_2025, tiny_vlm, tmp_path):
+def test_exact_resume_matches_uninterrupted(uninterrupted_run, synthetic_2025, tiny_vlm, tmp_path):
     """Stopped at some step s (SIGTERM: checkpoint and exit) and resumed == uninterrupted, loss for loss, with the
     weight average on: the resumed run continues the training weights (training_state) and the average
     (pretrained_model), and ends with the same served and training weights."""
     from safetensors.torch import load_file
 
-    full, part = tmp_path / "full", tmp_path / "part"
-    args = ("--max-steps", "12", "--save-steps", "100", "--num-workers", "1", "--image-aug", "--ema-decay", "0.9")
-    run_train(*base_args(synthetic_2025, tiny_vlm, full, *args))
+    full, part = uninterrupted_run, tmp_path / "part"
+    args = RESUME_ARGS
     proc = subprocess.Popen([str(BIN / "smolvla-train"), *base_args(synthetic_2025, tiny_vlm, part, *args)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_step(part, proc, 3)
@@ -220,9 +257,8 @@ def test_wandb_offline_run_holds_metrics_and_config(synthetic_2025, tiny_vlm, tm
 
 
 @pytest.mark.slow
-def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_path):
-    src = tmp_path / "src"
-    run_train(*base_args(synthetic_2025, tiny_vlm, src, "--max-steps", "2"))
+def test_filter_state_217_from_32_dim_checkpoint(uninterrupted_run, synthetic_2025, tiny_vlm, tmp_path):
+    src = uninterrupted_run  # any 32-dim (r1pro-2025-top32) checkpoint of this backbone and size
     out = tmp_path / "ft"
     args = [a for a in base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "3") if a != "--from-scratch"]
     proc = run_train(*args, "--filter-state", "--policy-path", str(src / "checkpoints" / "last" / "pretrained_model"))
@@ -234,7 +270,7 @@ def test_filter_state_217_from_32_dim_checkpoint(synthetic_2025, tiny_vlm, tmp_p
     assert cfg["max_state_dim"] == 217
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def _one_line_error(proc: subprocess.CompletedProcess | CliResult, *needles: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     text = " ".join(lines)
@@ -244,28 +280,32 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_errors_are_one_line(synthetic_2025, tiny_vlm, tmp_path):
+    # The first case in a real subprocess (the installed script's exit code 2), the others in this process.
     _one_line_error(run_train("--dataset-path", str(tmp_path / "nope"), "--max-steps", "1", check=False),
                     "--dataset-path", "nope")
-    _one_line_error(run_train("--dataset-path", str(synthetic_2025), check=False), "--max-steps", "--num-epochs")
+    _one_line_error(run_train("--dataset-path", str(synthetic_2025), check=False, in_process=True),
+                    "--max-steps", "--num-epochs")
     _one_line_error(
         run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r1", "--max-steps", "1", "--state-map",
-                             "r1pro-2026-full"), check=False),
+                             "r1pro-2026-full"), check=False, in_process=True),
         "r1pro-2026-full", "256",
     )
     offline = [a for a in base_args(synthetic_2025, tiny_vlm, tmp_path / "r2", "--max-steps", "1") if a != "--from-scratch"]
-    _one_line_error(run_train(*offline, "--policy-path", "someone/not-cached-policy", check=False),
+    _one_line_error(run_train(*offline, "--policy-path", "someone/not-cached-policy", check=False, in_process=True),
                     "someone/not-cached-policy", "--from-scratch")
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("max_step: 3\n")
-    _one_line_error(run_train("--config", str(bad_cfg), check=False), "bad.yaml", "max_step")
-    _one_line_error(run_train("--resume", str(tmp_path), check=False), "no complete checkpoint")
+    _one_line_error(run_train("--config", str(bad_cfg), check=False, in_process=True), "bad.yaml", "max_step")
+    _one_line_error(run_train("--resume", str(tmp_path), check=False, in_process=True), "no complete checkpoint")
     _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r3", "--max-steps", "1",
-                                         "--eval-num-samples", "0"), check=False), "--eval-num-samples 0")
+                                         "--eval-num-samples", "0"), check=False, in_process=True),
+                    "--eval-num-samples 0")
     _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, tmp_path / "r3", "--max-steps", "1",
-                                         "--eval-noise", "foo"), check=False), "--eval-noise 'foo'")
+                                         "--eval-noise", "foo"), check=False, in_process=True), "--eval-noise 'foo'")
     existing = tmp_path / "existing"
     (existing / "checkpoints").mkdir(parents=True)
-    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False),
+    _one_line_error(run_train(*base_args(synthetic_2025, tiny_vlm, existing, "--max-steps", "1"), check=False,
+                              in_process=True),
                     "--resume", str(existing))
 
 
@@ -274,28 +314,21 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(synthetic_
     # An absurd learning rate without clipping turns the weights to inf after the first update.
     args = base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "20", "--save-steps", "1", "--lr", "1e12",
                      "--warmup-steps", "0", "--grad-clip-norm", "0")
-    proc = run_train(*args, check=False)
+    proc = run_train(*args, check=False, in_process=True)
     _one_line_error(proc, "loss is nan at step 2", "000001")
     assert os.readlink(out / "checkpoints" / "last") == "000001"
     assert_lerobot_loads(out / "checkpoints" / "last", tiny_vlm)
 
 
 @pytest.mark.slow
-def test_config_file_with_flag_overrides_and_keep_last(g1_v30, tiny_vlm, tmp_path):
-    out = tmp_path / "run"
-    cfg = tmp_path / "run.yaml"
-    # Nested sections and flat flag names (dashes or underscores) mix; the command line wins over the file.
-    cfg.write_text(yaml.safe_dump({
-        "data": {"dataset_path": str(g1_v30), "frame_stride": 5},
-        "policy": {"from_scratch": True, "vlm_model": str(tiny_vlm), "chunk_size": 8},
-        "max_steps": 50, "batch-size": 4, "image_size": 64, "num_workers": 0, "device": "cpu",
-        "wandb_disable": True, "save_steps": 2, "keep_last": 2,
-    }))
-    run_train("--config", str(cfg), "--max-steps", "7", "--output-dir", str(out))
+def test_config_file_with_flag_overrides_and_keep_last(g1_config_run):
+    out = g1_config_run
     saved = load_train_config(resolve_checkpoint(out))["run"]
-    assert saved["optim"]["max_steps"] == 7 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
+    # --max-steps 20 on the command line beat the file's 50; the nested and dashed keys were read.
+    assert saved["optim"]["max_steps"] == 20 and saved["data"]["frame_stride"] == 5 and saved["optim"]["batch_size"] == 4
+    assert saved["optim"]["lr"] == 1e-3 and saved["optim"]["warmup_steps"] == 2
     # --keep-last 2: only the two newest step folders survive.
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000006", "000007", "last"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000018", "000020", "last"]
 
 
 def test_trainer_steps_one_at_a_time_with_checkpoints_and_time_split(synthetic_2025, tiny_vlm, tmp_path):
