@@ -101,14 +101,16 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-DEMO_SHORT_ARGS = ["--demo", "--max-steps", "20", "--save-steps", "10", "--num-workers", "0", "--wandb-disable"]
-"""``smolvla-train`` flags of :func:`demo_short_run`: the demo's data, backbone and model, 20 steps."""
+DEMO_SHORT_ARGS = ["--demo", "--max-steps", "10", "--save-steps", "5", "--eval-max-frames", "4", "--num-workers", "0",
+                   "--wandb-disable"]
+"""``smolvla-train`` flags of :func:`demo_short_run`: the demo's data, backbone and model, 10 steps; the validation
+at the last step on 4 frames (on the demo's 64 it costs more than the training)."""
 
 
 @pytest.fixture(scope="session")
 def demo_short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short demo run (:data:`DEMO_SHORT_ARGS`: the demo's dataset, tiny backbone, model and settings, but 20 steps
-    with checkpoints ``000010`` and ``000020`` (= ``last``), validated at step 20), trained once per session through
+    """A short demo run (:data:`DEMO_SHORT_ARGS`: the demo's dataset, tiny backbone, model and settings, but 10 steps
+    with checkpoints ``000005`` and ``000010`` (= ``last``), validated at step 10), trained once per session through
     the ``smolvla-train`` command in this process, and shared read-only by the evaluation, serving and input-contract
     tests that need a trained checkpoint of the demo's shape (not a well-trained one).
 

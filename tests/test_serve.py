@@ -1,6 +1,6 @@
 """Serving a demo-trained checkpoint: the evaluator's observation path, the action queue, and the websocket server.
 
-Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's 20-step ``demo_short_run``: lerobot
+Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's 10-step ``demo_short_run``: lerobot
 SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
 in a subprocess on 127.0.0.1, driven by a client built like the BEHAVIOR evaluator's (``websockets`` sync client,
 ``msgpack`` with bytes-keyed array maps, no compression, no size limit). Tests that need the demo checkpoint are
