@@ -12,7 +12,7 @@ Evaluation (``smolvla-eval --noise --num-samples``), validation during training 
 --eval-num-samples``) and serving (``smolvla-serve --noise --num-samples``) all pass an :class:`Inference` to
 ``PolicyBundle.predict_chunk``; the default (the dataclass defaults, nowhere else) is the mean of
 :data:`DEFAULT_NUM_SAMPLES` draws: in ``bench/learning.py`` (real G1 episodes, 3 seeds) it had the lowest whole-chunk
-error in every run, 2-9% below zero noise and 2-3% below one draw, for ~1.4x one draw's CPU on the tiny model
+error in every run (6 runs), 2-7% below zero noise and ~2% below one draw, for ~1.4x one draw's CPU on the tiny model
 (the prefix is encoded once). Zero noise is deterministic and was no better than one draw there.
 
 Noise seeds: :meth:`Inference.initial_noise` draws float32 [K, B, chunk_size, max_action_dim] from
