@@ -25,7 +25,8 @@ BENCH = REPO / "bench"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 TESTED = {"learning", "loader", "real_size", "scale", "serve", "train_step"}
-"""The scripts the tests below run; ``gpu_check.sh`` has its own test."""
+"""The scripts the tests below run (bench/learning.py, bench/loader.py, bench/real_size.py, bench/scale.py,
+bench/serve.py, bench/train_step.py); ``gpu_check.sh`` has its own test."""
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> dict:
