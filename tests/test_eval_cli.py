@@ -91,7 +91,8 @@ def test_eval_bad_inference_flags_are_one_line(tmp_path):
     args = ["--checkpoint", str(tmp_path), "--dataset-path", str(tmp_path), "--episodes", "0"]
     one_line_error(run_eval(*args, "--num-samples", "0"), "--num-samples 0", "whole number >= 1")
     one_line_error(run_eval(*args, "--noise", "foo"), "--noise 'foo'", "zero", "sample")
-    one_line_error(run_eval(*args, "--num-samples", "4"), "--num-samples 4 with --noise zero", "--noise sample")
+    one_line_error(run_eval(*args, "--noise", "zero", "--num-samples", "4"), "--num-samples 4 with --noise zero",
+                   "--noise sample")
 
 
 def test_eval_missing_train_config_is_one_line(copied_checkpoint, tmp_path):
