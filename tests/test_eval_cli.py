@@ -27,7 +27,7 @@ def run_eval(*args: str, in_process: bool = False) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def demo_ckpt_run(demo_short_run) -> Path:
-    """A demo-trained run (conftest's short demo run, shared by the session)."""
+    """A demo-trained run (conftest's ``demo_short_run``, shared by the session)."""
     return demo_short_run
 
 

@@ -1,7 +1,7 @@
 """Serving a demo-trained checkpoint: the evaluator's observation path, the action queue, and the websocket server.
 
-Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's 10-step ``demo_short_run``: lerobot
-SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
+Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's ``demo_short_run``: the full demo's
+run when the session trains it, else a 10-step one; lerobot SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
 in a subprocess on 127.0.0.1, driven by a client built like the BEHAVIOR evaluator's (``websockets`` sync client,
 ``msgpack`` with bytes-keyed array maps, no compression, no size limit). Tests that need the demo checkpoint are
 marked slow (end to end: a model and often a server); the frame conversion and camera-mapping tests are not.
@@ -51,7 +51,7 @@ RECV_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(demo_short_run: Path) -> Path:
-    """A finished demo run (conftest's short demo run, shared by the session)."""
+    """A finished demo run (conftest's ``demo_short_run``, shared by the session)."""
     return demo_short_run
 
 
