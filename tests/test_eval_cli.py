@@ -1,6 +1,7 @@
 """``smolvla-eval``: outputs, default folder, and one-line errors (missing train config, a dataset whose state layout
-does not fit the checkpoint). Runs that write a report and the missing-flag case use the installed console script in
-real subprocesses; the two checkpoint/dataset errors run the same app in this process (``tests/cli_runner.py``)."""
+does not fit the checkpoint). The explicit-output run and the missing-flag case use the installed console script in
+real subprocesses; the default-folder run and the two checkpoint/dataset errors run the same app in this process
+(``tests/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_eval_default_output_folder_table_and_report(copied_checkpoint):
     facts = dataset_facts(copied_checkpoint)
     episodes = ",".join(str(e) for e in facts["val_episodes"])
     proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", facts["path"], "--episodes", episodes,
-                    "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu")
+                    "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu", in_process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = list((copied_checkpoint.parent.parent / "eval").iterdir())
     assert len(evals) == 1 and evals[0].name.endswith(f"_{copied_checkpoint.name}")

@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_in_process
 from websockets.sync.client import connect
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, ObservationError
@@ -493,8 +494,9 @@ def test_sigint_stops_cleanly_with_a_summary(server):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([str(BIN / "smolvla-serve"), "--checkpoint", str(tmp_path / "nothing")],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    # In this process (tests/cli_runner.py); the installed smolvla-serve's exit code 2 in a subprocess is
+    # test_bad_inputs.py's (serve-missing-checkpoint, serve-model-truncated).
+    proc = run_in_process("smolvla-serve", ["--checkpoint", str(tmp_path / "nothing")], env={"SMOLVLA_API_KEY": None})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "nothing") in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
