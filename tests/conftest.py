@@ -82,8 +82,9 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished ``smolvla-train --demo`` run folder (the built-in defaults: 600 steps, a minute or two on CPU),
-    trained once per session in a real subprocess (read-only). Only for tests of what the full demo learns (the
-    README's promise; marked slow): a test that needs any trained checkpoint uses :func:`demo_short_run`.
+    trained once per session in a real subprocess (read-only). Requested directly only by tests of what the full
+    demo learns (the README's promise; marked slow); a test that needs any trained checkpoint uses
+    :func:`demo_short_run`, which is this run when the session trains it anyway.
 
     Its ``demo_data/`` is the BEHAVIOR-2025-shaped training dataset; the held-out episodes are in the checkpoint's
     ``train_config.yaml`` (``dataset.val_episodes``)."""
@@ -108,14 +109,20 @@ at the last step on 4 frames (on the demo's 64 it costs more than the training).
 
 
 @pytest.fixture(scope="session")
-def demo_short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short demo run (:data:`DEMO_SHORT_ARGS`: the demo's dataset, tiny backbone, model and settings, but 10 steps
-    with checkpoints ``000005`` and ``000010`` (= ``last``), validated at step 10), trained once per session through
-    the ``smolvla-train`` command in this process, and shared read-only by the evaluation, serving and input-contract
-    tests that need a trained checkpoint of the demo's shape (not a well-trained one).
+def demo_short_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run of the demo's shape, shared read-only by the evaluation, serving and input-contract tests that
+    need a trained checkpoint (not a well-trained one): the demo's dataset, tiny backbone, model and settings, with at
+    least two step checkpoints and ``last``.
+
+    When a selected test also needs the full demo (:func:`demo_run`, e.g. ``make test``), it is that run: one
+    training serves both. Otherwise (``make test-fast``, or a selection of fast tests) it is a short run trained once
+    per session through the ``smolvla-train`` command in this process (:data:`DEMO_SHORT_ARGS`: 10 steps, checkpoints
+    ``000005`` and ``000010`` = ``last``, validated at step 10 on 4 frames), instead of the full demo's minutes.
 
     Its ``demo_data/`` is the BEHAVIOR-2025-shaped dataset (24 episodes); the held-out episodes (120 and 10120, the
     last of each task) are in the checkpoint's ``train_config.yaml`` (``dataset.val_episodes``)."""
+    if any("demo_run" in item.fixturenames for item in request.session.items):
+        return request.getfixturevalue("demo_run")
     from cli_runner import run_in_process
 
     run_dir = tmp_path_factory.mktemp("demo_short") / "run"

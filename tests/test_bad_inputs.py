@@ -308,7 +308,8 @@ CASES = [
          lambda c: [*_eval()(c), "--episodes", "999", "--output-dir", str(c.tmp / "e")], ["999"]),
     Case("eval-tolerance-zero", "smolvla-eval", lambda c: [*_eval()(c), "--tolerance", "0"], ["--tolerance"]),
     # smolvla-serve (its network flags are tested with the server)
-    Case("serve-missing-checkpoint", "smolvla-serve", lambda c: ["--checkpoint", str(c.tmp / "nope")], ["nope"]),
+    Case("serve-missing-checkpoint", "smolvla-serve", lambda c: ["--checkpoint", str(c.tmp / "nope")], ["nope"],
+         subprocess=True),
     Case("serve-model-truncated", "smolvla-serve",
          lambda c: ["--checkpoint", str(damaged_ckpt(c, MODEL)), "--device", "cpu"], ["model.safetensors", "000001"],
          subprocess=True),

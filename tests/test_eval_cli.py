@@ -1,6 +1,7 @@
 """``smolvla-eval``: outputs, default folder, and one-line errors (missing train config, a dataset whose state layout
-does not fit the checkpoint). Runs that write a report and the missing-flag case use the installed console script in
-real subprocesses; the two checkpoint/dataset errors run the same app in this process (``tests/cli_runner.py``)."""
+does not fit the checkpoint). The explicit-output run and the missing-flag case use the installed console script in
+real subprocesses; the default-folder run and the two checkpoint/dataset errors run the same app in this process
+(``tests/cli_runner.py``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def run_eval(*args: str, in_process: bool = False) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def demo_ckpt_run(demo_short_run) -> Path:
-    """A demo-trained run (conftest's short demo run, shared by the session)."""
+    """A demo-trained run (conftest's ``demo_short_run``, shared by the session)."""
     return demo_short_run
 
 
@@ -59,7 +60,7 @@ def test_eval_default_output_folder_table_and_report(copied_checkpoint):
     episodes = ",".join(str(e) for e in facts["val_episodes"])
     proc = run_eval("--checkpoint", str(copied_checkpoint), "--dataset-path", facts["path"], "--episodes", episodes,
                     "--max-frames", "12", "--tolerance", "0.1", "--seed", "3", "--device", "cpu",
-                    "--noise", "sample", "--num-samples", "2")
+                    "--noise", "sample", "--num-samples", "2", in_process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = list((copied_checkpoint.parent.parent / "eval").iterdir())
     assert len(evals) == 1 and evals[0].name.endswith(f"_{copied_checkpoint.name}")
@@ -89,9 +90,10 @@ def test_eval_explicit_output_dir_and_training_episode_warning(demo_ckpt_run, tm
 def test_eval_bad_inference_flags_are_one_line(tmp_path):
     """Checked before any checkpoint is read."""
     args = ["--checkpoint", str(tmp_path), "--dataset-path", str(tmp_path), "--episodes", "0"]
-    one_line_error(run_eval(*args, "--num-samples", "0"), "--num-samples 0", "whole number >= 1")
-    one_line_error(run_eval(*args, "--noise", "foo"), "--noise 'foo'", "zero", "sample")
-    one_line_error(run_eval(*args, "--noise", "zero", "--num-samples", "4"), "--num-samples 4 with --noise zero",
+    one_line_error(run_eval(*args, "--num-samples", "0", in_process=True), "--num-samples 0", "whole number >= 1")
+    one_line_error(run_eval(*args, "--noise", "foo", in_process=True), "--noise 'foo'", "zero", "sample")
+    one_line_error(run_eval(*args, "--noise", "zero", "--num-samples", "4", in_process=True),
+                   "--num-samples 4 with --noise zero",
                    "--noise sample")
 
 

@@ -1,8 +1,9 @@
 """Offline evaluation: metric code on hand-made numbers, reference predictors against the parquet data, the report
 of a demo-trained checkpoint (single and ensemble), validation during training.
 
-Real lerobot SmolVLA on the demo's tiny backbone, real PyAV decoding: the checkpoints are conftest's short demo run
-(``demo_short_run``); the learning test uses the full ``smolvla-train --demo`` run (``demo_run``, a real subprocess)."""
+Real lerobot SmolVLA on the demo's tiny backbone, real PyAV decoding: the checkpoints are conftest's
+``demo_short_run`` (the full demo's run when the session trains it, else a 10-step one); the learning test uses the
+full ``smolvla-train --demo`` run (``demo_run``, a real subprocess)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def demo_ckpt_run(demo_short_run) -> Path:
-    """A demo-trained run with two checkpoints (conftest's short demo run, shared by the session)."""
+    """A demo-trained run with two or more step checkpoints (conftest's ``demo_short_run``, shared by the session)."""
     return demo_short_run
 
 

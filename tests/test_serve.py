@@ -1,7 +1,7 @@
 """Serving a demo-trained checkpoint: the evaluator's observation path, the action queue, and the websocket server.
 
-Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's 10-step ``demo_short_run``: lerobot
-SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
+Everything is real: a checkpoint written by ``smolvla-train --demo`` (conftest's ``demo_short_run``: the full demo's
+run when the session trains it, else a 10-step one; lerobot SmolVLA on the tiny backbone), the training reader decoding the demo's HEVC videos with PyAV, and ``smolvla-serve``
 in a subprocess on 127.0.0.1, driven by a client built like the BEHAVIOR evaluator's (``websockets`` sync client,
 ``msgpack`` with bytes-keyed array maps, no compression, no size limit). Tests that need the demo checkpoint are
 marked slow (end to end: a model and often a server); the frame conversion and camera-mapping tests are not.
@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_in_process
 from websockets.sync.client import connect
 
 from behavior_smolvla.errors import CheckpointError, ConfigError, ObservationError
@@ -52,7 +53,7 @@ RECV_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(demo_short_run: Path) -> Path:
-    """A finished demo run (conftest's short demo run, shared by the session)."""
+    """A finished demo run (conftest's ``demo_short_run``, shared by the session)."""
     return demo_short_run
 
 
@@ -496,8 +497,9 @@ def test_sigint_stops_cleanly_with_a_summary(server):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([str(BIN / "smolvla-serve"), "--checkpoint", str(tmp_path / "nothing")],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    # In this process (tests/cli_runner.py); the installed smolvla-serve's exit code 2 in a subprocess is
+    # test_bad_inputs.py's (serve-missing-checkpoint, serve-model-truncated).
+    proc = run_in_process("smolvla-serve", ["--checkpoint", str(tmp_path / "nothing")], env={"SMOLVLA_API_KEY": None})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "nothing") in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     for flags, needle in ((["--noise", "foo"], "--noise 'foo'"), (["--num-samples", "0"], "--num-samples 0")):

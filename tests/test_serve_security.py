@@ -57,7 +57,7 @@ MAX_MESSAGE_MB = 1  # small, so that an oversized message is cheap to build; the
 ])
 def test_bad_serve_flags_exit_2_with_one_line_before_loading(tmp_path, args, env_key, needle):
     # In this process (tests/cli_runner.py: the installed script's app and error wrapper); the installed script's
-    # one-line exit 2 in a subprocess is test_serve.py::test_cli_error_is_one_line's.
+    # one-line exit 2 in a subprocess is test_bad_inputs.py's.
     proc = run_in_process("smolvla-serve", ["--checkpoint", str(tmp_path / "nothing"), *args],
                           env={"SMOLVLA_API_KEY": env_key})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
