@@ -54,6 +54,10 @@ class DataConfig:
     """Square side, in pixels, SmolVLA resizes-with-padding to (512 is SmolVLA's); frames are decoded at this size."""
     frame_stride: int = 1
     """Use every n-th frame (3 turns BEHAVIOR's 30 Hz into the baselines' 10 Hz); action chunks follow the stride."""
+    sample_stride: int | None = None
+    """Training only: frames between consecutive chunk starts of an episode (None: ``frame_stride``). ``1`` starts a
+    chunk at every frame, each still at the ``frame_stride`` rate: ``frame_stride`` times the distinct samples per
+    epoch. Not part of the input contract: what the policy reads is unchanged."""
     num_workers: int = 2
     """DataLoader worker processes per rank (decoders are opened inside each worker)."""
     state_map: str | None = None
@@ -62,7 +66,8 @@ class DataConfig:
     filter_state: bool = False
     """Use the layout's standard-track map (r1pro-2025-standard, 217 dims) instead of the default."""
     image_aug: bool = False
-    """Colour-jitter augmentation (brightness, contrast, saturation, hue), at most two transforms per sample."""
+    """lerobot's image augmentation at its defaults (colour, sharpness, a small affine shift; at most three
+    transforms per frame), in the DataLoader workers."""
     verify_data: bool = False
     """Decode every frame of the selected episodes' videos before training; stop naming the damaged files."""
     recompute_stats: bool = False
@@ -330,7 +335,8 @@ def validate_config(cfg: TrainConfig) -> None:
                      ("--eval-max-frames", ev.eval_max_frames)]
     positive_ints += [(flag, v) for flag, v in (("--max-steps", o.max_steps), ("--num-epochs", o.num_epochs),
                                                 ("--keep-last", out.keep_last), ("--eval-steps", ev.eval_steps),
-                                                ("--state-dim", p.state_dim), ("--n-action-steps", p.n_action_steps))
+                                                ("--state-dim", p.state_dim), ("--n-action-steps", p.n_action_steps),
+                                                ("--sample-stride", d.sample_stride))
                       if v is not None]
     for flag, value in positive_ints:
         if value <= 0:

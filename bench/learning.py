@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999, help="0: no EMA weights (raw only)")
     p.add_argument("--num-samples", type=int, default=8, help="K of the 'mean of K' inference")
+    p.add_argument("--sample-stride", type=int, default=None,
+                   help="smolvla-train --sample-stride (1: a chunk starts at every frame; default: the frame stride)")
+    p.add_argument("--image-aug", action="store_true", help="smolvla-train --image-aug (lerobot's image transforms)")
     p.add_argument("--max-frames", type=int, default=None, help="cap on evaluated frames (default: all)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="training runs at once (each uses --threads torch threads)")
@@ -134,7 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_folder(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
     return args.root / (f"{variant.slug}_s{args.steps}_px{args.image_size}_c{args.chunk_size}_fs{args.frame_stride}"
-                        f"_b{args.batch_size}_lr{args.lr:g}_ema{args.ema_decay:g}_seed{seed}")
+                        f"_b{args.batch_size}_lr{args.lr:g}_ema{args.ema_decay:g}{training_data_slug(args)}_seed{seed}")
+
+
+def training_data_slug(args: argparse.Namespace) -> str:
+    """The run-folder suffix of the training-data options (empty at their defaults, so older runs stay cached)."""
+    return (f"_ss{args.sample_stride}" if args.sample_stride is not None else "") + ("_aug" if args.image_aug else "")
 
 
 def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> Path:
@@ -151,7 +159,9 @@ def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> P
            "--save-steps", str(args.steps), "--lr", str(args.lr), "--warmup-steps", str(max(1, args.steps // 20)),
            "--decay-steps", str(args.steps), "--num-workers", str(args.num_workers), "--device", args.device,
            "--log-steps", str(max(1, min(100, args.steps // 10))), "--wandb-disable", "--seed", str(seed),
-           "--ema-decay", str(args.ema_decay), *variant.flags()]
+           "--ema-decay", str(args.ema_decay), *variant.flags(),
+           *(["--sample-stride", str(args.sample_stride)] if args.sample_stride is not None else []),
+           *(["--image-aug"] if args.image_aug else [])]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
@@ -351,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     first_report = next(iter(next(iter(results.values()))["reports"].values()))
     setup = (f"{args.dataset_path}, held out {args.val_episodes} ({first_report['frames_evaluated']} frames), "
              f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, lr {args.lr:g}, chunk "
-             f"{args.chunk_size} at stride {args.frame_stride}, EMA decay {args.ema_decay:g}, tiny backbone from "
+             f"{args.chunk_size} at stride {args.frame_stride}"
+             f"{f', a chunk every {args.sample_stride} frames' if args.sample_stride is not None else ''}"
+             f"{', image augmentation' if args.image_aug else ''}, EMA decay {args.ema_decay:g}, tiny backbone from "
              f"scratch, seeds {args.seeds}; MAE in action units (rad), mean [min-max] over seeds")
     targets = check_targets(rows, baselines, args.seed_list)
     if args.json:

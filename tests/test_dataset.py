@@ -314,6 +314,22 @@ def test_frame_stride_takes_actions_at_the_strided_rate():
         BehaviorDataset(V30, cameras=[], frame_stride=0)
 
 
+def test_sample_stride_starts_a_strided_chunk_at_every_frame():
+    """``sample_stride=1`` with ``frame_stride=3``: a sample per frame, each the 10 Hz chunk of the strided reader's
+    sample at that frame, so every third one equals the strided reader's samples."""
+    strided = BehaviorDataset(V30, episodes=[1], cameras=[], chunk_size=5, frame_stride=3)
+    every = BehaviorDataset(V30, episodes=[1], cameras=[], chunk_size=5, frame_stride=3, sample_stride=1)
+    assert len(every) == 342 and every.sample_stride == 1 and strided.sample_stride == 3
+    for j in (0, 7, len(strided) - 1):
+        for key in ("frame_index", "action", "action_is_pad", "observation.state"):
+            assert torch.equal(every[3 * j][key], strided[j][key]), key
+    sample = every[338]  # between the strided reader's frames: its chunk still steps 3 frames
+    assert sample["action_is_pad"].tolist() == [False, False, True, True, True]
+    assert torch.equal(sample["action"][1], every[341]["action"][0])
+    with pytest.raises(ConfigError, match="sample_stride"):
+        BehaviorDataset(V30, cameras=[], frame_stride=3, sample_stride=0)
+
+
 def test_state_map_selects_dims_and_their_stats(tmp_path):
     path = tmp_path / "g1-arms.yaml"
     path.write_text("kind: map\nname: g1-arms\nlayout: any\ndescription: test map\nentries:\n"

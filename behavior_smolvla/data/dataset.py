@@ -183,8 +183,8 @@ FRAME_TABLE_DTYPE = np.dtype([("episode_index", np.int64), ("frame_index", np.in
 class BehaviorDataset(torch.utils.data.Dataset):
     """Random-access samples of a LeRobot dataset: camera frames, state, an action chunk and the task.
 
-    Sample ``i`` (``len()`` = number of sampled frames: every ``frame_stride``-th frame of each selected episode,
-    starting at its first frame) is a dict:
+    Sample ``i`` (``len()`` = number of sampled frames: every ``sample_stride``-th frame of each selected episode,
+    starting at its first frame; ``sample_stride`` defaults to ``frame_stride``) is a dict:
 
     * each camera key -> float32 ``[3, H, W]`` in [0, 1] (``(H, W)`` from ``image_size``);
     * ``observation.state`` float32 ``[D]`` (mapped when a state map is given; a map with velocity dims also reads
@@ -208,6 +208,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
         chunk_size: actions per sample (>= 1).
         image_size: :data:`~behavior_smolvla.data.video.ImageSize` of the frames (resized at decode time).
         frame_stride: take every n-th frame (>= 1); 3 turns 30 Hz data into 10 Hz samples.
+        sample_stride: frames between consecutive samples (chunk starts) of an episode, >= 1; None = ``frame_stride``.
+            ``1`` with ``frame_stride`` 3 starts a 10 Hz chunk at every 30 Hz frame: three times the distinct
+            training samples (each one still exactly a 10 Hz observation and chunk), as lerobot samples every frame.
         state_map: None (the raw state), or a :class:`~behavior_smolvla.state_maps.maps.StateMap` already bound to
             this dataset's state (``StateMap.bind``; :class:`~behavior_smolvla.inputs.PolicyInputs` does it), and
             timed for its fps when it has velocity dims. The stats of velocity dims are computed from the selected
@@ -233,7 +236,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
         frame_table (structured ``[len]``: ``episode_index, frame_index, row``; ``row`` indexes the internal arrays),
-        tasks (sorted distinct task strings of the selected episodes), chunk_size, frame_stride, image_size.
+        tasks (sorted distinct task strings of the selected episodes), chunk_size, frame_stride, sample_stride,
+        image_size.
         ``stats``: ``{"observation.state": {...}, "action": {...}}`` with mean, std, min, max (and q01, q99 / other
         quantiles where available) as float32 arrays, over the selected episodes, state stats mapped. Source, in
         order of preference: per-episode stats stored with the dataset (aggregated, see :func:`aggregate_stats`);
@@ -245,7 +249,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
             info.json, rows that do not belong to the episode the metadata says.
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
-        ConfigError: a non-positive ``chunk_size`` or ``frame_stride``; an unwritable ``cache_dir``.
+        ConfigError: a non-positive ``chunk_size``, ``frame_stride`` or ``sample_stride``; an unwritable ``cache_dir``.
         StateMapError: a state map that is not bound to this dataset's state size, or whose velocity dims are
             untimed or timed for another fps.
     """
@@ -259,6 +263,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         image_size: ImageSize = None,
         frame_stride: int = 1,
         state_map: Any = None,
+        sample_stride: int | None = None,
         extra_columns: Sequence[str] = (),
         max_open_videos: int = 32,
         decoder_threads: int = 0,
@@ -283,6 +288,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
             raise ConfigError(f"frame_stride={frame_stride}: must be >= 1 (1 = every frame, 3 = 30 Hz -> 10 Hz)")
         self.chunk_size = int(chunk_size)
         self.frame_stride = int(frame_stride)
+        if sample_stride is not None and int(sample_stride) < 1:
+            raise ConfigError(f"sample_stride={sample_stride}: must be >= 1 (1 = a sample at every frame)")
+        self.sample_stride = self.frame_stride if sample_stride is None else int(sample_stride)
         self.image_size = image_size
         output_size(2, 2, image_size)  # validates the size before any decoding
         self.episodes = parse_episode_spec(episodes, list(meta.episodes))
@@ -325,7 +333,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         self.action_names = meta.action_names
 
         if self._cache is not None:
-            self.frame_table = self._cache.frame_table(self.frame_stride, self.episodes, FRAME_TABLE_DTYPE)
+            self.frame_table = self._cache.frame_table(self.sample_stride, self.episodes, FRAME_TABLE_DTYPE)
         else:
             self.frame_table = self._frame_table_in_memory()
         used = self._cache.task_indices if self._cache is not None else np.unique(self._task_index)
@@ -337,7 +345,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         parts = []
         for ep in self.episodes:
             begin, end = self._bounds[ep]
-            rows = np.arange(begin, end, self.frame_stride, dtype=np.int64)
+            rows = np.arange(begin, end, self.sample_stride, dtype=np.int64)
             part = np.empty(len(rows), dtype=FRAME_TABLE_DTYPE)
             part["episode_index"] = ep
             part["frame_index"] = self._frame_index[rows]

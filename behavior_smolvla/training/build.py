@@ -134,15 +134,16 @@ def verify_training_videos(meta: DatasetMeta, episodes: list[int], cameras: list
 
 
 def build_image_transform(cfg: TrainConfig):
-    """Colour jitter from lerobot's ImageTransforms (torchvision v2), at most two per sample, in random order; None
-    without ``--image-aug``. Takes and returns float32 [3, H, W] in [0, 1]."""
+    """lerobot's image augmentation at its own defaults (``ImageTransformsConfig``: brightness, contrast, saturation,
+    hue, sharpness and a small affine shift of +-5 degrees / 5%, at most three per frame), applied per camera frame
+    in the DataLoader workers; None without ``--image-aug``. Takes and returns float32 [3, H, W] in [0, 1].
+
+    lerobot's defaults rather than our own list: they are what SmolVLA users already tune and report against."""
     if not cfg.data.image_aug:
         return None
-    from lerobot.transforms.transforms import ImageTransformConfig, ImageTransforms, ImageTransformsConfig
+    from lerobot.transforms.transforms import ImageTransforms, ImageTransformsConfig
 
-    ranges = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.5, 1.5), "hue": (-0.05, 0.05)}
-    tfs = {name: ImageTransformConfig(weight=1.0, type="ColorJitter", kwargs={name: r}) for name, r in ranges.items()}
-    return ImageTransforms(ImageTransformsConfig(enable=True, max_num_transforms=2, random_order=True, tfs=tfs))
+    return ImageTransforms(ImageTransformsConfig(enable=True))
 
 
 def resolve_policy_training(cfg: TrainConfig, resuming: bool, say: Callable[[str], None]) -> None:
@@ -486,7 +487,8 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     cfg.data.cameras = list(inputs.cameras)
     if cfg.data.verify_data:
         verify_training_videos(meta, train_eps + val_eps, list(inputs.cameras), console if is_main else None)
-    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats, cache_dir=cfg.data.cache_dir)
+    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats, cache_dir=cfg.data.cache_dir,
+                             sample_stride=cfg.data.sample_stride)
     validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps),
                           len(dataset) // accelerator.num_processes)
     val_dataset = (inputs.eval_dataset(meta, val_eps, cache_dir=cfg.data.cache_dir)
