@@ -77,6 +77,43 @@ def _shm_files(pids) -> set[str]:
     return names
 
 
+STARTER = """
+import time
+from behavior_smolvla.data.sampler import worker_context
+child = worker_context(preload=()).Process(target=time.sleep, args=(600,))
+child.start()
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+"""A process that starts one child through :func:`worker_context` (nothing preloaded: cheap) and prints its pid."""
+
+
+def test_a_worker_context_process_exits_when_its_starter_is_killed():
+    """The mechanism alone, in seconds: the starter's child is the forkserver's child, yet it exits when the starter
+    is killed, and so do the forkserver and the resource tracker."""
+    proc = subprocess.Popen([sys.executable, "-c", STARTER], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    tree: dict[int, tuple[int, str]] = {}
+    try:
+        child = int(proc.stdout.readline())
+        tree = _descendants(proc.pid)
+        assert child in tree and (_stat(child) or ("", 0, 0))[1] != proc.pid, tree  # a grandchild: the server's
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        deadline = time.monotonic() + SURVIVAL_LIMIT_S
+        while time.monotonic() < deadline and any(_alive(pid, start) for pid, (start, _) in tree.items()):
+            time.sleep(0.1)
+        assert not {pid for pid, (start, _) in tree.items() if _alive(pid, start)}, tree
+        err = proc.stderr.read()
+        assert f"process {child} exits: the process that started it ({proc.pid}) has exited" in err, err
+        assert "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_survivors(tree)
+
+
 @pytest.mark.slow
 def test_kill_9_of_training_leaves_no_process_and_no_shared_memory(synthetic_2025, tiny_vlm, tmp_path):
     run_dir = tmp_path / "run"

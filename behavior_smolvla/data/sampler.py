@@ -526,7 +526,10 @@ def exit_with_parent() -> None:
 
     def watch() -> None:
         if pidfd is not None:
-            select.select([pidfd], [], [])
+            waiter = select.poll()  # not select(): no FD_SETSIZE limit
+            waiter.register(pidfd, select.POLLIN)
+            while not waiter.poll():
+                pass
         else:
             while True:
                 time.sleep(PARENT_POLL_S)
