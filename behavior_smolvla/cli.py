@@ -17,7 +17,11 @@ import typer
 from rich.console import Console
 
 from behavior_smolvla.errors import BehaviorSmolVLAError, unwrap_worker_error
-from behavior_smolvla.serving.limits import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_QUEUED_REQUESTS
+from behavior_smolvla.serving.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_MB,
+    DEFAULT_MAX_QUEUED_REQUESTS,
+)
 
 err_console = Console(stderr=True)
 
@@ -488,6 +492,8 @@ def serve_command(
                                        "A release-size observation is ~3.9 MB."),
     max_queued_requests: int = typer.Option(
         DEFAULT_MAX_QUEUED_REQUESTS, "--max-queued-requests", help="Requests a connection may send ahead of the replies before the server stops reading it."),
+    max_connections: int = typer.Option(
+        DEFAULT_MAX_CONNECTIONS, "--max-connections", help="Websocket connections served at once; one more is answered 503 (the evaluator opens one per process)."),
     vlm_model: str = typer.Option(None, "--vlm-model", help="Local copy of the checkpoint's VLM backbone."),
 ) -> None:
     """Serve a checkpoint to the BEHAVIOR challenge evaluator (websocket + msgpack; GET /healthz)."""
@@ -496,7 +502,7 @@ def serve_command(
     from behavior_smolvla.serving.server import check_server_options, serve
 
     options = {"api_key": api_key, "insecure_no_auth": insecure_no_auth, "max_message_mb": max_message_mb,
-               "max_queued_requests": max_queued_requests}
+               "max_queued_requests": max_queued_requests, "max_connections": max_connections}
     check_server_options(host, port, **options)  # before the checkpoint loads: a bad flag fails at once
     inference = Inference.from_flags(noise, num_samples)
     out = Console(soft_wrap=True, highlight=False)

@@ -9,10 +9,13 @@ loaded or bound (the checkpoint path given does not even exist).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
 import struct
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -33,8 +36,16 @@ from test_serve import (
 from websockets.sync.client import connect
 
 from behavior_smolvla.errors import ConfigError, ObservationError, PolicyOutputError
-from behavior_smolvla.serving.limits import PROPRIO_ABS_MAX, check_action_chunk, check_observation_ranges
-from behavior_smolvla.serving.observation import PROPRIO_KEY, ParsedObservation
+from behavior_smolvla.serving.limits import (
+    AUTH_FREE_FAILURES,
+    AUTH_MAX_DELAY_S,
+    PROPRIO_ABS_MAX,
+    AuthThrottle,
+    check_action_chunk,
+    check_observation_ranges,
+)
+from behavior_smolvla.serving.observation import PROPRIO_KEY, ObservationSpec, ParsedObservation
+from behavior_smolvla.state_maps.maps import load_state_map
 from behavior_smolvla.serving.server import BehaviorPolicy, PolicyServer, is_loopback, public_metadata
 
 KEY = secrets.token_urlsafe(24)
@@ -54,6 +65,7 @@ MAX_MESSAGE_MB = 1  # small, so that an oversized message is cheap to build; the
     (["--max-message-mb", "0"], None, "--max-message-mb"),
     (["--max-message-mb", "nan"], None, "--max-message-mb"),
     (["--max-queued-requests", "0"], None, "--max-queued-requests"),
+    (["--max-connections", "0"], None, "--max-connections"),
 ])
 def test_bad_serve_flags_exit_2_with_one_line_before_loading(tmp_path, args, env_key, needle):
     # In this process (tests/cli_runner.py: the installed script's app and error wrapper); the installed script's
@@ -101,6 +113,61 @@ def test_out_of_range_proprio_is_refused(value):
     assert "\n" not in str(info.value)
     check_observation_ranges(_parsed(proprio), dims=[0, 6, 8])  # dims the policy does not read are not checked
     check_observation_ranges(_parsed(np.full(256, PROPRIO_ABS_MAX, np.float32)))  # the bound itself passes
+
+
+def test_only_the_proprio_dims_the_policy_reads_are_checked():
+    """NaN/inf or wild values are refused in the state map's source dims and, for a delta-action policy, in the
+    action dims' reference dims; any other dim may hold anything (limits.check_observation_ranges' rule)."""
+    state_map = load_state_map("r1pro-2025-top32").bind(256)
+    read = set(state_map.source_indices)
+    unread = [d for d in range(256) if d not in read]
+    absolute = ObservationSpec(state_map=state_map, cameras=[], camera_sources={}, image_size=64, task_map={},
+                               tasks=["t"], task="t")
+    reference = (None, unread[0], None)  # a delta policy whose second action dim is relative to an unread dim
+    delta = ObservationSpec(state_map=state_map, cameras=[], camera_sources={}, image_size=64, task_map={},
+                            tasks=["t"], task="t", action_reference=reference)
+    np.testing.assert_array_equal(absolute.read_dims, sorted(read))
+    np.testing.assert_array_equal(delta.read_dims, sorted(read | {unread[0]}))
+
+    def check(spec: ObservationSpec, proprio: np.ndarray) -> None:  # what BehaviorPolicy.step does first
+        check_observation_ranges(spec.parse({PROPRIO_KEY: proprio}), spec.read_dims)
+
+    for value in (np.nan, np.inf, 1e38):
+        proprio = np.zeros(256, np.float32)
+        proprio[unread[:2]] = value
+        check(absolute, proprio)
+        with pytest.raises(ObservationError, match=rf"robot_r1::proprio has 1 values .*\[{unread[0]}\]") as info:
+            check(delta, proprio)  # the reference dim is read; unread[1] still is not
+        assert "\n" not in str(info.value)
+        proprio = np.zeros(256, np.float32)
+        proprio[min(read)] = value
+        with pytest.raises(ObservationError, match=rf"\[{min(read)}\]"):
+            check(absolute, proprio)
+
+
+def test_auth_throttle_delays_double_after_free_failures_and_memory_is_bounded():
+    now = [0.0]
+    throttle = AuthThrottle(free=3, first_delay_s=0.25, max_delay_s=5.0, forget_s=900, max_addresses=3,
+                            clock=lambda: now[0])
+    delays = [throttle.failed("10.0.0.1")[1] for _ in range(10)]
+    assert delays == [0, 0, 0, 0.25, 0.5, 1, 2, 4, 5, 5]
+    assert throttle.pending("10.0.0.1")  # until its delayed answer is sent
+    throttle.answered("10.0.0.1")
+    assert not throttle.pending("10.0.0.1")
+    assert throttle.failed("10.0.0.1") == (11, 5.0)
+    throttle.answered("10.0.0.1")
+    throttle.succeeded("10.0.0.1")  # a right key: forgotten
+    assert throttle.failed("10.0.0.1") == (1, 0.0)
+    now[0] = 901.0  # long after the last failure: forgotten
+    assert throttle.failed("10.0.0.1") == (1, 0.0)
+    for i in range(2, 6):  # more addresses than remembered: the least recently failed go first
+        throttle.failed(f"10.0.0.{i}")
+    assert len(throttle) == 3
+    assert throttle.failed("10.0.0.1") == (1, 0.0)
+    assert throttle.failed("10.0.0.5") == (2, 0.0)
+    defaults = AuthThrottle()
+    assert [defaults.delay_s(n) for n in (AUTH_FREE_FAILURES, AUTH_FREE_FAILURES + 1, 100)] == [0, 0.25,
+                                                                                               AUTH_MAX_DELAY_S]
 
 
 def test_non_finite_actions_are_refused():
@@ -240,7 +307,7 @@ def test_out_of_range_inputs_get_an_error_string_and_the_connection_keeps_servin
     unread = sorted(set(range(256)) - set(model.inputs.state_map.source_indices))[:1]  # the demo's top32 map reads 32
     client = EvaluatorClient(key_server.port, api_key=KEY)
     try:
-        for value, dtype in ((1e38, np.float32), (-2e6, np.float32), (1e300, np.float64)):
+        for value, dtype in ((1e38, np.float32), (-2e6, np.float32), (1e300, np.float64), (np.nan, np.float32)):
             proprio = good[PROPRIO_KEY].astype(dtype)
             proprio[read] = value
             reply = client.request({**good, PROPRIO_KEY: proprio})
@@ -249,10 +316,12 @@ def test_out_of_range_inputs_get_an_error_string_and_the_connection_keeps_servin
         want = expected_actions(model, [good])[0]
         np.testing.assert_array_equal(client.request(good)["action"], want)
         client.reset()
-        # A wild value where the policy does not look changes nothing (the same action as for `good`).
-        proprio = good[PROPRIO_KEY].copy()
-        proprio[unread] = 1e38
-        np.testing.assert_array_equal(client.request({**good, PROPRIO_KEY: proprio})["action"], want)
+        # A wild value or NaN where the policy does not look changes nothing (the same action as for `good`).
+        for value in (1e38, np.nan):
+            client.reset()
+            proprio = good[PROPRIO_KEY].copy()
+            proprio[unread] = value
+            np.testing.assert_array_equal(client.request({**good, PROPRIO_KEY: proprio})["action"], want)
         assert unread, "the demo's state map reads every proprio dim: this test needs one it does not read"
     finally:
         client.close()
@@ -281,6 +350,32 @@ def _decode(obj):
 
 
 # -- PolicyServer in this process ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _serving(server: PolicyServer):
+    """Run ``server`` on its own event loop in a thread for the ``with`` block; stop it and wait for it after."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    bound = threading.Event()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(server.run(stop, lambda _: bound.set())))
+    thread.start()
+    try:
+        assert bound.wait(60)
+        yield server
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+        loop.close()
+
+
+def _wait_for_line(lines: list[str], pattern: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(re.search(pattern, line) for line in list(lines)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the server never logged {pattern!r}:\n" + "\n".join(lines[-20:]))
 
 
 @pytest.mark.slow
@@ -315,13 +410,7 @@ def test_nan_actions_are_answered_with_an_error_string(demo_checkpoint):
 
     lines: list[str] = []
     server = PolicyServer(policy, host="127.0.0.1", port=0, log=lines.append, api_key=KEY)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    bound = threading.Event()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(server.run(stop, lambda _: bound.set())))
-    thread.start()
-    try:
-        assert bound.wait(60)
+    with _serving(server):
         client = EvaluatorClient(server.port, api_key=KEY)
         try:
             for _ in range(2):
@@ -329,10 +418,78 @@ def test_nan_actions_are_answered_with_an_error_string(demo_checkpoint):
                 assert isinstance(reply, str) and reply.startswith("error: the policy predicted"), reply
         finally:
             client.close()
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(60)
-        loop.close()
     assert server.stats.errors == 2 and server.stats.requests == 0
     assert any(line.startswith("policy output refused:") for line in lines)
     assert not any("Traceback" in line for line in lines)
+
+
+def _attempt(port: int, key: str) -> tuple[int, float]:
+    """One websocket upgrade with ``key``: (HTTP status, seconds until the answer); 101 when it was accepted."""
+    start = time.monotonic()
+    try:
+        with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, open_timeout=60,
+                     additional_headers={"Authorization": f"Api-Key {key}"}):
+            status = 101
+    except websockets.InvalidStatus as exc:
+        status = exc.response.status_code
+    return status, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_repeated_wrong_keys_are_answered_ever_more_slowly_and_a_right_key_is_still_served(model):
+    """The first wrong key is answered at once, the third only after the throttle's 2 s; an attempt made while a
+    delayed refusal is pending is answered 429 unchecked (the right key included); then the right key is served
+    and the count starts again. Small delays (1 s doubling to 2 s after one free failure) keep the test short; the
+    default schedule is test_auth_throttle_delays_double_after_free_failures_and_memory_is_bounded's."""
+    lines: list[str] = []
+    throttle = AuthThrottle(free=1, first_delay_s=1.0, max_delay_s=2.0)
+    server = PolicyServer(BehaviorPolicy(model, noise_seed=0), host="127.0.0.1", port=0, log=lines.append,
+                          api_key=KEY, auth_throttle=throttle)
+    wrong = KEY[:-1] + ("x" if KEY[-1] != "x" else "y")
+    obs = make_observation(np.random.default_rng(36))
+    with _serving(server):
+        answers = [_attempt(server.port, wrong) for _ in range(3)]
+        assert [status for status, _ in answers] == [401, 401, 401]
+        assert answers[2][1] >= 2.0 > answers[0][1]  # the 3rd waited the 2 s the 1st did not
+        assert [bool(re.search(r"answered after \d", line)) for line in lines if "wrong API key" in line] == \
+            [False, True, True]
+        fourth: list[tuple[int, float]] = []
+        pending = threading.Thread(target=lambda: fourth.append(_attempt(server.port, wrong)))
+        pending.start()
+        _wait_for_line(lines, r"wrong key 4 from this address")
+        assert _attempt(server.port, KEY)[0] == 429  # while the 4th waits: not even the right key is checked
+        pending.join(60)
+        assert fourth[0][0] == 401
+        client = EvaluatorClient(server.port, api_key=KEY)  # the right key, once nothing is pending: served
+        try:
+            np.testing.assert_array_equal(client.request(obs)["action"], expected_actions(model, [obs])[0])
+        finally:
+            client.close()
+        assert _attempt(server.port, wrong)[0] == 401
+        assert lines[-1].endswith("a wrong API key (401)")  # counted from 1 again after the right key: at once
+    assert server.stats.refused == 6 and not any(KEY in line for line in lines)
+    assert any("(429, key not checked)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_connections_beyond_max_connections_are_answered_503(model):
+    lines: list[str] = []
+    server = PolicyServer(BehaviorPolicy(model, noise_seed=0), host="127.0.0.1", port=0, log=lines.append,
+                          max_connections=1)
+    with _serving(server):
+        first = EvaluatorClient(server.port)
+        try:
+            assert _attempt(server.port, KEY)[0] == 503  # (no key needed on loopback; the header is ignored)
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as response:
+                assert response.status == 200  # health checks are not connections
+        finally:
+            first.close()
+        # the slot is free again once the first connection's socket is closed
+        deadline = time.monotonic() + 60
+        while (status := _attempt(server.port, KEY)[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 101
+    assert server.stats.busy >= 1
+    assert any(re.search(r"refused a connection from 127\.0\.0\.1:\d+: 1 connections open \(--max-connections "
+                         r"1, 503\)", line) for line in lines)
+    assert "1 connections at once" in server.access_line(server.port)

@@ -32,6 +32,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.context import ForkServerContext, ForkServerProcess
 from pathlib import Path
 from typing import Any
 
@@ -456,23 +457,106 @@ class _SlotReader:
 
 def worker_context(preload: Sequence[str] = ("torch", "av", "pyarrow.parquet", "behavior_smolvla.data.dataset",
                                               "behavior_smolvla.data.sampler")) -> Any:
-    """A ``forkserver`` multiprocessing context for DataLoader workers, preloading ``preload`` in the server.
+    """A ``forkserver`` multiprocessing context for DataLoader workers, preloading ``preload`` in the server; every
+    process started from it exits when the process that started it (the trainer) exits, however that one dies.
 
-    Why: a spawned worker imports torch, PyAV and pyarrow itself (~3 s of CPU each, so 4 workers on 2 cores
-    delayed the first batch by ~6 s); a forkserver worker is forked from a server process that imported them once.
-    The server is a fresh interpreter (started by exec, not forked from the trainer), so it holds no CUDA context,
-    FFmpeg decoder or running thread that a fork would copy: the reasons training used ``spawn`` still hold.
+    Why a forkserver: a spawned worker imports torch, PyAV and pyarrow itself (~3 s of CPU each, so 4 workers on 2
+    cores delayed the first batch by ~6 s); a forkserver worker is forked from a server process that imported them
+    once. The server is a fresh interpreter (started by exec, not forked from the trainer), so it holds no CUDA
+    context, FFmpeg decoder or running thread that a fork would copy: the reasons training used ``spawn`` still hold.
     Decoders are opened inside each worker as before. The server starts (and imports) at once, in the background:
     call this early.
+
+    Why the exit watch (:func:`exit_with_parent`): a forkserver worker is the server's child, not the trainer's, and
+    holds the server's keep-alive pipe (so that it could start processes itself); torch's worker watchdog checks the
+    worker's parent, i.e. the server. After a ``kill -9`` of the trainer each kept the other alive: the workers, the
+    server and multiprocessing's resource tracker stayed for minutes (1.2 GB in one trial). With the watch, the
+    workers exit within milliseconds of the trainer, then the server (its keep-alive pipe reaches end-of-file once
+    they are gone), then the resource tracker (likewise; it unlinks the queues' named semaphores in ``/dev/shm``).
+    Batch memory needs no cleanup: torch's ``file_descriptor`` sharing and :class:`BatchRing` unlink each segment at
+    creation, so it is freed with its last process.
     """
-    import multiprocessing
     from multiprocessing import forkserver
 
-    context = multiprocessing.get_context("forkserver")
+    context = _ParentBoundForkServerContext()
     context.set_forkserver_preload(list(preload))
     # start the server now: it imports ``preload`` while the caller goes on building its dataset and model
     forkserver.ensure_running()
     return context
+
+
+PARENT_POLL_S = 1.0
+"""Seconds between liveness checks of the parent where Linux's ``pidfd_open`` (kernel >= 5.3) is unavailable."""
+
+
+def exit_with_parent() -> None:
+    """Make this process exit (``os._exit(1)``, after one line on stderr) as soon as the process that started it
+    exits; a daemon thread waits for that. Called first thing in every process of :func:`worker_context`.
+
+    "The process that started it" is ``multiprocessing.parent_process()`` (the trainer for a DataLoader worker; for a
+    forkserver child that is not the OS parent, so ``prctl(PR_SET_PDEATHSIG)`` cannot express it). Linux: the thread
+    blocks on a pidfd of that process (readable when it exits; immune to pid reuse once opened). Elsewhere: it checks
+    every :data:`PARENT_POLL_S` seconds that the pid still exists. Does nothing outside a multiprocessing child.
+    """
+    import multiprocessing
+    import select
+    import sys
+    import threading
+    import time
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    pid = parent.pid
+
+    def gone() -> None:
+        try:
+            print(f"behavior_smolvla: process {os.getpid()} exits: the process that started it ({pid}) has exited",
+                  file=sys.stderr, flush=True)
+        except Exception:  # stderr may be a pipe nobody reads any more
+            pass
+        os._exit(1)
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        gone()  # it died between starting this process and now
+    except (AttributeError, OSError):
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            waiter = select.poll()  # not select(): no FD_SETSIZE limit
+            waiter.register(pidfd, select.POLLIN)
+            while not waiter.poll():
+                pass
+        else:
+            while True:
+                time.sleep(PARENT_POLL_S)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        gone()
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+class _ParentBoundProcess(ForkServerProcess):
+    """A forkserver process that runs :func:`exit_with_parent` before its target (module level: it is pickled to the
+    child by name)."""
+
+    def run(self) -> None:
+        exit_with_parent()
+        super().run()
+
+
+class _ParentBoundForkServerContext(ForkServerContext):
+    """The ``forkserver`` context whose processes are :class:`_ParentBoundProcess` (see :func:`worker_context`)."""
+
+    Process = _ParentBoundProcess
 
 
 class _Pickled:

@@ -1,19 +1,27 @@
-"""What the policy server accepts and answers: value ranges of observations and actions, message and queue limits.
+"""What the policy server accepts and answers: value ranges of observations and actions, message, queue and
+connection limits, and how fast a client may try API keys.
 
 The checks here are the last line before the model and before the wire:
 
-* :func:`check_observation_ranges`: every proprioception value the policy reads finite and within
-  ``±PROPRIO_ABS_MAX``; images are uint8 (:meth:`ObservationSpec.parse` refuses any other dtype), so their range
-  0..255 holds by type;
+* :func:`check_observation_ranges`: every proprioception value the policy reads (``ObservationSpec.read_dims``: the
+  state map's source dims and, for a delta-action policy, each action dim's reference) finite and within
+  ``±PROPRIO_ABS_MAX``; the dims it never reads may hold anything, NaN included, since they cannot reach the model.
+  Images are uint8 (:meth:`ObservationSpec.parse` refuses any other dtype), so their range 0..255 holds by type;
 * :func:`check_action_chunk`: every predicted action finite, so a client never receives NaN/inf actions.
 
 Both raise one-line project errors that the server answers as an ``"error: ..."`` string (the evaluator raises it
 as a server-side error) while the connection keeps serving.
+
+Before any of that, on the HTTP upgrade: :class:`AuthThrottle` slows down one address's repeated wrong API keys,
+and ``--max-connections`` (:data:`DEFAULT_MAX_CONNECTIONS`) caps the connections served at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,9 +32,14 @@ if TYPE_CHECKING:  # observation.py imports torch and PyAV; the CLI reads the de
     from behavior_smolvla.serving.observation import ParsedObservation
 
 __all__ = [
+    "AUTH_FREE_FAILURES",
+    "AUTH_MAX_DELAY_S",
+    "AUTH_TRACKED_ADDRESSES",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_MESSAGE_MB",
     "DEFAULT_MAX_QUEUED_REQUESTS",
     "PROPRIO_ABS_MAX",
+    "AuthThrottle",
     "check_action_chunk",
     "check_observation_ranges",
 ]
@@ -53,13 +66,115 @@ waiting, the server stops reading that socket (TCP back-pressure) until it catch
 most about ``(this + 2) x --max-message-mb`` of requests in memory. The evaluator sends one request at a time."""
 
 
+DEFAULT_MAX_CONNECTIONS = 8
+"""Default ``--max-connections``: websocket connections served at once (each holds a policy session and up to
+``(--max-queued-requests + 2) x --max-message-mb`` of requests, 384 MB at the defaults); one more is answered HTTP
+503 until one closes. The evaluator opens one connection per evaluation process."""
+
+AUTH_FREE_FAILURES = 3
+"""Wrong API keys from one address answered at once (a client with a mistyped key learns it without waiting)."""
+
+AUTH_FIRST_DELAY_S = 0.25
+"""Delay before answering the first wrong key beyond :data:`AUTH_FREE_FAILURES`; it doubles with each further one."""
+
+AUTH_MAX_DELAY_S = 5.0
+"""Longest delay before a wrong key is answered: 0.2 guesses per second per address once reached (the 9th failure).
+Kept below ``websockets``' 10 s opening-handshake timeout, which would otherwise drop the connection unanswered."""
+
+AUTH_FORGET_S = 900.0
+"""An address's failures are forgotten this long (s) after its last one; a right key forgets them at once."""
+
+AUTH_TRACKED_ADDRESSES = 4096
+"""Addresses whose failures are remembered (least recently failed dropped first): bounds the table's memory
+(~200 bytes each) whatever the number of clients."""
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    pending: bool = False
+
+
+class AuthThrottle:
+    """Repeated wrong API keys from one client address are answered ever more slowly.
+
+    Per address: the first ``free`` wrong keys are answered at once, then failure ``n`` waits ``first_delay_s *
+    2 ** (n - free - 1)`` seconds, at most ``max_delay_s``. While a delayed answer is pending, further attempts from
+    that address are not checked at all (:meth:`pending`: the server answers 429 at once), so opening connections in
+    parallel does not multiply the guesses. Failures are forgotten ``forget_s`` after the last one or at the first
+    right key (:meth:`succeeded`). At most ``max_addresses`` addresses are remembered (least recently failed dropped
+    first), so memory stays bounded.
+
+    Args:
+        free, first_delay_s, max_delay_s, forget_s, max_addresses: defaults :data:`AUTH_FREE_FAILURES`,
+            :data:`AUTH_FIRST_DELAY_S`, :data:`AUTH_MAX_DELAY_S`, :data:`AUTH_FORGET_S`, :data:`AUTH_TRACKED_ADDRESSES`.
+        clock: seconds, monotonic (``time.monotonic``).
+    """
+
+    def __init__(self, free: int = AUTH_FREE_FAILURES, first_delay_s: float = AUTH_FIRST_DELAY_S,
+                 max_delay_s: float = AUTH_MAX_DELAY_S, forget_s: float = AUTH_FORGET_S,
+                 max_addresses: int = AUTH_TRACKED_ADDRESSES, clock: Callable[[], float] = time.monotonic) -> None:
+        self.free, self.first_delay_s, self.max_delay_s = int(free), float(first_delay_s), float(max_delay_s)
+        self.forget_s, self.max_addresses, self.clock = float(forget_s), int(max_addresses), clock
+        self._table: collections.OrderedDict[str, _Failures] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        """Addresses currently remembered."""
+        return len(self._table)
+
+    def delay_s(self, failures: int) -> float:
+        """Seconds before the answer to an address's ``failures``-th wrong key (counting from 1)."""
+        if failures <= self.free:
+            return 0.0
+        return min(self.max_delay_s, self.first_delay_s * 2.0 ** min(failures - self.free - 1, 64))
+
+    def _record(self, address: str) -> _Failures | None:
+        record = self._table.get(address)
+        if record is not None and not record.pending and self.clock() - record.last > self.forget_s:
+            del self._table[address]
+            return None
+        return record
+
+    def pending(self, address: str) -> bool:
+        """Whether a wrong key from ``address`` still waits for its delayed answer."""
+        record = self._record(address)
+        return record is not None and record.pending
+
+    def failed(self, address: str) -> tuple[int, float]:
+        """Count a wrong key from ``address``; returns ``(failures so far, seconds to wait before answering)``. With a
+        delay, the address is :meth:`pending` until :meth:`answered` is called."""
+        record = self._record(address) or _Failures()
+        record.count += 1
+        record.last = self.clock()
+        self._table[address] = record
+        self._table.move_to_end(address)
+        while len(self._table) > self.max_addresses:
+            self._table.popitem(last=False)
+        delay = self.delay_s(record.count)
+        record.pending = delay > 0
+        return record.count, delay
+
+    def answered(self, address: str) -> None:
+        """The delayed answer to ``address`` has been sent (or its client went away)."""
+        record = self._table.get(address)
+        if record is not None:
+            record.pending = False
+
+    def succeeded(self, address: str) -> None:
+        """A right key from ``address``: forget its failures."""
+        self._table.pop(address, None)
+
+
 def check_observation_ranges(parsed: ParsedObservation, dims: Sequence[int] | None = None) -> None:
     """Refuse an observation whose proprioception has NaN/inf or values beyond ``±PROPRIO_ABS_MAX`` in ``dims``.
 
-    The server passes the dims its checkpoint's state map reads (``state_map.source_indices``): those reach the
-    model. Dims the policy ignores are not range-checked, so that a wild value in one of them (the release's
-    ``joint_qeffort`` is documented as wrong) cannot stop an evaluation episode that the policy would have served
-    correctly. Images need no check: :meth:`ObservationSpec.parse` only lets uint8 images through (0..255 by type).
+    :meth:`BehaviorPolicy.step` passes the dims its checkpoint reads (``ObservationSpec.read_dims``: the state
+    map's source dims and, for a delta-action policy, the action dims' reference dims): those reach the model or the
+    actions. Dims the policy ignores are not checked at all, neither range nor NaN/inf, so that a wild value in one
+    of them (the release's ``joint_qeffort`` is documented as wrong) cannot stop an evaluation episode that the
+    policy would have served correctly. Images need no check: :meth:`ObservationSpec.parse` only lets uint8 images
+    through (0..255 by type).
 
     Args:
         parsed: from :meth:`ObservationSpec.parse`; ``parsed.proprio`` is float32 [D_in], the full proprioception.

@@ -172,6 +172,15 @@ class ObservationSpec:
     def proprio_dim(self) -> int:
         return int(self.state_map.input_dim)
 
+    @property
+    def read_dims(self) -> np.ndarray:
+        """int64 [K], sorted: the proprio dims the policy reads, i.e. the state map's source dims (also through the
+        velocity history) and, for a delta-action policy, each action dim's reference dim."""
+        dims = list(self.state_map.source_indices)
+        if self.action_reference is not None:
+            dims += [r for r in self.action_reference if r is not None]
+        return np.unique(np.asarray(dims, dtype=np.int64))
+
     def parse(self, observation: Mapping[str, Any]) -> ParsedObservation:
         """Validate an evaluator observation (cheap: no resizing, no copies of the images).
 
@@ -182,8 +191,10 @@ class ObservationSpec:
 
         Raises:
             ObservationError: a missing key, a batch of more than one observation, a proprio vector of the wrong
-                length or with NaN/inf, an image of the wrong rank, channel count or dtype, or a ``task_id`` the
-                checkpoint does not know (with several trained tasks and no fixed task).
+                length, an image of the wrong rank, channel count or dtype, or a ``task_id`` the checkpoint does not
+                know (with several trained tasks and no fixed task). Proprio values are not checked here:
+                :meth:`BehaviorPolicy.step` refuses NaN/inf or wild values in :attr:`read_dims` only
+                (:func:`~behavior_smolvla.serving.limits.check_observation_ranges`).
         """
         if not isinstance(observation, Mapping):
             raise ObservationError(f"an observation must be a map of key -> array, got {type(observation).__name__}")
@@ -238,11 +249,8 @@ class ObservationSpec:
                 f"{PROPRIO_KEY} has shape {list(np.shape(observation[PROPRIO_KEY]))}; this checkpoint's state map "
                 f"{self.state_map.name!r} takes [{self.proprio_dim}] (or [1, {self.proprio_dim}]): serve a checkpoint "
                 "trained on this robot's proprioception")
-        value = value.astype(np.float32, copy=False)
-        bad = np.flatnonzero(~np.isfinite(value))
-        if bad.size:
-            raise ObservationError(f"{PROPRIO_KEY} has NaN/inf at dims {bad[:8].tolist()}; send finite values")
-        return value, batched
+        # NaN/inf and range: only in the dims the policy reads (read_dims), checked by BehaviorPolicy.step
+        return value.astype(np.float32, copy=False), batched
 
     def _image(self, observation: Mapping[str, Any], key: str) -> np.ndarray:
         if key not in observation:

@@ -145,8 +145,9 @@ class BehaviorPolicy:
         """One step: validate the observation, refill the queue from the model if needed, pop 1 (or ``k``) actions.
 
         Raises:
-            ObservationError: as :meth:`act` / :meth:`act_chunk`, or a proprio value the state map reads that is
-                beyond ``limits.PROPRIO_ABS_MAX`` (:func:`~behavior_smolvla.serving.limits.check_observation_ranges`).
+            ObservationError: as :meth:`act` / :meth:`act_chunk`, or NaN/inf or a value beyond
+                ``limits.PROPRIO_ABS_MAX`` in a proprio dim the policy reads (``spec.read_dims``, and only there:
+                :func:`~behavior_smolvla.serving.limits.check_observation_ranges`).
             PolicyOutputError: the model predicted NaN/inf actions; the queue stays empty.
         """
         start = time.perf_counter()
@@ -156,7 +157,7 @@ class BehaviorPolicy:
                                    "checkpoint's chunk size)")
         wanted = int(wanted)
         parsed = self.spec.parse(observation)
-        check_observation_ranges(parsed, self.spec.state_map.source_indices)
+        check_observation_ranges(parsed, self.spec.read_dims)  # only the dims the policy reads: others may be NaN
         previous = None if self._history is None else self._history.observe(parsed.proprio)
         model_ms = None
         if len(self._queue) < wanted:

@@ -10,6 +10,9 @@ challenge evaluator.
   - with an API key (``--api-key`` / ``SMOLVLA_API_KEY``) the upgrade needs the header ``Authorization: Api-Key
     KEY`` (what openpi's and OmniGibson's ``WebsocketClientPolicy(api_key=KEY)`` send), else it is answered 401 and
     nothing else; without a key the server only listens on a loopback address unless ``--insecure-no-auth``;
+  - wrong keys from one address are answered ever more slowly after the first few (:class:`.limits.AuthThrottle`:
+    0.25 s doubling to 5 s), and while one such answer is pending, that address's other attempts get 429 unchecked;
+  - beyond ``--max-connections`` connections at once, an upgrade is answered 503 (retry later);
   - a message over ``--max-message-mb`` closes that connection (code 1009, "message too big") as soon as its frame
     header announces the size, before the payload is read; a connection answers one request at a time and the
     server stops reading its socket while ``--max-queued-requests`` more are waiting (:mod:`.limits`);
@@ -20,9 +23,9 @@ challenge evaluator.
     "prev_total_ms": ...}}``, plus ``"action_chunk"`` [K, 23] ([1, K, 23] batched) whose first row equals
     ``action`` when the request carries ``"__action_chunk_size__": K``;
   - ``{"reset": True}`` clears that connection's action queue and gets no reply;
-  - a malformed request, a proprio value the state map reads beyond ±1e6, or a model output with NaN/inf gets a
-    text frame ``"error: ..."`` (the evaluator raises it as a server-side error), never an action, and the
-    connection keeps serving.
+  - a malformed request, NaN/inf or a value beyond ±1e6 in a proprio dim the policy reads (the others may hold
+    anything), or a model output with NaN/inf gets a text frame ``"error: ..."`` (the evaluator raises it as a
+    server-side error), never an action, and the connection keeps serving.
 
   Every connection has its own :meth:`BehaviorPolicy.session` (its own queue); all share one model, whose calls run
   one at a time in worker threads so the event loop keeps answering other connections, pings and health checks.
@@ -52,8 +55,10 @@ import numpy as np
 
 from behavior_smolvla.errors import BehaviorSmolVLAError, ConfigError, ObservationError, PolicyOutputError
 from behavior_smolvla.serving.limits import (
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_MESSAGE_MB,
     DEFAULT_MAX_QUEUED_REQUESTS,
+    AuthThrottle,
 )
 from behavior_smolvla.serving.policy import ACTION_CHUNK_REQUEST_KEY, BehaviorPolicy, StepResult, load_policy
 from behavior_smolvla.serving.wire import packb, unpackb
@@ -107,14 +112,15 @@ def is_loopback(host: str) -> bool:
 
 def check_server_options(host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                          insecure_no_auth: bool = False, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
-                         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
+                         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+                         max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Validate the server's options before anything is loaded or bound (see :class:`PolicyServer` for each).
 
     Raises:
         ConfigError: one line naming the flag: a port outside 0..65535, an empty host, a key shorter than
             ``MIN_API_KEY_CHARS`` or with spaces / non-ASCII characters, ``--insecure-no-auth`` together with a
             key, a non-loopback host without a key and without ``--insecure-no-auth``, ``--max-message-mb`` not
-            in (0, 4096], ``--max-queued-requests`` not in 1..1024.
+            in (0, 4096], ``--max-queued-requests`` or ``--max-connections`` not in 1..1024.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port {port!r} is not a TCP port: use 1..65535 (the evaluator's default is 8000), or "
@@ -141,6 +147,9 @@ def check_server_options(host: str = "127.0.0.1", port: int = 8000, api_key: str
             or not 1 <= max_queued_requests <= 1024:
         raise ConfigError(f"--max-queued-requests {max_queued_requests!r} must be an integer in 1..1024 (default "
                           f"{DEFAULT_MAX_QUEUED_REQUESTS})")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not 1 <= max_connections <= 1024:
+        raise ConfigError(f"--max-connections {max_connections!r} must be an integer in 1..1024 (default "
+                          f"{DEFAULT_MAX_CONNECTIONS}; the evaluator opens one per evaluation process)")
 
 
 # An absolute path inside a string: "/...", "~/..." or "C:\..." not preceded by a path or URL character (so the
@@ -180,7 +189,9 @@ class ServerStats:
         requests: observation requests answered with actions.
         errors: requests answered with an error string.
         resets: reset messages.
-        refused: websocket upgrades refused with 401 (no or wrong API key).
+        refused: websocket upgrades refused for the API key: 401 (no or a wrong key) or 429 (attempted while a
+            delayed 401 to the same address was pending).
+        busy: websocket upgrades refused with 503 (``max_connections`` already open).
         oversized: connections closed for a message over ``max_message_mb``.
         infer_ms: per answered request, the step's wall time (ms).
         model_ms: per model call, its wall time (ms).
@@ -191,6 +202,7 @@ class ServerStats:
     errors: int = 0
     resets: int = 0
     refused: int = 0
+    busy: int = 0
     oversized: int = 0
     infer_ms: list[float] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
@@ -208,6 +220,8 @@ class ServerStats:
                 f"{self.resets} resets")
         if self.refused:
             line += f", {self.refused} refused without a valid API key"
+        if self.busy:
+            line += f", {self.busy} refused over --max-connections"
         if self.oversized:
             line += f", {self.oversized} messages over the size limit"
         return line
@@ -228,6 +242,10 @@ class PolicyServer:
             1009 before its payload is read (``websockets``' ``max_size``).
         max_queued_requests: frames a connection may have waiting while one request is answered; beyond that the
             server stops reading its socket until it catches up (``websockets``' ``max_queue``).
+        max_connections: websocket connections served at once; one more upgrade is answered 503 (counted from the
+            accepted upgrade until its TCP connection is closed).
+        auth_throttle: how wrong keys are slowed down (:class:`~behavior_smolvla.serving.limits.AuthThrottle`,
+            default: its defaults); only used with ``api_key``.
 
     Raises:
         ConfigError: as :func:`check_server_options` (checked here, before anything is bound).
@@ -236,8 +254,10 @@ class PolicyServer:
     def __init__(self, policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
                  log: Callable[[str], None] = print, workers: int = 4, *, api_key: str | None = None,
                  insecure_no_auth: bool = False, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
-                 max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> None:
-        check_server_options(host, port, api_key, insecure_no_auth, max_message_mb, max_queued_requests)
+                 max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, auth_throttle: AuthThrottle | None = None) -> None:
+        check_server_options(host, port, api_key, insecure_no_auth, max_message_mb, max_queued_requests,
+                             max_connections)
         self.policy = policy
         self.host = host
         self.port = port
@@ -246,6 +266,10 @@ class PolicyServer:
         self.max_message_mb = float(max_message_mb)
         self.max_message_bytes = max(1, int(max_message_mb * 1e6))
         self.max_queued_requests = max_queued_requests
+        self.max_connections = max_connections
+        self.auth_throttle = auth_throttle if auth_throttle is not None else AuthThrottle()
+        self._admitted = 0  # upgrades accepted whose TCP connection is not closed yet
+        self._closing: set[asyncio.Task] = set()
         self.requires_key = api_key is not None
         self.insecure_no_auth = insecure_no_auth
         # Only a digest of the expected header is kept; comparing digests of equal length in constant time also
@@ -266,15 +290,62 @@ class PolicyServer:
         given = hashlib.sha256(values[0].encode("utf-8", "surrogateescape")).digest()
         return hmac.compare_digest(given, self._auth_digest)
 
-    def _process_request(self, connection: Any, request: Any) -> Any:
-        """Before the websocket handshake: answer ``/healthz``, and refuse an upgrade without the API key."""
+    async def _process_request(self, connection: Any, request: Any) -> Any:
+        """Before the websocket handshake: answer ``/healthz``, refuse an upgrade without the API key (slowed down
+        for an address that keeps sending wrong ones) or beyond ``max_connections``."""
         if request.path == HEALTH_PATH:
             return connection.respond(http.HTTPStatus.OK, "OK\n")
-        if self._auth_digest is None or self._authorized(request):
-            return None
+        peer = _peer(connection.remote_address)
+        if self._auth_digest is not None:
+            address = _host(connection.remote_address)
+            if self.auth_throttle.pending(address):
+                # not checked: a pending delayed refusal means this address is guessing keys, maybe in parallel
+                self.stats.refused += 1
+                self.log(f"refused a connection from {peer}: a refused attempt from this address is still pending "
+                         "(429, key not checked)")
+                response = connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                              "429 Too Many Requests: wait for the answer to your previous attempt\n")
+                response.headers["Retry-After"] = str(math.ceil(self.auth_throttle.max_delay_s))
+                return response
+            if not self._authorized(request):
+                return await self._refuse_key(connection, request, address, peer)
+            self.auth_throttle.succeeded(address)
+        if self._admitted >= self.max_connections:
+            self.stats.busy += 1
+            self.log(f"refused a connection from {peer}: {self._admitted} connections open (--max-connections "
+                     f"{self.max_connections}, 503)")
+            response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                          f"503 Service Unavailable: {self.max_connections} connections are open, "
+                                          "the most this server takes; retry later\n")
+            response.headers["Retry-After"] = "1"
+            return response
+        # The slot is held from here until the TCP connection closes, whether or not the handshake completes.
+        self._admitted += 1
+        task = asyncio.get_running_loop().create_task(self._release_when_closed(connection))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return None
+
+    async def _release_when_closed(self, connection: Any) -> None:
+        try:
+            await connection.wait_closed()
+        finally:
+            self._admitted -= 1
+
+    async def _refuse_key(self, connection: Any, request: Any, address: str, peer: str) -> Any:
+        """401 for no key (at once) or a wrong one (after the throttle's delay for that address)."""
         self.stats.refused += 1
-        reason = "no" if not request.headers.get_all("Authorization") else "a wrong"
-        self.log(f"refused a connection from {_peer(connection.remote_address)}: {reason} API key (401)")
+        if not request.headers.get_all("Authorization"):
+            self.log(f"refused a connection from {peer}: no API key (401)")
+        else:
+            failures, delay = self.auth_throttle.failed(address)
+            slowed = f", answered after {delay:g} s: wrong key {failures} from this address" if delay else ""
+            self.log(f"refused a connection from {peer}: a wrong API key (401{slowed})")
+            if delay:
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self.auth_throttle.answered(address)
         response = connection.respond(http.HTTPStatus.UNAUTHORIZED,
                                       f"401 Unauthorized: send the header 'Authorization: {API_KEY_SCHEME} <key>'\n")
         response.headers["WWW-Authenticate"] = API_KEY_SCHEME
@@ -290,7 +361,7 @@ class PolicyServer:
         else:
             access = f"no API key: only clients on this machine can connect ({self.host} is a loopback address)"
         return (f"{access}; messages up to {self.max_message_mb:g} MB, {self.max_queued_requests} queued requests "
-                "per connection")
+                f"per connection, {self.max_connections} connections at once")
 
     async def run(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> ServerStats:
         """Serve until ``stop`` is set; then close every connection and return the stats.
@@ -317,6 +388,8 @@ class PolicyServer:
         finally:
             server.close()
             await server.wait_closed()
+            if self._closing:  # connections are closed: their slots are being released
+                await asyncio.gather(*self._closing, return_exceptions=True)
             self._executor.shutdown(wait=True)
         return self.stats
 
@@ -395,6 +468,11 @@ def _peer(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else str(address)
 
 
+def _host(address: Any) -> str:
+    """The client's IP address (without the port): what :class:`AuthThrottle` counts failures by."""
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+
 def _chunk_request(value: Any) -> int | None:
     """``__action_chunk_size__`` as an int (None when absent); ObservationError when it is not one integer."""
     if value is None:
@@ -408,20 +486,22 @@ def _chunk_request(value: Any) -> int | None:
 def serve(policy: BehaviorPolicy, host: str = "127.0.0.1", port: int = 8000,
           log: Callable[[str], None] = print, *, api_key: str | None = None, insecure_no_auth: bool = False,
           max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
-          max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS) -> ServerStats:
+          max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> ServerStats:
     """Run the policy server until SIGINT or SIGTERM; print the summary line and return the stats.
 
     Args:
         policy: from :func:`load_policy`.
         host, port: where to listen; port 0 picks a free port (the "listening" line names it).
         log: line sink (stdout by default).
-        api_key, insecure_no_auth, max_message_mb, max_queued_requests: see :class:`PolicyServer`.
+        api_key, insecure_no_auth, max_message_mb, max_queued_requests, max_connections: see :class:`PolicyServer`.
 
     Raises:
         ConfigError: a bad option (:func:`check_server_options`), or the address cannot be bound.
     """
     server = PolicyServer(policy, host, port, log=log, api_key=api_key, insecure_no_auth=insecure_no_auth,
-                          max_message_mb=max_message_mb, max_queued_requests=max_queued_requests)
+                          max_message_mb=max_message_mb, max_queued_requests=max_queued_requests,
+                          max_connections=max_connections)
 
     async def main() -> ServerStats:
         stop = asyncio.Event()
