@@ -64,7 +64,13 @@ def data_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def stats_usable(stats: Mapping[str, Any], dim: int) -> bool:
-    return all(k in stats and np.asarray(stats[k]).size == dim for k in BASIC_STATS)
+    """Whether stored statistics of one feature can normalise it: mean, std, min and max of ``dim`` finite numbers
+    each (statistics computed by lerobot over rows holding a NaN are NaN, and would turn every loss NaN)."""
+    try:
+        values = [np.asarray(stats[k], dtype=np.float64) for k in BASIC_STATS]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return all(v.size == dim and np.isfinite(v).all() for v in values)
 
 
 
