@@ -7,8 +7,9 @@ reader that generates seeded values instead of reading parquet files, which woul
 ``--root``, then measured:
 
 * ``build_checksum_s``: the content checksums the build takes of the files it has written (part of every build);
-* ``open_s``: opening the entry as every run does (manifest, each file's size, header, shape and dtype, the bounds
-  and task indices against the metadata, the task-index column's range; no checksum, the files being unchanged);
+* ``open_s``: opening the entry as every reader does (manifest, each file's size, header, shape and dtype, the bounds
+  and task indices against the metadata, the task-index column's range, the stride-1 frame table's record and row
+  range; no checksum, the files being unchanged);
 * ``full_hot_s`` / ``full_cold_s``: the full check (``--verify-data``: the XXH3-128 checksum of every file), from the
   page cache, and after the entry's pages were dropped from it (``posix_fadvise(DONTNEED)``: read from disk);
 * ``xxh3_gb_s`` / ``blake2b_gb_s``: one core hashing a hot 256 MiB block with each, the reason for the choice.
@@ -128,6 +129,7 @@ def hash_rate(name: str) -> float:
 
 def measure(args: argparse.Namespace) -> dict:
     from behavior_smolvla.data.cache import FULL, NUMERIC_COLUMNS, NumericCache, check_entry, file_checksum
+    from behavior_smolvla.data.dataset import FRAME_TABLE_DTYPE
 
     root = args.root.resolve() / f"rows-{args.rows}"
     shutil.rmtree(root, ignore_errors=True)
@@ -135,6 +137,7 @@ def measure(args: argparse.Namespace) -> dict:
     episodes = sorted(meta.episodes)
     t = time.perf_counter()
     cache = NumericCache.open_or_build(meta, episodes, generated_rows(meta), cache_dir=root / "cache")
+    cache.frame_table(1, episodes, FRAME_TABLE_DTYPE)  # the reader's frame table at stride 1, built once
     build_s = time.perf_counter() - t
     entry = cache.path
     del cache
@@ -146,7 +149,8 @@ def measure(args: argparse.Namespace) -> dict:
         file_checksum(path)
     checksum_s = time.perf_counter() - t
     t = time.perf_counter()
-    NumericCache.open_or_build(meta, episodes, generated_rows(meta), cache_dir=root / "cache")
+    NumericCache.open_or_build(meta, episodes, generated_rows(meta), cache_dir=root / "cache").frame_table(
+        1, episodes, FRAME_TABLE_DTYPE)
     open_s = time.perf_counter() - t
     t = time.perf_counter()
     assert check_entry(entry, meta, episodes, FULL) is None

@@ -10,13 +10,14 @@ carries file names instead of arrays.
 Layout under the cache folder (``--cache-dir``; default :func:`default_cache_dir`), one entry per
 (dataset, selected episodes, state and action keys, their files' sizes and modification times, format version)::
 
-    <cache>/<dataset name>-<key>/manifest.json       rows, dims, episode bounds, task indices used
+    <cache>/<dataset name>-<key>/manifest.json       rows, episode bounds, task indices used, dropped frames, and
+                                                     per file: shape, dtype, size, mtime, content checksum
                                  state.npy           float32 [N, D_raw]  (the dataset's state, unmapped)
                                  action.npy          float32 [N, A]
                                  timestamp.npy       float32 [N]         seconds in the episode
                                  frame_index.npy     int64   [N]
                                  task_index.npy      int64   [N]
-                                 frames-s<k>.npy     the frame table of frame stride k
+                                 frames-s<k>.npy     the frame table of frame stride k (its record: .json)
                                  stats-<key>.npz     normalisation statistics (keyed by the metadata they
                                                      come from), so later runs skip parsing them
 
@@ -76,9 +77,9 @@ CACHE_FORMAT = 2
 (shape, dtype, size, modification time, content checksum) and dropped frames in the manifest."""
 MANIFEST = "manifest.json"
 CHECKSUM = "xxh3_128"
-"""The content checksum of every cache file: xxhash's XXH3, 128 bits. About 10 GB/s on one core from the page cache,
-~25x BLAKE2b (``hashlib.blake2b``) on the same machine (``bench/cache_verify.py``), so hashing never costs more than
-reading the file from disk. It detects damage, not tampering: whoever can rewrite a cache file can rewrite the
+"""The content checksum of every cache file: xxhash's XXH3, 128 bits. 3-8 GB/s on one core of a loaded 2-vCPU VM,
+17-25x BLAKE2b (``hashlib.blake2b``) there (``bench/cache_verify.py``), so hashing costs less than reading the file
+from disk. It detects damage, not tampering: whoever can rewrite a cache file can rewrite the
 manifest as well, so a cryptographic hash would buy nothing here."""
 HASH_BLOCK = 1 << 22
 """Bytes hashed per call (4 MiB): blocks that stay in the CPU cache hash faster than one call over a whole map."""
