@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from behavior_smolvla.data.dataset import REFERENCE_KEY  # noqa: F401  (re-exported: the batch key)
-from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.errors import ConfigError, read_text_file
 
 ACTION_MODES = ("absolute", "delta")
 """Action representations (``absolute``: as recorded; ``delta``: minus the reference state where there is one)."""
@@ -113,7 +113,7 @@ def load_reference_file(path: str | Path, action_dim: int, action_names: Sequenc
     if not p.is_file():
         raise ConfigError(f"{where}: file not found; pass a YAML mapping of action dim -> state dim")
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(read_text_file(p, where, ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: invalid YAML ({str(exc).splitlines()[0]}); fix the file") from None
     if isinstance(doc, Mapping) and "action_reference" in doc:

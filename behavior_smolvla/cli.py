@@ -53,6 +53,20 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _refuse_empty(flags: dict[str, str | None]) -> None:
+    """An option given as an empty string is an error, never "not given" (``smolvla-train`` checks its own in
+    ``config.check_no_empty_values``).
+
+    Raises:
+        ConfigError: naming the first such flag.
+    """
+    from behavior_smolvla.errors import ConfigError
+
+    for flag, value in flags.items():
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} {value!r}: empty; give it a value or leave the option out")
+
+
 def _single_command_app(command: Callable[..., Any], help_text: str) -> typer.Typer:
     # Plain click help (rich_markup_mode=None): rich's option table cut long flag names ("--dataset-path,--d…") at
     # 80 columns, while click puts a long name on its own line and wraps the help under it.
@@ -72,8 +86,11 @@ def inspect_command(
         8, "--probe-files", min=0,
         help="Video files measured per camera (and data files whose rows are counted), spread over the dataset; "
              "0 = every file. Existence is checked for every file."),
-    state_key: str = typer.Option("observation.state", "--state-key", help="Feature to describe as the state."),
-    action_key: str = typer.Option("action", "--action-key", help="Feature to describe as the action."),
+    state_key: str = typer.Option(
+        None, "--state-key", help="Feature to describe as the state (default: observation.state where present; a key "
+                                  "given that the dataset lacks is a problem)."),
+    action_key: str = typer.Option(
+        None, "--action-key", help="Feature to describe as the action (default: action where present)."),
     verify: bool = typer.Option(
         False, "--verify", help="Decode every frame of every video (parallel over files) and check the stored "
                                 "per-episode statistics against the data; lists each damaged file."),
@@ -84,6 +101,8 @@ def inspect_command(
     import json
 
     from behavior_smolvla.data.inspect import inspect_dataset, print_report
+
+    _refuse_empty({"--state-key": state_key, "--action-key": action_key})
 
     report = inspect_dataset(dataset, probe_files=probe_files or None, state_key=state_key, action_key=action_key,
                              verify=verify, jobs=jobs, console=err_console)
@@ -306,7 +325,8 @@ def train_command(
     seed: int = _opt(None, "--seed", help="Seed for data order, augmentation, init and noise (1000)."),
     device: str = _opt(None, "--device", help="auto, cpu, cuda, cuda:N, mps."),
     image_aug: bool = _opt(None, "--image-aug", help="lerobot's image augmentation (colour, sharpness, small affine; <= 3 per frame)."),
-    verify_data: bool = _opt(None, "--verify-data", help="Decode every frame of the selected videos before training."),
+    verify_data: bool = _opt(None, "--verify-data", help="Decode every frame of the selected videos and checksum every numeric cache file first."),
+    drop_nonfinite: bool = _opt(None, "--drop-nonfinite", help="Drop episode tails from a NaN/inf state or action (else refused)."),
     recompute_stats: bool = _opt(None, "--recompute-stats", help="Recompute state/action statistics from the data."),
     action_mode: str = _opt(None, "--action-mode", help="absolute (as recorded) or delta (minus the joint's current state)."),
     action_norm: str = _opt(None, "--action-norm", help="global or per-step (default: per-step in delta mode)."),
@@ -448,6 +468,9 @@ def eval_command(
     from behavior_smolvla.evaluation.report import summary_table
     from behavior_smolvla.policy.inference import Inference
 
+    _refuse_empty({"--dataset-path": dataset_path, "--episodes": episodes, "--output-dir": output_dir,
+                   "--state-key": state_key, "--action-key": action_key, "--vlm-model": vlm_model,
+                   "--checkpoint": next((c for c in checkpoint if not c.strip()), None)})
     inference = Inference.from_flags(noise, num_samples)
     report = evaluate_checkpoints(
         checkpoint, dataset_path, episodes, output_dir=output_dir, frame_stride=frame_stride, max_frames=max_frames,

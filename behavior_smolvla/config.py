@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from behavior_smolvla.errors import ConfigError
+from behavior_smolvla.errors import ConfigError, read_text_file
 from behavior_smolvla.policy.inference import Inference
 
 
@@ -69,7 +69,11 @@ class DataConfig:
     """lerobot's image augmentation at its defaults (colour, sharpness, a small affine shift; at most three
     transforms per frame), in the DataLoader workers."""
     verify_data: bool = False
-    """Decode every frame of the selected episodes' videos before training; stop naming the damaged files."""
+    """Before training, decode every frame of the selected episodes' videos and check the content checksum of every
+    numeric cache file (not only of the files modified since they were built); stop naming the damaged files."""
+    drop_nonfinite: bool = False
+    """Leave out each episode's frames from its first one holding a NaN or infinite state or action value (the
+    count is printed), instead of refusing the data (the default: one line naming the episode and frame)."""
     recompute_stats: bool = False
     """Recompute the state/action normalisation statistics from the data instead of using the stored ones."""
     action_mode: str = "absolute"
@@ -308,7 +312,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"--config {p}: file not found; pass an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(read_text_file(p, f"--config {p}", ConfigError)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {p}: invalid YAML ({str(exc).splitlines()[0]}); fix the file") from None
     if not isinstance(data, dict):
@@ -326,6 +330,7 @@ def validate_config(cfg: TrainConfig) -> None:
         ConfigError: the first bad value, naming its flag and the accepted range.
     """
     o, d, p, out, ev = cfg.optim, cfg.data, cfg.policy, cfg.output, cfg.eval
+    check_no_empty_values(cfg)
     if o.max_steps is None and o.num_epochs is None:
         raise ConfigError("neither --max-steps nor --num-epochs is set: pass one (e.g. --max-steps 20000)")
     positive_ints = [("--batch-size", o.batch_size), ("--grad-accum-steps", o.grad_accum_steps),
@@ -369,6 +374,23 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
     if out.output_dir is not None and out.resume is None:
         check_output_dir(out.output_dir)
+
+
+def check_no_empty_values(cfg: TrainConfig) -> None:
+    """An option given an empty value (``--tasks ''``, ``cameras: []``) is refused, never read as "not given": an
+    empty episode or task spec must not silently mean "everything".
+
+    Raises:
+        ConfigError: the first such option, by its flag name.
+    """
+    for section in [*_sections(cfg).values(), cfg]:
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            empty_list = f.name == "cameras" and isinstance(value, list) and not value
+            if (isinstance(value, str) and not value.strip()) or empty_list:
+                flag = "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} {value if isinstance(value, str) else ''!r}: empty; give it a value or "
+                                  "leave the option out")
 
 
 def early_config(config_file: str | Path | None, cli_values: dict[str, Any]) -> TrainConfig:

@@ -8,6 +8,9 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class BehaviorSmolVLAError(Exception):
     """Base class: a one-line, user-actionable error (names the file/key/flag and the fix)."""
@@ -15,6 +18,11 @@ class BehaviorSmolVLAError(Exception):
 
 class DatasetError(BehaviorSmolVLAError):
     """A LeRobot dataset folder is missing, malformed or inconsistent (info.json, parquet, episodes, cameras)."""
+
+
+class CacheError(DatasetError):
+    """A numeric cache entry (``--cache-dir``) is damaged and cannot be rebuilt where it is; the message names the
+    folder to delete."""
 
 
 class VideoError(DatasetError):
@@ -69,3 +77,18 @@ def unwrap_worker_error(exc: BaseException) -> BaseException:
                 except TypeError:  # a subclass with another constructor: keep the original
                     return exc
     return exc
+
+
+def read_text_file(path: str | os.PathLike, what: str, error: type[BehaviorSmolVLAError]) -> str:
+    """The text of a file a user points to (UTF-8), or a one-line ``error`` naming ``what`` (e.g. ``"--config
+    x.yaml"``) when it cannot be read or is not text: random bytes or a binary file would otherwise surface as a
+    ``UnicodeDecodeError`` traceback from whichever parser reads it next."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{what}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what}: not a UTF-8 text file (undecodable byte at offset {exc.start}); pass the right file or "
+                    "re-download it") from None

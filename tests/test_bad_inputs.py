@@ -151,6 +151,53 @@ def zero_std(c: Ctx) -> Path:
     return ds
 
 
+def edit_column(c: Ctx, column: str, edit: Callable) -> Path:
+    """A dataset copy whose first data file (episode 10) has ``column`` replaced by ``edit(pyarrow column)``."""
+    import pyarrow.parquet as pq
+
+    ds = copy_dataset(c)
+    path = ds / FIRST_DATA
+    table = pq.read_table(path)
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, column, edit(table.column(column)))
+    pq.write_table(table, path)
+    return ds
+
+
+def nan_state(c: Ctx) -> Path:
+    """NaN in observation.state dim 5 of frames 7 and 9 of episode 10."""
+    import pyarrow as pa
+
+    def edit(column):
+        rows = column.to_pylist()
+        for frame in (7, 9):
+            rows[frame][5] = float("nan")
+        return pa.array(rows, type=column.type)
+    return edit_column(c, "observation.state", edit)
+
+
+def state_as_strings(c: Ctx) -> Path:
+    """observation.state (declared float32 in info.json) stored as lists of strings."""
+    import pyarrow as pa
+
+    return edit_column(c, "observation.state",
+                       lambda column: pa.array([[f"{v:.6f}" for v in row] for row in column.to_pylist()]))
+
+
+def random_file(c: Ctx, name: str) -> Path:
+    path = c.tmp / name
+    path.write_bytes(random.Random(2).randbytes(2048))
+    return path
+
+
+def random_meta(c: Ctx, name: str) -> Path:
+    """A dataset copy whose ``meta/<name>`` is random bytes of its length."""
+    ds = copy_dataset(c)
+    path = ds / "meta" / name
+    path.write_bytes(random.Random(3).randbytes(path.stat().st_size))
+    return ds
+
+
 def text_file(c: Ctx, name: str, text: str) -> Path:
     path = c.tmp / name
     path.write_text(text)
@@ -235,6 +282,16 @@ CASES = [
              "info", {}).update({"video.codec": "av1"})))], ["codec", "av1", "hevc"], code=1),
     Case("inspect-verify-stats-disagree", "smolvla-inspect", lambda c: [str(zero_std(c)), "--verify"],
          ["stats", "episode 10", "std dim 3"], code=1),
+    Case("inspect-state-key-unknown", "smolvla-inspect", lambda c: [str(c.dataset), "--state-key", "nope"],
+         ["feature", "--state-key 'nope'", "observation.state [256]"], code=1),
+    Case("inspect-state-key-empty", "smolvla-inspect", lambda c: [str(c.dataset), "--state-key", ""],
+         ["--state-key", "empty"]),
+    Case("inspect-state-stored-as-strings", "smolvla-inspect", lambda c: [str(state_as_strings(c))],
+         ["type", "episode_00000010.parquet", "observation.state"], code=1),
+    Case("inspect-info-json-random-bytes", "smolvla-inspect", lambda c: [str(random_meta(c, "info.json"))],
+         ["info.json", "not a UTF-8 text file"]),
+    Case("inspect-episodes-jsonl-random-bytes", "smolvla-inspect",
+         lambda c: [str(random_meta(c, "episodes.jsonl"))], ["episodes.jsonl", "not a UTF-8 text file"]),
     # smolvla-filter-state
     Case("filter-unknown-map", "smolvla-filter-state", lambda c: ["--map", "no-such-map"], ["no-such-map"],
          subprocess=True),
@@ -279,6 +336,21 @@ CASES = [
     Case("train-state-map-bad-yaml", "smolvla-train",
          lambda c: [*_train()(c), "--state-map", str(text_file(c, "m.yaml", BAD_YAML))], ["m.yaml"]),
     Case("train-truncated-parquet", "smolvla-train", _train_on(damaged_parquet), ["episode_00000010.parquet"]),
+    Case("train-nan-in-state", "smolvla-train", _train_on(nan_state),
+         ["episode 10 frame 7", "episode_00000010.parquet", "observation.state dim 5 is nan", "--drop-nonfinite"]),
+    Case("train-state-stored-as-strings", "smolvla-train", _train_on(state_as_strings),
+         ["episode_00000010.parquet", "'observation.state'", "string", "float32"]),
+    Case("train-episodes-stats-random-bytes", "smolvla-train", _train_on(lambda c: random_meta(c, "episodes_stats.jsonl")),
+         ["episodes_stats.jsonl"]),
+    Case("train-action-reference-random-bytes", "smolvla-train",
+         lambda c: [*_train()(c), "--action-reference", str(random_file(c, "ref.yaml"))],
+         ["--action-reference", "ref.yaml", "not a UTF-8 text file"]),
+    Case("train-config-random-bytes", "smolvla-train",
+         lambda c: [*_train()(c), "--config", str(random_file(c, "cfg.yaml"))], ["--config", "cfg.yaml", "UTF-8"]),
+    Case("train-tasks-empty", "smolvla-train", _train("--tasks", ""), ["--tasks ''", "empty"]),
+    Case("train-episodes-empty", "smolvla-train", _train("--episodes", ""), ["--episodes ''", "empty"]),
+    Case("train-val-episodes-empty", "smolvla-train", _train("--val-episodes", " "), ["--val-episodes", "empty"]),
+    Case("train-cameras-empty", "smolvla-train", _train("--cameras", ","), ["--cameras", "empty"]),
     Case("train-verify-data-damaged-video", "smolvla-train", _train_on(damaged_video, "--verify-data"),
          ["episode_00000010.mp4", "frame"]),
     Case("train-damaged-video-in-worker", "smolvla-train",
@@ -307,6 +379,8 @@ CASES = [
     Case("eval-episode-not-in-dataset", "smolvla-eval",
          lambda c: [*_eval()(c), "--episodes", "999", "--output-dir", str(c.tmp / "e")], ["999"]),
     Case("eval-tolerance-zero", "smolvla-eval", lambda c: [*_eval()(c), "--tolerance", "0"], ["--tolerance"]),
+    Case("eval-output-dir-empty", "smolvla-eval", lambda c: [*_eval()(c), "--output-dir", ""], ["--output-dir", "empty"]),
+    Case("eval-episodes-empty", "smolvla-eval", lambda c: [*_eval()(c), "--episodes", ""], ["--episodes", "empty"]),
     # smolvla-serve (its network flags are tested with the server)
     Case("serve-missing-checkpoint", "smolvla-serve", lambda c: ["--checkpoint", str(c.tmp / "nope")], ["nope"],
          subprocess=True),

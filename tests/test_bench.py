@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
        "TOKENIZERS_PARALLELISM": "false"}
-TESTED = {"learning", "loader", "real_size", "scale", "serve", "train_step"}
-"""The scripts the tests below run (bench/learning.py, bench/loader.py, bench/real_size.py, bench/scale.py,
-bench/serve.py, bench/train_step.py); ``gpu_check.sh`` has its own test."""
+TESTED = {"cache_verify", "learning", "loader", "real_size", "scale", "serve", "train_step"}
+"""The scripts the tests below run (bench/cache_verify.py, bench/learning.py, bench/loader.py, bench/real_size.py,
+bench/scale.py, bench/serve.py, bench/train_step.py); ``gpu_check.sh`` has its own test."""
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> dict:
@@ -134,6 +134,18 @@ def test_scale(tmp_path):
     for key in ("startup_s", "first_run_startup_s", "main_rss_mib", "max_worker_rss_mib", "max_worker_anon_mib",
                 "max_worker_uss_mib", "import_s"):
         assert is_number(out[key]), key
+
+
+def test_cache_verify(tmp_path):
+    out = run_script("cache_verify", "--root", str(tmp_path))
+    assert (out["rows"], out["row_bytes"]) == (20_000, 1136)
+    for key in ("entry_gb", "build_s", "build_checksum_s", "open_s", "full_hot_s", "full_cold_s", "hot_gb_s",
+                "cold_gb_s", "xxh3_gb_s", "blake2b_gb_s"):
+        assert is_number(out[key]), key
+    assert out["release"]["rows"] == 119_094_660 and out["task"]["rows"] == 2_381_893
+    for scaled in (out["task"], out["release"]):
+        assert all(is_number(scaled[k]) for k in ("gb", "open_s", "full_hot_s", "full_cold_s")), scaled
+    assert not list(tmp_path.rglob("*.npy"))  # the entry is removed without --keep
 
 
 def test_learning(tmp_path):

@@ -10,13 +10,14 @@ carries file names instead of arrays.
 Layout under the cache folder (``--cache-dir``; default :func:`default_cache_dir`), one entry per
 (dataset, selected episodes, state and action keys, their files' sizes and modification times, format version)::
 
-    <cache>/<dataset name>-<key>/manifest.json       rows, dims, episode bounds, task indices used
+    <cache>/<dataset name>-<key>/manifest.json       rows, episode bounds, task indices used, dropped frames, and
+                                                     per file: shape, dtype, size, mtime, content checksum
                                  state.npy           float32 [N, D_raw]  (the dataset's state, unmapped)
                                  action.npy          float32 [N, A]
                                  timestamp.npy       float32 [N]         seconds in the episode
                                  frame_index.npy     int64   [N]
                                  task_index.npy      int64   [N]
-                                 frames-s<k>.npy     the frame table of frame stride k
+                                 frames-s<k>.npy     the frame table of frame stride k (its record: .json)
                                  stats-<key>.npz     normalisation statistics (keyed by the metadata they
                                                      come from), so later runs skip parsing them
 
@@ -26,6 +27,23 @@ unchanged dataset reuses its entry without opening a parquet file. Entries are w
 renamed into place (atomic on one filesystem), under an exclusive ``flock`` on ``<cache>/.<entry>.lock``: concurrent
 runs and the processes of one node under DDP build an entry once, the others wait for the lock and then open it.
 Old entries are never deleted automatically; remove folders of the cache to reclaim disk.
+
+Nothing on disk is trusted (a cache is rebuildable by definition, so it must never take a run down or feed it garbage):
+
+* the manifest records, for every file, its shape, dtype, size, modification time and an XXH3-128 content checksum
+  (:data:`CHECKSUM`), taken when the file is written;
+* opening an entry checks its structure: manifest readable and well-formed, every file present with the size,
+  ``.npy`` header, shape and dtype it was built with, episode bounds that fit the dataset's metadata, task indices in
+  the task table. The content checksum is checked for every file whose size or modification time changed since it
+  was built (an edit in place), and for every file with ``verify`` (``smolvla-train --verify-data``). DataLoader
+  workers check the structure only (their reader's process has just checked the rest). What a full check costs, for
+  one task and for a whole release: ``bench/cache_verify.py`` (README.md, "Numeric cache");
+* a damaged entry is rebuilt under the lock, with one line on stderr naming what was damaged; one that cannot be
+  replaced is a one-line :class:`~behavior_smolvla.errors.CacheError` naming the folder to delete. Derived files (a
+  frame table, the kept statistics) are rebuilt the same way;
+* non-finite state or action values are found while an entry is built (every row is read then anyway): refused, or
+  with ``drop_nonfinite`` the episode is cut before its first such frame (:class:`DroppedFrames`, kept in the
+  manifest).
 """
 
 from __future__ import annotations
@@ -34,22 +52,42 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
+import mmap
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
-from behavior_smolvla.errors import ConfigError, DatasetError
+from behavior_smolvla.errors import CacheError, ConfigError, DatasetError
 
-CACHE_FORMAT = 1
-"""Version of the cache layout; bumping it invalidates every entry (it is part of the key)."""
+CACHE_FORMAT = 2
+"""Version of the cache layout; bumping it invalidates every entry (it is part of the key). 2: per-file records
+(shape, dtype, size, modification time, content checksum) and dropped frames in the manifest."""
+MANIFEST = "manifest.json"
+CHECKSUM = "xxh3_128"
+"""The content checksum of every cache file: xxhash's XXH3, 128 bits. 3-8 GB/s on one core of a loaded 2-vCPU VM,
+17-25x BLAKE2b (``hashlib.blake2b``) there (``bench/cache_verify.py``), so hashing costs less than reading the file
+from disk. It detects damage, not tampering: whoever can rewrite a cache file can rewrite the
+manifest as well, so a cryptographic hash would buy nothing here."""
+HASH_BLOCK = 1 << 22
+"""Bytes hashed per call (4 MiB): blocks that stay in the CPU cache hash faster than one call over a whole map."""
+STRUCTURE, CHANGED, FULL = "structure", "changed", "full"
+"""Check levels of an entry: ``structure`` (files present, sizes, ``.npy`` headers, shapes, dtypes: what a DataLoader
+worker checks), ``changed`` (also the bounds and task indices against the metadata, and the content checksum of every
+file modified since it was built: what opening an entry checks), ``full`` (the content checksum of every file:
+``--verify-data``)."""
 CACHE_ENV = "SMOLVLA_CACHE_DIR"
 """Environment variable overriding the default cache folder (the ``--cache-dir`` flag overrides both)."""
 NUMERIC_COLUMNS = ("state", "action", "timestamp", "frame_index", "task_index")
@@ -183,11 +221,18 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def open_npy(path: Path) -> np.ndarray:
-    """A read-only memory map of a ``.npy`` file (a 0-row array is loaded: numpy cannot map empty files)."""
+    """A read-only memory map of a ``.npy`` file of the cache (a 0-row array is loaded: numpy cannot map empty files).
+
+    Raises:
+        CacheError: the file is missing or unreadable (damaged after its entry was checked), naming its folder.
+    """
+    path = Path(path)
     try:
+        if math.prod(npy_header(path)[0]) == 0:
+            return np.load(path)  # numpy cannot map a file without data
         return np.load(path, mmap_mode="r")
-    except ValueError:
-        return np.load(path)
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        raise CacheError(damaged_message(path.parent, f"{path.name} cannot be read: {_short(exc)}")) from None
 
 
 class _Progress:
@@ -223,11 +268,295 @@ class _Progress:
             self.bar.stop()
 
 
+# -- file records and checks ------------------------------------------------------------------------------------
+
+
+class _Damaged(Exception):
+    """What is wrong with a cache entry, as a short phrase naming the file (internal: becomes a rebuild or a
+    :class:`CacheError`)."""
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line: its first sentence, at most 120 characters."""
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    return text.split(". ")[0][:120]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def damaged_message(entry: Path, problem: str) -> str:
+    """The one line of a damaged entry that this process cannot rebuild: what is wrong and the folder to delete."""
+    return (f"numeric cache entry {entry} is damaged ({problem}); run again to rebuild it, or delete the folder "
+            f"{entry}")
+
+
+def file_checksum(path: Path) -> str:
+    """Hex :data:`CHECKSUM` of a file's bytes, read through a memory map in :data:`HASH_BLOCK` blocks."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    for start in range(0, size, HASH_BLOCK):
+                        digest.update(view[start:start + HASH_BLOCK])
+                finally:
+                    view.release()
+    return digest.hexdigest()
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset in bytes)`` from a ``.npy`` file's header.
+
+    Raises:
+        ValueError, OSError, EOFError, SyntaxError: not a readable ``.npy`` header (what numpy's parser raises).
+    """
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f".npy format version {version} is not one this cache writes")
+        return tuple(int(n) for n in shape), dtype, fh.tell()
+
+
+def _dtype_text(dtype: np.dtype) -> str:
+    """A dtype as the manifest stores it: the ``.npy`` header's description, as JSON text (structured ones too)."""
+    return json.dumps(np.lib.format.dtype_to_descr(np.dtype(dtype)))
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What the manifest keeps of a ``.npy`` file it has just written: ``shape``, ``dtype``, ``bytes``,
+    ``mtime_ns`` and the :data:`CHECKSUM` of its bytes."""
+    shape, dtype, _ = npy_header(path)
+    digest = file_checksum(path)
+    stat = os.stat(path)
+    return {"shape": list(shape), "dtype": _dtype_text(dtype), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            CHECKSUM: digest}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, Mapping):
+        return "is not a mapping"
+    shape = record.get("shape")
+    if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
+        return "has no valid shape"
+    if not isinstance(record.get("dtype"), str) or not isinstance(record.get(CHECKSUM), str):
+        return f"has no dtype or {CHECKSUM}"
+    if not (_is_int(record.get("bytes")) and _is_int(record.get("mtime_ns"))):
+        return "has no size or modification time"
+    return None
+
+
+def check_file(path: Path, record: Mapping[str, Any], level: str) -> None:
+    """Check one ``.npy`` file of an entry against its record (see :data:`STRUCTURE` for the levels).
+
+    Raises:
+        _Damaged: missing, another size, an unreadable header, another shape or dtype than built, or (``changed``:
+            when its size or modification time differ from the record; ``full``: always) another content checksum.
+    """
+    name = path.name
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise _Damaged(f"{name} is missing") from None
+    except OSError as exc:
+        raise _Damaged(f"{name} cannot be read: {_short(exc)}") from None
+    if stat.st_size != record["bytes"]:
+        how = "truncated" if stat.st_size < record["bytes"] else "grown"
+        raise _Damaged(f"{name} was {how} to {stat.st_size} bytes ({record['bytes']} when built)")
+    try:
+        shape, dtype, offset = npy_header(path)
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError):  # what numpy's header parser raises on any bytes
+        raise _Damaged(f"{name} has no readable .npy header") from None
+    if list(shape) != record["shape"] or _dtype_text(dtype) != record["dtype"]:
+        raise _Damaged(f"{name} holds {dtype} {list(shape)}, not the {record['dtype']} {record['shape']} it was built "
+                       "with")
+    if offset + math.prod(shape) * dtype.itemsize != stat.st_size:
+        raise _Damaged(f"{name}: its header's shape {list(shape)} does not fit its {stat.st_size} bytes")
+    if level == FULL or (level == CHANGED and stat.st_mtime_ns != record["mtime_ns"]):
+        if file_checksum(path) != record[CHECKSUM]:
+            raise _Damaged(f"{name} no longer matches the content checksum taken when it was built")
+
+
+@dataclass(frozen=True)
+class DroppedFrames:
+    """The frames of one episode left out with ``drop_nonfinite`` (``smolvla-train --drop-nonfinite``): its first frame
+    holding a non-finite state or action value, and every frame after it.
+
+    Cutting the episode there (rather than removing single frames) keeps every action chunk as the reader builds it
+    everywhere else: a chunk never steps over a dropped frame, it is padded at the new end of the episode
+    (``action_is_pad``), and a velocity state map's earlier frame is always a kept one.
+
+    Attributes:
+        episode: the episode index.
+        frame: ``frame_index`` of its first non-finite frame (the first dropped).
+        frames: frames dropped (from ``frame`` to the episode's end).
+        detail: which value, e.g. ``"observation.state dim 3 is nan"``.
+        file: the data file, relative to the dataset folder.
+    """
+
+    episode: int
+    frame: int
+    frames: int
+    detail: str
+    file: str
+
+    def refusal(self) -> str:
+        """The one-line error of this frame when frames are not dropped."""
+        return (f"episode {self.episode} frame {self.frame} ({self.file}): {self.detail}; fix the data, or train with "
+                "--drop-nonfinite to leave out such a frame and the rest of its episode")
+
+
+def describe_dropped(dropped: Sequence[DroppedFrames]) -> str:
+    """One line: how many frames ``drop_nonfinite`` left out, and where."""
+    listed = ", ".join(f"{d.episode} from frame {d.frame}" for d in dropped[:6]) + (", ..." if len(dropped) > 6 else "")
+    return (f"--drop-nonfinite: dropped {sum(d.frames for d in dropped)} frames with non-finite state or action "
+            f"values, each from its first such frame to its episode's end ({len(dropped)} episode(s): {listed})")
+
+
+def _dropped_problem(items: Any) -> str | None:
+    if not isinstance(items, list):
+        return "is not a list"
+    for item in items:
+        if not (isinstance(item, Mapping) and set(item) == {"episode", "frame", "frames", "detail", "file"}
+                and all(_is_int(item[k]) for k in ("episode", "frame", "frames"))
+                and all(isinstance(item[k], str) for k in ("detail", "file"))):
+            return f"holds a malformed entry {str(item)[:80]}"
+    return None
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed ``manifest.json`` is not one this code wrote, or None."""
+    if not isinstance(manifest, Mapping):
+        return "is not a JSON object"
+    if manifest.get("format") != CACHE_FORMAT:
+        return f"has format {manifest.get('format')!r}, not {CACHE_FORMAT}"
+    if not (_is_int(manifest.get("rows")) and manifest["rows"] >= 0):
+        return "has no valid row count"
+    bounds = manifest.get("bounds")
+    if not (isinstance(bounds, list) and all(isinstance(b, list) and len(b) == 3 and all(map(_is_int, b))
+                                            for b in bounds)):
+        return "has no valid episode bounds"
+    tasks = manifest.get("task_indices")
+    if not (isinstance(tasks, list) and all(map(_is_int, tasks))):
+        return "has no valid task indices"
+    files = manifest.get("files")
+    if not (isinstance(files, Mapping) and set(files) == set(NUMERIC_COLUMNS)):
+        return "does not list the entry's files"
+    for name, record in files.items():
+        problem = _record_problem(record)
+        if problem:
+            return f"record of {name}.npy {problem}"
+    problem = _dropped_problem(manifest.get("dropped"))
+    return f"list of dropped frames {problem}" if problem else None
+
+
+def read_manifest(entry: Path) -> dict[str, Any]:
+    """The parsed, well-formed ``manifest.json`` of an entry.
+
+    Raises:
+        _Damaged: missing, unreadable, not JSON, or not in the layout of :data:`CACHE_FORMAT`.
+    """
+    try:
+        manifest = json.loads((entry / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise _Damaged(f"{MANIFEST} is missing") from None
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise _Damaged(f"{MANIFEST} is unreadable ({_short(exc)})") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise _Damaged(f"{MANIFEST} {problem}")
+    return manifest
+
+
+def _column_specs(rows: int, state_dim: int, action_dim: int) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """Column name -> (dtype, shape) of an entry of ``rows`` rows."""
+    return {"state": (np.float32, (rows, state_dim)), "action": (np.float32, (rows, action_dim)),
+            "timestamp": (np.float32, (rows,)), "frame_index": (np.int64, (rows,)), "task_index": (np.int64, (rows,))}
+
+
+def _check_against_meta(manifest: Mapping[str, Any], meta: Any, episodes: Sequence[int]) -> None:
+    """The manifest describes ``episodes`` of ``meta``: the same episodes, rows that fit their lengths (less dropped
+    frames), columns of the dataset's dims, task indices of its task table."""
+    bounds = manifest["bounds"]
+    if [b[0] for b in bounds] != [int(e) for e in episodes]:
+        raise _Damaged(f"{MANIFEST} lists other episodes than the ones its folder name stands for")
+    dropped = {d["episode"]: d["frames"] for d in manifest["dropped"]}
+    cursor = 0
+    for ep, start, stop in bounds:
+        want = meta.episodes[ep].length - dropped.get(ep, 0)
+        if start != cursor or stop - start != want:
+            raise _Damaged(f"{MANIFEST}: rows {start}-{stop} of episode {ep} do not fit its {want} frames")
+        cursor = stop
+    if manifest["rows"] != cursor:
+        raise _Damaged(f"{MANIFEST}: {manifest['rows']} rows, its episodes have {cursor}")
+    for name, (dtype, shape) in _column_specs(cursor, meta.state_dim, meta.action_dim).items():
+        record = manifest["files"][name]
+        if record["shape"] != list(shape) or record["dtype"] != _dtype_text(dtype):
+            raise _Damaged(f"{MANIFEST}: {name}.npy is recorded as {record['dtype']} {record['shape']}, the dataset "
+                           f"needs {np.dtype(dtype)} {list(shape)}")
+    unknown = sorted(set(manifest["task_indices"]) - set(meta.tasks))
+    if unknown:
+        raise _Damaged(f"{MANIFEST}: task index {unknown[0]} is not in the dataset's task table")
+
+
+def _check_task_index(entry: Path, manifest: Mapping[str, Any]) -> None:
+    """Every task index of ``task_index.npy`` lies between the smallest and largest the entry was built with (the
+    int64 column is 1.4% of an entry's bytes; one pass, no full membership test: the checksum covers the rest)."""
+    if not manifest["rows"]:
+        return
+    values = np.load(entry / "task_index.npy", mmap_mode="r")
+    lo, hi = int(values.min()), int(values.max())
+    known = manifest["task_indices"]
+    for value in (lo, hi):
+        if value not in known:
+            raise _Damaged(f"task_index.npy holds task index {value}, which the entry was not built with")
+
+
+def check_entry(entry: Path, meta: Any = None, episodes: Sequence[int] | None = None, level: str = CHANGED
+                ) -> str | None:
+    """What is damaged in a cache entry, or None when it is whole.
+
+    Args:
+        entry: the entry's folder.
+        meta, episodes: the dataset metadata and selected episodes it must describe (``changed`` and ``full``).
+        level: :data:`STRUCTURE`, :data:`CHANGED` or :data:`FULL` (see there).
+
+    Returns:
+        None, or one short phrase naming the damaged file (``"state.npy was truncated to 4096 bytes (...)"``).
+    """
+    try:
+        if not entry.is_dir() or entry.is_symlink():
+            raise _Damaged("it is not a folder")
+        manifest = read_manifest(entry)
+        if level != STRUCTURE:
+            _check_against_meta(manifest, meta, episodes)
+        for name in NUMERIC_COLUMNS:
+            check_file(entry / f"{name}.npy", manifest["files"][name], level)
+        if level != STRUCTURE:
+            _check_task_index(entry, manifest)
+    except _Damaged as exc:
+        return str(exc)
+    return None
+
+
 # -- the numeric cache ------------------------------------------------------------------------------------------
 
-RowReader = Callable[[Path, list[int]], dict[int, tuple[np.ndarray, ...]]]
-"""``(data file, its selected episodes) -> {episode: (state, action, timestamp, frame_index, task_index)}``, each
-array covering that episode's rows (validated against the metadata by the caller's reader)."""
+RowReader = Callable[[Path, list[int]], dict[int, tuple[tuple[np.ndarray, ...], DroppedFrames | None]]]
+"""``(data file, its selected episodes) -> {episode: ((state, action, timestamp, frame_index, task_index),
+dropped)}``, each array covering that episode's kept rows (validated against the metadata by the caller's reader);
+``dropped`` says which frames were left out (None: the whole episode is kept)."""
 
 
 class NumericCache:
@@ -238,55 +567,104 @@ class NumericCache:
         rows: N, total rows.
         bounds: episode -> ``(start, stop)`` rows of the arrays (half-open).
         task_indices: sorted distinct task indices of the rows.
+        dropped: :class:`DroppedFrames` of the episodes cut by ``drop_nonfinite`` when the entry was built.
         arrays: column name (:data:`NUMERIC_COLUMNS`) -> read-only memory map.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
-        manifest = json.loads((path / "manifest.json").read_text())
+    def __init__(self, path: Path, check: str | None = STRUCTURE):
+        """Open an entry (``check``: the level of :func:`check_entry` run first without metadata, i.e. at most
+        :data:`STRUCTURE`-deep; None when the caller has just checked it).
+
+        Raises:
+            CacheError: the entry is damaged (naming the file and the folder to delete).
+        """
+        self.path = Path(path)
+        try:
+            manifest = read_manifest(self.path)
+            if check is not None:
+                for name in NUMERIC_COLUMNS:
+                    check_file(self.path / f"{name}.npy", manifest["files"][name], check)
+        except _Damaged as exc:
+            raise CacheError(damaged_message(self.path, str(exc))) from None
         self.rows = int(manifest["rows"])
         self.bounds = {int(ep): (int(a), int(b)) for ep, a, b in manifest["bounds"]}
         self.task_indices = [int(t) for t in manifest["task_indices"]]
-        self.arrays = {name: open_npy(path / f"{name}.npy") for name in NUMERIC_COLUMNS}
+        self.dropped = [DroppedFrames(**d) for d in manifest["dropped"]]
+        self.arrays = {name: open_npy(self.path / f"{name}.npy") for name in NUMERIC_COLUMNS}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": str(self.path)}  # mapped again by the receiving process
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(Path(state["path"]))
+        # A DataLoader worker: the structure only (the process that pickled the reader checked the rest just now).
+        self.__init__(Path(state["path"]), check=STRUCTURE)
 
     @classmethod
     def open_or_build(cls, meta: Any, episodes: Sequence[int], read_rows: RowReader,
-                      cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> NumericCache:
-        """The entry of ``episodes`` of ``meta``: opened when it exists, else built (once, under a lock; reading
-        the data files in ``threads`` threads, at most a few files in memory at once) and opened.
+                      cache_dir: str | os.PathLike | None = None, threads: int | None = None,
+                      verify: bool = False) -> NumericCache:
+        """The entry of ``episodes`` of ``meta``: opened when it exists and passes :func:`check_entry` (level
+        :data:`CHANGED`, or :data:`FULL` with ``verify``), else built (once, under a lock; reading the data files in
+        ``threads`` threads, at most a few files in memory at once) and opened. A damaged entry is replaced, saying
+        so in one line on stderr.
 
         Raises:
             ConfigError: an unwritable cache folder.
-            DatasetError: missing or malformed data files (from ``read_rows``).
+            CacheError: a damaged entry that cannot be replaced, or an entry that cannot be written (disk full).
+            DatasetError: missing or malformed data files, non-finite values (from ``read_rows``).
         """
         root = writable_cache_dir(cache_dir)
         name = f"{Path(meta.root).name or 'dataset'}-{numeric_key(meta, episodes)}"
         entry = root / name
-        if (entry / "manifest.json").is_file():
-            return cls(entry)
+        level = FULL if verify else CHANGED
+        if os.path.lexists(entry) and check_entry(entry, meta, episodes, level) is None:
+            return cls(entry, check=None)
         with _locked(root / f".{name}.lock", f"the numeric cache {entry}"):
-            if not (entry / "manifest.json").is_file():
+            if os.path.lexists(entry):  # damaged, or rebuilt meanwhile by the process that held the lock
+                problem = check_entry(entry, meta, episodes, level)
+                if problem is None:
+                    return cls(entry, check=None)
+                _discard(entry, problem)
+                _say(f"numeric cache entry {entry} is damaged ({problem}); rebuilding it")
+            try:
                 _build(entry, meta, list(episodes), read_rows, threads)
-        return cls(entry)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise CacheError(f"cannot write the numeric cache entry {entry}: {_short(exc)}{where}; free space in "
+                                 f"{root} or pass another --cache-dir") from None
+            problem = check_entry(entry, meta, episodes, STRUCTURE)
+            if problem is not None:  # written and renamed just now: the disk or filesystem is failing
+                raise CacheError(f"the numeric cache entry {entry} is damaged right after it was built ({problem}); "
+                                 f"delete the folder {entry} and pass another --cache-dir")
+        return cls(entry, check=None)
 
-    def load_stats(self, key: str) -> tuple[dict[str, dict[str, np.ndarray]], str] | None:
-        """Normalisation statistics saved by :meth:`save_stats` under ``key``, or None."""
+    def load_stats(self, key: str, dims: Mapping[str, int]) -> tuple[dict[str, dict[str, np.ndarray]], str] | None:
+        """Normalisation statistics saved by :meth:`save_stats` under ``key``, or None: absent, or damaged (said in
+        one line; the caller recomputes and saves them again). Each of ``dims`` (feature -> size) must have finite
+        float32 ``[size]`` mean, std, min and max (the zip members' CRC-32 catches damaged bytes)."""
         path = self.path / f"stats-{key}.npz"
         if not path.is_file():
             return None
-        with np.load(path) as data:
-            source = str(data["__source__"])
+        try:
             stats: dict[str, dict[str, np.ndarray]] = {}
-            for name in data.files:
-                if name != "__source__":
-                    feature, stat = name.split("/")
-                    stats.setdefault(feature, {})[stat] = data[name]
+            with np.load(path) as data:
+                source = str(data["__source__"])
+                for member in data.files:
+                    if member != "__source__":
+                        feature, stat = member.split("/")
+                        stats.setdefault(feature, {})[stat] = data[member]
+            for feature, dim in dims.items():
+                values = stats.get(feature, {})
+                for stat in ("mean", "std", "min", "max"):
+                    value = values.get(stat)
+                    if value is None or value.shape != (dim,) or value.dtype != np.float32:
+                        raise ValueError(f"{feature} {stat} is missing or not float32 [{dim}]")
+                if not all(np.isfinite(v).all() for v in values.values()):
+                    raise ValueError(f"{feature} statistics are not finite")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            _say(f"numeric cache entry {self.path}: {path.name} is damaged ({_short(exc)}); recomputing the "
+                 "statistics")
+            return None
         return stats, source
 
     def save_stats(self, key: str, stats: dict[str, dict[str, np.ndarray]], source: str) -> None:
@@ -305,24 +683,83 @@ class NumericCache:
 
     def frame_table(self, stride: int, episodes: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """Structured ``[len]`` memory map (``episode_index, frame_index, row``) of every ``stride``-th row of
-        each episode, in episode order (built once per stride)."""
+        each episode, in episode order (built once per stride, with its record in ``frames-s<k>.json``; a damaged
+        one is rebuilt, saying so in one line)."""
         path = self.path / f"frames-s{int(stride)}.npy"
-        if not path.is_file():
-            parts = []
-            frame_index = self.arrays["frame_index"]
-            for ep in episodes:
-                begin, end = self.bounds[ep]
-                rows = np.arange(begin, end, stride, dtype=np.int64)
-                part = np.empty(len(rows), dtype=dtype)
-                part["episode_index"] = ep
-                part["frame_index"] = frame_index[begin:end:stride]
-                part["row"] = rows
-                parts.append(part)
-            save_npy_atomic(path, np.concatenate(parts) if parts else np.empty(0, dtype=dtype))
+        record_path = path.with_suffix(".json")
+        length = sum(len(range(*self.bounds[ep], stride)) for ep in episodes)
+        if path.exists() or record_path.exists():
+            try:
+                self._check_frame_table(path, record_path, length, dtype)
+                return open_npy(path)
+            except _Damaged as exc:
+                _say(f"numeric cache entry {self.path}: {exc}; rebuilding it")
+        parts = []
+        frame_index = self.arrays["frame_index"]
+        for ep in episodes:
+            begin, end = self.bounds[ep]
+            rows = np.arange(begin, end, stride, dtype=np.int64)
+            part = np.empty(len(rows), dtype=dtype)
+            part["episode_index"] = ep
+            part["frame_index"] = frame_index[begin:end:stride]
+            part["row"] = rows
+            parts.append(part)
+        save_npy_atomic(path, np.concatenate(parts) if parts else np.empty(0, dtype=dtype))
+        _write_json_atomic(record_path, file_record(path))
         return open_npy(path)
+
+    def _check_frame_table(self, path: Path, record_path: Path, length: int, dtype: np.dtype) -> None:
+        try:
+            record = json.loads(record_path.read_bytes())
+        except FileNotFoundError:
+            raise _Damaged(f"{record_path.name} is missing") from None
+        except (OSError, ValueError) as exc:
+            raise _Damaged(f"{record_path.name} is unreadable ({_short(exc)})") from None
+        problem = _record_problem(record)
+        if problem:
+            raise _Damaged(f"{record_path.name} {problem}")
+        check_file(path, record, CHANGED)
+        if record["shape"] != [length] or record["dtype"] != _dtype_text(dtype):
+            raise _Damaged(f"{path.name} holds {record['dtype']} {record['shape']}, not {length} frames")
+        rows = np.load(path, mmap_mode="r")["row"] if length else np.zeros(0, np.int64)
+        if length and not (0 <= int(rows.min()) and int(rows.max()) < self.rows):
+            raise _Damaged(f"{path.name} holds rows outside the entry's {self.rows}")
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _discard(entry: Path, problem: str) -> None:
+    """Move a damaged entry out of the way (one rename: readers that mapped its files keep them) and delete it.
+
+    Raises:
+        CacheError: it cannot be moved (e.g. another user's entry in a shared cache), naming the folder to delete.
+    """
+    aside = entry.parent / f".{entry.name}.damaged-{os.getpid()}"
+    try:
+        os.rename(entry, aside)
+    except OSError as exc:
+        raise CacheError(f"numeric cache entry {entry} is damaged ({problem}) and cannot be replaced here "
+                         f"({_short(exc)}); delete the folder {entry} and run again") from None
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            aside.unlink()
 
 
 def _build(entry: Path, meta: Any, episodes: list[int], read_rows: RowReader, threads: int | None) -> None:
+    """Write the entry into a temporary folder beside it, then rename it into place. Rows are written at the
+    metadata's offsets; when frames were dropped the columns are compacted afterwards (a second pass, only then)."""
     bounds: dict[int, tuple[int, int]] = {}
     cursor = 0
     for ep in episodes:
@@ -337,12 +774,12 @@ def _build(entry: Path, meta: Any, episodes: list[int], read_rows: RowReader, th
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared cache must be readable by other users
     try:
-        specs = {"state": (np.float32, (rows, meta.state_dim)), "action": (np.float32, (rows, meta.action_dim)),
-                 "timestamp": (np.float32, (rows,)), "frame_index": (np.int64, (rows,)),
-                 "task_index": (np.int64, (rows,))}
+        specs = _column_specs(rows, meta.state_dim, meta.action_dim)
         arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
                   if rows else np.empty(shape, dtype) for name, (dtype, shape) in specs.items()}
         tasks: set[int] = set()
+        kept = {ep: stop - start for ep, (start, stop) in bounds.items()}
+        dropped: dict[int, DroppedFrames] = {}
         progress = _Progress(f"caching the state and action of {len(episodes)} episodes", len(by_file))
         workers = threads or min(8, max(2, os.cpu_count() or 1))
         items = list(by_file.items())
@@ -357,35 +794,67 @@ def _build(entry: Path, meta: Any, episodes: list[int], read_rows: RowReader, th
                     if next_item < len(items):
                         pending.append(pool.submit(read_rows, *items[next_item]))
                         next_item += 1
-                    for ep, columns in loaded.items():
-                        begin, end = bounds[ep]
+                    for ep, (columns, cut) in loaded.items():
+                        begin = bounds[ep][0]
+                        kept[ep] = len(columns[0])
                         for name, values in zip(NUMERIC_COLUMNS, columns, strict=True):
-                            arrays[name][begin:end] = values
+                            arrays[name][begin:begin + kept[ep]] = values
                         tasks.update(np.unique(columns[4]).tolist())
+                        if cut is not None:
+                            dropped[ep] = cut
                     progress.advance()
         finally:
             progress.close()
-        for name, array in arrays.items():
+        for array in arrays.values():
             if rows:
                 array.flush()
-            else:
+        if dropped:
+            arrays, bounds = _compact(tmp, arrays, bounds, kept, meta)
+        for name, array in arrays.items():
+            if not len(array):
                 np.save(tmp / f"{name}.npy", array)
         del arrays
-        manifest = {"format": CACHE_FORMAT, "dataset": str(meta.root), "rows": rows,
-                    "state_key": meta.state_key, "action_key": meta.action_key,
+        manifest = {"format": CACHE_FORMAT, "dataset": str(Path(meta.root).resolve()),
+                    "rows": sum(kept.values()), "state_key": meta.state_key, "action_key": meta.action_key,
                     "bounds": [[ep, *bounds[ep]] for ep in episodes], "task_indices": sorted(tasks),
+                    "dropped": [asdict(dropped[ep]) for ep in episodes if ep in dropped],
+                    "files": {name: file_record(tmp / f"{name}.npy") for name in NUMERIC_COLUMNS},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
         try:
             os.rename(tmp, entry)
         except OSError:
             # another writer (without the lock, e.g. on a filesystem without flock) finished first: keep its entry
-            if not (entry / "manifest.json").is_file():
+            if check_entry(entry, meta, episodes, STRUCTURE) is not None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _compact(folder: Path, arrays: dict[str, np.ndarray], bounds: dict[int, tuple[int, int]], kept: dict[int, int],
+             meta: Any) -> tuple[dict[str, np.ndarray], dict[int, tuple[int, int]]]:
+    """Columns holding only the kept rows of each episode (in episode order), replacing the full-length ones."""
+    new_bounds: dict[int, tuple[int, int]] = {}
+    cursor = 0
+    for ep in bounds:
+        new_bounds[ep] = (cursor, cursor + kept[ep])
+        cursor += kept[ep]
+    out = {}
+    for name, (dtype, shape) in _column_specs(cursor, meta.state_dim, meta.action_dim).items():
+        if not cursor:
+            out[name] = np.empty(shape, dtype)
+            continue
+        part = folder / f".{name}.compact.npy"
+        target = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
+        for ep, (start, _) in bounds.items():
+            target[new_bounds[ep][0]:new_bounds[ep][1]] = arrays[name][start:start + kept[ep]]
+        target.flush()
+        del target
+        os.replace(part, folder / f"{name}.npy")
+        out[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+    return out, new_bounds
 
 
 # -- statistics over memory maps --------------------------------------------------------------------------------

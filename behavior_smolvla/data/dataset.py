@@ -11,9 +11,10 @@ decoded by :mod:`behavior_smolvla.data.video` with decoders opened lazily in the
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +22,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from behavior_smolvla.data.cache import NumericCache, columnwise_data_stats, open_npy, stat_files, stats_key
+from behavior_smolvla.data.cache import (
+    DroppedFrames, NumericCache, columnwise_data_stats, describe_dropped, open_npy, stat_files, stats_key,
+)
 from behavior_smolvla.data.meta import (
-    ACTION_KEY, STATE_KEY, DatasetMeta, format_indices, parse_episode_spec,
+    ACTION_KEY, STATE_KEY, DatasetMeta, column_type_problem, format_indices, parse_episode_spec,
 )
 from behavior_smolvla.data.stats import aggregate_stats, data_stats, stats_usable, stream_stats
 from behavior_smolvla.data.video import DecoderCache, ImageSize, VideoFile, output_size
-from behavior_smolvla.errors import ConfigError, DatasetError, StateMapError, VideoError
+from behavior_smolvla.errors import CacheError, ConfigError, DatasetError, StateMapError, VideoError
 
 REFERENCE_KEY = "action.reference"
 """Sample key of the reference state of each action dim (the same name as ``behavior_smolvla.actions``')."""
@@ -35,12 +38,21 @@ REFERENCE_KEY = "action.reference"
 # -- column decoding --------------------------------------------------------------------------------------------
 
 
-def _vector_column(table: pa.Table, name: str, dim: int, path: Path) -> np.ndarray:
-    """float32 ``[rows, dim]`` from a ``fixed_size_list``, ``list`` or (dim 1) scalar column.
+def _check_column_type(table: pa.Table, name: str, path: Path, declared: Any) -> None:
+    """DatasetError naming ``path`` and the column when it does not hold numbers (``declared``: info.json's dtype)."""
+    problem = column_type_problem(name, table.schema.field(name).type, declared)
+    if problem:
+        raise DatasetError(f"{path}: {problem}; fix the file or the feature's dtype in meta/info.json")
+
+
+def _vector_column(table: pa.Table, name: str, dim: int, path: Path, declared: Any = None) -> np.ndarray:
+    """float32 ``[rows, dim]`` from a ``fixed_size_list``, ``list`` or (dim 1) scalar column of numbers.
 
     Raises:
-        DatasetError: rows whose length differs from ``dim`` (the declared shape), or nulls.
+        DatasetError: values that are not numbers (``declared``: info.json's dtype, for the message), rows whose
+            length differs from ``dim`` (the declared shape), or nulls.
     """
+    _check_column_type(table, name, path, declared)
     column = table.column(name)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if array.null_count:
@@ -81,17 +93,50 @@ def _extra_column(table: pa.Table, name: str) -> np.ndarray:
     return values.astype(np.float32) if values.dtype.kind == "f" else values
 
 
-def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_columns: Sequence[str] = ()
-                      ) -> dict[int, tuple]:
+class EpisodeRows(NamedTuple):
+    """One episode's rows as :func:`read_episode_rows` returns them (n: its kept frames)."""
+
+    state: np.ndarray
+    """float32 ``[n, D]``: the raw state."""
+    action: np.ndarray
+    """float32 ``[n, A]``."""
+    timestamp: np.ndarray
+    """float32 ``[n]``: seconds in the episode."""
+    frame_index: np.ndarray
+    """int64 ``[n]``."""
+    task_index: np.ndarray
+    """int64 ``[n]``."""
+    extras: dict[str, np.ndarray]
+    """Extra column -> values ``[n, ...]``."""
+    dropped: DroppedFrames | None
+    """The frames left out by ``drop_nonfinite`` (None: the whole episode is kept)."""
+
+
+def _nonfinite_detail(meta: DatasetMeta, state: np.ndarray, action: np.ndarray) -> str:
+    """``"observation.state dim 3 is nan"``: the first non-finite value of one row, by the dataset's feature name."""
+    for key, values in ((meta.state_key, state), (meta.action_key, action)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            return f"{key} dim {int(bad[0])} is {values[bad[0]]}"
+    return "no value is non-finite"
+
+
+def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_columns: Sequence[str] = (),
+                      drop_nonfinite: bool = False) -> dict[int, EpisodeRows]:
     """The rows of episodes ``eps`` from their data file ``path``, read once and checked against the metadata.
 
+    Every state and action value is checked to be finite (NaN or inf would train until the loss itself turned NaN).
+    With ``drop_nonfinite`` an episode holding such a frame is cut before it (:class:`DroppedFrames` says where).
+
     Returns:
-        episode -> ``(state float32 [n, D], action float32 [n, A], timestamp float32 [n], frame_index int64 [n],
-        task_index int64 [n], {extra column: values [n, ...]})`` with ``n`` the episode's length.
+        episode -> :class:`EpisodeRows` (state float32 [n, D], action float32 [n, A], timestamp float32 [n],
+        frame_index int64 [n], task_index int64 [n], extras, dropped) with ``n`` the episode's length, or its kept
+        frames.
 
     Raises:
-        DatasetError: a missing or unreadable file, missing columns, fewer rows than the metadata says, rows of
-            another episode, unknown task indices.
+        DatasetError: a missing or unreadable file, missing columns, columns that do not hold numbers, fewer rows
+            than the metadata says, rows of another episode, unknown task indices, a non-finite state or action
+            value (without ``drop_nonfinite``; naming the episode, the frame and the value).
     """
     if not path.is_file():
         raise DatasetError(f"data file {path} (episode {eps[0]}) does not exist; re-download the data/ "
@@ -114,11 +159,16 @@ def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_c
         raise DatasetError(f"cannot read {path} ({' '.join(str(exc).split())}); re-download it") from None
     finally:
         handle.close()
-    state = _vector_column(table, meta.state_key, meta.state_dim, path)
-    action = _vector_column(table, meta.action_key, meta.action_dim, path)
+    features = meta.features
+    state = _vector_column(table, meta.state_key, meta.state_dim, path, features[meta.state_key].get("dtype"))
+    action = _vector_column(table, meta.action_key, meta.action_dim, path, features[meta.action_key].get("dtype"))
+    for c in optional:
+        _check_column_type(table, c, path, (features.get(c) or {}).get("dtype"))
     columns = {c: table.column(c).to_numpy() for c in optional}
     extras = {c: _extra_column(table, c) for c in extra_columns}
-    loaded: dict[int, tuple] = {}
+    finite = np.isfinite(state).all(axis=1) & np.isfinite(action).all(axis=1)
+    relative = str(path.relative_to(meta.root)) if path.is_relative_to(meta.root) else str(path)
+    loaded: dict[int, EpisodeRows] = {}
     for ep in eps:
         info = meta.episodes[ep]
         lo, hi = info.row_start, info.row_stop
@@ -146,8 +196,17 @@ def read_episode_rows(meta: DatasetMeta, path: Path, eps: Sequence[int], extra_c
                      else (np.arange(hi - lo) / meta.fps).astype(np.float32))
         frame_index = (columns["frame_index"][lo:hi].astype(np.int64) if "frame_index" in columns
                        else np.arange(hi - lo, dtype=np.int64))
-        loaded[ep] = (state[lo:hi], action[lo:hi], timestamp, frame_index, task_index,
-                      {c: extras[c][lo:hi] for c in extra_columns})
+        dropped = None
+        keep = hi - lo
+        if not finite[lo:hi].all():
+            keep = int(np.argmin(finite[lo:hi]))
+            dropped = DroppedFrames(episode=int(ep), frame=int(frame_index[keep]), frames=hi - lo - keep,
+                                    detail=_nonfinite_detail(meta, state[lo + keep], action[lo + keep]),
+                                    file=relative)
+            if not drop_nonfinite:
+                raise DatasetError(dropped.refusal())
+        loaded[ep] = EpisodeRows(state[lo:lo + keep], action[lo:lo + keep], timestamp[:keep], frame_index[:keep],
+                                 task_index[:keep], {c: extras[c][lo:lo + keep] for c in extra_columns}, dropped)
     return loaded
 
 
@@ -232,9 +291,17 @@ class BehaviorDataset(torch.utils.data.Dataset):
             per episode, independent of its length.
         in_memory: read the numeric columns into this process's memory instead (no cache; for a few episodes,
             e.g. offline evaluation). ``extra_columns`` imply it.
+        drop_nonfinite: leave out each episode's frames from its first one holding a NaN or infinite state or action
+            value (``--drop-nonfinite``; said in one line on stderr, listed in :attr:`dropped`), instead of refusing
+            the data. Cutting the episode there keeps every action chunk and velocity pair made of kept frames (a
+            chunk is padded at the new end, ``action_is_pad``); normalisation statistics then come from the kept
+            rows, not the ones stored with the dataset.
+        verify_cache: check the content checksum of every numeric cache file of the entry (``--verify-data``), not
+            only of those modified since they were built (:mod:`behavior_smolvla.data.cache`).
 
     Attributes:
         meta, episodes (selected, sorted), cameras, state_map (bound, or None), stats, state_names, action_names,
+        dropped (:class:`~behavior_smolvla.data.cache.DroppedFrames` per episode cut by ``drop_nonfinite``),
         frame_table (structured ``[len]``: ``episode_index, frame_index, row``; ``row`` indexes the internal arrays),
         tasks (sorted distinct task strings of the selected episodes), chunk_size, frame_stride, sample_stride,
         image_size.
@@ -246,7 +313,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
     Raises:
         DatasetError: unknown episodes or cameras, missing or malformed parquet files, columns that do not match
-            info.json, rows that do not belong to the episode the metadata says.
+            info.json, rows that do not belong to the episode the metadata says, non-finite state or action values
+            (without ``drop_nonfinite``), or no frame left after dropping them.
+        CacheError: a damaged numeric cache entry that cannot be replaced (naming the folder to delete).
         VideoError: a missing video file of a selected episode and camera (at construction); a truncated or
             undecodable one when a sample reads it.
         ConfigError: a non-positive ``chunk_size``, ``frame_stride`` or ``sample_stride``; an unwritable ``cache_dir``.
@@ -271,6 +340,8 @@ class BehaviorDataset(torch.utils.data.Dataset):
         action_reference: Sequence[int | None] | None = None,
         cache_dir: str | os.PathLike | None = None,
         in_memory: bool = False,
+        drop_nonfinite: bool = False,
+        verify_cache: bool = False,
     ) -> None:
         self.meta = root if isinstance(root, DatasetMeta) else DatasetMeta.load(root)
         meta = self.meta
@@ -308,7 +379,17 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
         self._cache: NumericCache | None = None
         self.recompute_stats = bool(recompute_stats)
-        raw_state = self._load_rows() if in_memory or self.extra_columns else self._open_cache(cache_dir)
+        self.drop_nonfinite = bool(drop_nonfinite)
+        raw_state = (self._load_rows() if in_memory or self.extra_columns
+                     else self._open_cache(cache_dir, verify_cache))
+        if self.dropped:
+            if not self.drop_nonfinite:  # an entry built by an earlier run with --drop-nonfinite
+                raise DatasetError(self.dropped[0].refusal())
+            if not len(raw_state):
+                raise DatasetError(f"--drop-nonfinite: every frame of the selected episodes of {meta.root} holds or "
+                                   f"follows a non-finite value (first: {self.dropped[0].refusal().split(';')[0]}); "
+                                   "fix the data or select other episodes")
+            print(describe_dropped(self.dropped), file=sys.stderr, flush=True)
         self.action_reference = self._reference_rows(raw_state, action_reference)
         self.stats, self.stats_source = self._cached_stats(raw_state)
         self.state_map = state_map
@@ -364,12 +445,13 @@ class BehaviorDataset(torch.utils.data.Dataset):
         state_parts, action_parts, ts_parts, fi_parts, task_parts = [], [], [], [], []
         extra_parts: dict[str, list[np.ndarray]] = {c: [] for c in self.extra_columns}
         self._bounds: dict[int, tuple[int, int]] = {}
-        loaded: dict[int, tuple] = {}
+        loaded: dict[int, EpisodeRows] = {}
         for path, eps in by_file.items():
-            loaded.update(read_episode_rows(meta, path, eps, self.extra_columns))
+            loaded.update(read_episode_rows(meta, path, eps, self.extra_columns, self.drop_nonfinite))
+        self.dropped = [loaded[ep].dropped for ep in self.episodes if loaded[ep].dropped is not None]
         cursor = 0
         for ep in self.episodes:
-            st, ac, ts, fi, ti, ex = loaded[ep]
+            st, ac, ts, fi, ti, ex, _ = loaded[ep]
             state_parts.append(st)
             action_parts.append(ac)
             ts_parts.append(ts)
@@ -386,15 +468,17 @@ class BehaviorDataset(torch.utils.data.Dataset):
         self._extras = {c: np.concatenate(extra_parts[c]) for c in self.extra_columns}
         return np.ascontiguousarray(np.concatenate(state_parts), dtype=np.float32)
 
-    def _open_cache(self, cache_dir: str | os.PathLike | None) -> np.ndarray:
-        """Memory-map the selected episodes' rows from the numeric cache (built on first use); sets the internal
-        arrays and returns the raw float32 state (a read-only memory map)."""
-        meta = self.meta
+    def _open_cache(self, cache_dir: str | os.PathLike | None, verify: bool) -> np.ndarray:
+        """Memory-map the selected episodes' rows from the numeric cache (built on first use, checked on every
+        open: :meth:`NumericCache.open_or_build`); sets the internal arrays and returns the raw float32 state (a
+        read-only memory map)."""
+        meta, drop = self.meta, self.drop_nonfinite
 
-        def read(path: Path, eps: list[int]) -> dict[int, tuple[np.ndarray, ...]]:
-            return {ep: rows[:5] for ep, rows in read_episode_rows(meta, path, eps, ()).items()}
+        def read(path: Path, eps: list[int]) -> dict[int, tuple[tuple[np.ndarray, ...], DroppedFrames | None]]:
+            return {ep: (rows[:5], rows.dropped) for ep, rows in read_episode_rows(meta, path, eps, (), drop).items()}
 
-        self._cache = NumericCache.open_or_build(meta, self.episodes, read, cache_dir)
+        self._cache = NumericCache.open_or_build(meta, self.episodes, read, cache_dir, verify=verify)
+        self.dropped = list(self._cache.dropped)
         arrays = self._cache.arrays
         self._bounds = dict(self._cache.bounds)
         self._action = arrays["action"]
@@ -423,6 +507,24 @@ class BehaviorDataset(torch.utils.data.Dataset):
         self.__dict__.update(state)
 
     @property
+    def episode_lengths(self) -> dict[int, int]:
+        """Frames of each selected episode held here (the metadata's length, less frames ``drop_nonfinite`` left
+        out)."""
+        return {ep: stop - start for ep, (start, stop) in self._bounds.items()}
+
+    def _task_text(self, row: int) -> str:
+        """The instruction of internal row ``row``; a task index outside the task table can only come from a
+        numeric cache file damaged after its entry was checked (the reader checks the parquet's)."""
+        index = int(self._task_index[row])
+        task = self.meta.tasks.get(index)
+        if task is None:
+            where = self._cache.path if self._cache is not None else self.meta.root
+            raise CacheError(f"row {row} of the numeric cache entry {where} holds task index {index}, which "
+                             f"{self.meta.root} does not define: the entry is damaged; delete the folder {where} "
+                             "and run again")
+        return task
+
+    @property
     def numeric_in_memory(self) -> bool:
         """True when the numeric columns live in this process's memory (``cache_dir=False`` or extra columns);
         False when they are memory-mapped from the numeric cache."""
@@ -434,7 +536,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
         if self._cache is None or self.recompute_stats:
             return self._compute_stats(raw_state)
         key = stats_key(self.meta, self.episodes)
-        found = self._cache.load_stats(key)
+        found = self._cache.load_stats(key, {STATE_KEY: self.meta.state_dim, ACTION_KEY: self.meta.action_dim})
         if found is not None:
             return found
         stats, source = self._compute_stats(raw_state)
@@ -443,6 +545,9 @@ class BehaviorDataset(torch.utils.data.Dataset):
 
     def _compute_stats(self, raw_state: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], str]:
         meta = self.meta
+        if self.dropped:  # the stored statistics and a parquet pass would include the dropped frames
+            return ({STATE_KEY: columnwise_data_stats(raw_state, data_stats),
+                     ACTION_KEY: columnwise_data_stats(self._action, data_stats)}, "computed from the kept frames")
         if self.recompute_stats:  # stored statistics distrusted (smolvla-train --recompute-stats)
             return stream_stats(meta, self.episodes), "recomputed from data"
         dims = {STATE_KEY: meta.state_dim, ACTION_KEY: meta.action_dim}
@@ -513,7 +618,7 @@ class BehaviorDataset(torch.utils.data.Dataset):
             STATE_KEY: torch.from_numpy(self._state_row(row, start)),
             ACTION_KEY: torch.from_numpy(np.asarray(self._action[np.minimum(wanted, stop - 1)])),
             "action_is_pad": torch.from_numpy(wanted >= stop),
-            "task": self.meta.tasks[int(self._task_index[row])],
+            "task": self._task_text(row),
             "episode_index": torch.tensor(int(entry["episode_index"]), dtype=torch.int64),
             "frame_index": torch.tensor(int(entry["frame_index"]), dtype=torch.int64),
             "timestamp": torch.tensor(self._timestamp[row], dtype=torch.float32),

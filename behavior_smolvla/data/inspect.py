@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from behavior_smolvla.data.meta import ACTION_KEY, BOOKKEEPING_COLUMNS, STATE_KEY, DatasetMeta, format_indices
+from behavior_smolvla.data.meta import (
+    ACTION_KEY, BOOKKEEPING_COLUMNS, STATE_KEY, DatasetMeta, column_type_problem, format_indices,
+)
 from behavior_smolvla.errors import DatasetError, VideoError
 from behavior_smolvla.data.video import DecodeCheck, probe_video, verify_video
 
@@ -94,15 +96,17 @@ def training_flags(meta: DatasetMeta) -> str | None:
 
 
 def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAULT_PROBE_FILES,
-                    state_key: str = STATE_KEY, action_key: str = ACTION_KEY, verify: bool = False,
+                    state_key: str | None = None, action_key: str | None = None, verify: bool = False,
                     jobs: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Report on a dataset folder (JSON-serialisable). Any LeRobot dataset is described, one without an
     ``observation.state`` or ``action`` feature too.
 
     Args:
         root: the dataset folder (holding ``meta/info.json``).
-        state_key, action_key: the features to describe as the state and the action (absent ones are reported as
-            None, with the float vector features listed as candidates and the flags to train on them).
+        state_key, action_key: the features to describe as the state and the action (``--state-key``,
+            ``--action-key``); None: ``observation.state`` and ``action`` where the dataset has them (absent ones are
+            reported as None, with the float vector features listed as candidates and the flags to train on them).
+            A key given that is not a float vector feature is a "feature" problem.
         probe_files: how many files per camera to measure, and how many data files to read row counts from,
             spread over the dataset; ``None`` measures every file. Existence is checked for every file.
         verify: also decode every frame of every video (:func:`verify_videos`, parallel over ``jobs`` files, a
@@ -127,16 +131,27 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         (distinct ``WxH``), ``frames`` (in the probed files) vs ``expected_frames`` (the metadata's lengths of
         their episodes), ``files``, ``probed``, ``missing``), ``verified`` (``verify``) and ``problems`` (list of
         ``kind`` in {"missing", "unreadable", "frame count", "row count", "codec" (info.json's ``video.codec``
-        differs from the probed files'), "damaged video", "stats" (the last two with ``verify``)}, ``path`` relative
-        to ``root``, ``detail``).
+        differs from the probed files'), "feature" (a ``state_key`` / ``action_key`` given that the dataset lacks),
+        "type" (a probed data file stores the state, action or a bookkeeping column as something else than the
+        numbers info.json declares), "damaged video", "stats" (the last two with ``verify``)}, ``path`` relative to
+        ``root``, ``detail``). The report lists no problem exactly when ``smolvla-inspect`` exits 0.
 
     Raises:
         DatasetError: the folder or its metadata (``meta/info.json``, episodes, tasks) is missing or malformed; file
             problems below the metadata are reported, not raised.
     """
-    meta = DatasetMeta.load(root, state_key=state_key, action_key=action_key, require_state_action=False)
+    meta = DatasetMeta.load(root, state_key=state_key or STATE_KEY, action_key=action_key or ACTION_KEY,
+                            require_state_action=False)
     root = meta.root
     problems: list[dict[str, str]] = []
+    for role, asked, found in (("state", state_key, meta.state_key), ("action", action_key, meta.action_key)):
+        if asked is not None and found is None:
+            what = "is not a float vector feature" if asked in meta.features else "is not a feature"
+            listed = ", ".join(f"{k} [{n}]" for k, n in meta.vector_features.items()) or "none"
+            problems.append({"kind": "feature", "path": "meta/info.json",
+                             "detail": f"--{role}-key {asked!r} {what} of this dataset; its float vector features: "
+                                       f"{listed}"})
+    state_key, action_key = state_key or STATE_KEY, action_key or ACTION_KEY
     episodes = meta.episodes
     indices = list(episodes)
     lengths = np.array([e.length for e in episodes.values()], dtype=np.int64)
@@ -161,11 +176,18 @@ def inspect_dataset(root: str | os.PathLike, *, probe_files: int | None = DEFAUL
         try:
             parquet = pq.ParquetFile(path)
             rows = parquet.metadata.num_rows
-            columns.update(parquet.schema_arrow.names)
+            schema = parquet.schema_arrow
+            columns.update(schema.names)
         except (pa.ArrowException, OSError) as exc:
             problems.append({"kind": "unreadable", "path": _relative(path, root), "detail": " ".join(str(exc).split())})
             continue
         checked += 1
+        for name in dict.fromkeys([meta.state_key, meta.action_key, *BOOKKEEPING_COLUMNS]):
+            if name is not None and name in schema.names:
+                problem = column_type_problem(name, schema.field(name).type,
+                                              (meta.features.get(name) or {}).get("dtype"))
+                if problem:
+                    problems.append({"kind": "type", "path": _relative(path, root), "detail": problem})
         if rows != expected:
             problems.append({"kind": "row count", "path": _relative(path, root),
                              "detail": f"{rows} rows, the metadata's episodes {format_indices(data_files[path])} "

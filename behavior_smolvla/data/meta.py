@@ -18,6 +18,7 @@ policy's names ``observation.state`` and ``action``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from behavior_smolvla.errors import DatasetError
+from behavior_smolvla.errors import DatasetError, read_text_file
 
 STATE_KEY = "observation.state"
 """The policy's name for the state, and the default dataset feature read as the state (``--state-key``)."""
@@ -176,26 +177,62 @@ def _flat_names(names: Any, dim: int | None) -> list[str] | None:
 
 
 def _read_json(path: Path) -> Any:
+    text = read_text_file(path, str(path), DatasetError)
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-download it") from None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict]:
+    """The JSON object of every non-empty line, each holding the ``required`` keys.
+
+    Raises:
+        DatasetError: a missing or undecodable file, a line that is not a JSON object or lacks a required key.
+    """
     if not path.is_file():
         raise DatasetError(f"{path} not found: a LeRobot v2.1 dataset needs it; re-download the meta/ folder")
     rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path} line {lineno} is not valid JSON ({exc.msg}); fix or re-download it") \
-                        from None
+    for lineno, line in enumerate(read_text_file(path, str(path), DatasetError).splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path} line {lineno} is not valid JSON ({exc.msg}); fix or re-download it") \
+                    from None
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise DatasetError(f"{path} line {lineno} has no {missing[0]!r}; every line needs "
+                                   f"{', '.join(map(repr, required))}; fix or re-download it")
+            rows.append(row)
     return rows
+
+
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an int, or a float/str holding one), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def column_type_problem(name: str, kind: pa.DataType, declared: Any) -> str | None:
+    """Why a parquet column of arrow type ``kind`` cannot hold the numbers of feature ``name`` (``declared``: its
+    dtype in ``meta/info.json``), or None: numbers (float, int, bool), or lists of them, are accepted.
+
+    A column declared ``float32`` but stored as strings would otherwise fail deep inside numpy's conversion.
+    """
+    value = kind
+    while pa.types.is_fixed_size_list(value) or pa.types.is_list(value) or pa.types.is_large_list(value):
+        value = value.value_type
+    if pa.types.is_floating(value) or pa.types.is_integer(value) or pa.types.is_boolean(value):
+        return None
+    return (f"column {name!r} is stored as {kind}, but meta/info.json declares "
+            f"{declared if isinstance(declared, str) else 'numbers'}")
 
 
 def read_parquet(path: Path, columns: Sequence[str] | None = None, what: str = "parquet file") -> pa.Table:
@@ -340,9 +377,12 @@ class DatasetMeta:
                                "(expected meta/info.json, data/, videos/)")
         info = _read_json(info_path)
         version = str(info.get("codebase_version", ""))
+        if not isinstance(info, dict):
+            raise DatasetError(f"{info_path} is not a JSON object; re-download meta/info.json")
         features = info.get("features")
-        if not isinstance(features, dict):
-            raise DatasetError(f"{info_path} has no 'features' mapping; re-download meta/info.json")
+        if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
+            raise DatasetError(f"{info_path} has no 'features' mapping of feature name -> description; re-download "
+                               "meta/info.json")
         keys: dict[str, str | None] = {"state": state_key, "action": action_key}
         candidates = vector_features(features)
         for role, key in list(keys.items()):
@@ -355,8 +395,9 @@ class DatasetMeta:
             listed = ", ".join(f"{k} [{n}]" for k, n in candidates.items()) or "none"
             raise DatasetError(f"{info_path}: {key!r} {what} of this dataset (its float vector features: {listed}); "
                                f"pick the {role} with --{role}-key NAME")
-        if "fps" not in info:
-            raise DatasetError(f"{info_path} has no 'fps'")
+        fps = info.get("fps")
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not (math.isfinite(fps) and fps > 0):
+            raise DatasetError(f"{info_path}: 'fps' is {fps!r}, not a frame rate above 0; fix meta/info.json")
         if "data_path" not in info:
             raise DatasetError(f"{info_path} has no 'data_path' template")
         camera_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
@@ -450,21 +491,30 @@ class DatasetMeta:
                 return fast
             if path.is_file():
                 head = re.compile(r'"episode_index"\s*:\s*(\d+)')
-                with path.open() as fh:
-                    for line in fh:
-                        # Skip unselected episodes before parsing: BEHAVIOR lines carry per-camera image stats.
-                        match = head.search(line[:200])
-                        if match and int(match.group(1)) not in wanted:
-                            continue
-                        if not line.strip():
-                            continue
-                        row = json.loads(line)
-                        ep = int(row["episode_index"])
-                        if ep not in wanted:
-                            continue
-                        stats = row.get("stats", {})
-                        out[ep] = {sources[f]: {k: np.asarray(v, dtype=np.float64) for k, v in stats[f].items()}
-                                   for f in features if f in stats}
+                lineno = 0
+                try:
+                    with path.open(encoding="utf-8") as fh:
+                        for lineno, line in enumerate(fh, 1):
+                            # Skip unselected episodes before parsing: BEHAVIOR lines carry per-camera image stats.
+                            match = head.search(line[:200])
+                            if match and int(match.group(1)) not in wanted:
+                                continue
+                            if not line.strip():
+                                continue
+                            row = json.loads(line)
+                            ep = int(row["episode_index"])
+                            if ep not in wanted:
+                                continue
+                            stats = row.get("stats", {})
+                            out[ep] = {sources[f]: {k: np.asarray(v, dtype=np.float64) for k, v in stats[f].items()}
+                                       for f in features if f in stats}
+                except UnicodeDecodeError:
+                    raise DatasetError(f"{path}: not a UTF-8 text file (after line {lineno}); fix or re-download it, "
+                                       "or train with --recompute-stats") from None
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON syntax, or another layout
+                    raise DatasetError(f"{path} line {lineno}: not an episode's statistics ({type(exc).__name__}: "
+                                       f"{' '.join(str(exc).split())[:120]}); fix or re-download it, or train with "
+                                       "--recompute-stats") from None
         return out
 
     def global_stats(self) -> dict[str, dict[str, np.ndarray]] | None:
@@ -589,10 +639,13 @@ def _load_v21(root: Path, info: dict, info_path: Path, camera_keys: list[str]
               ) -> tuple[dict[int, EpisodeInfo], dict[int, str]]:
     chunks_size = int(info.get("chunks_size") or 1000)
     episodes = {}
-    for row in _read_jsonl(root / "meta" / "episodes.jsonl"):
-        ep = int(row["episode_index"])
+    episodes_path = root / "meta" / "episodes.jsonl"
+    for lineno, row in enumerate(_read_jsonl(episodes_path, ("episode_index", "length")), 1):
+        ep, length = _whole_number(row["episode_index"]), _whole_number(row["length"])
+        if ep is None or length is None or ep < 0 or length < 0:
+            raise DatasetError(f"{episodes_path}: episode {lineno} has episode_index {row['episode_index']!r} and "
+                               f"length {row['length']!r}, not whole numbers >= 0; fix or re-download it")
         fields = {"episode_index": ep, "episode_chunk": ep // chunks_size}
-        length = int(row["length"])
         videos = {
             key: (root / _format_template(info["video_path"], info_path, "video_path", video_key=key, **fields), 0.0)
             for key in camera_keys
@@ -604,9 +657,12 @@ def _load_v21(root: Path, info: dict, info_path: Path, camera_keys: list[str]
     if not episodes:
         raise DatasetError(f"{root / 'meta' / 'episodes.jsonl'} lists no episode")
     tasks = {}
-    for row in _read_jsonl(root / "meta" / "tasks.jsonl"):
-        if "task_index" not in row or "task" not in row:
-            raise DatasetError(f"{root / 'meta' / 'tasks.jsonl'}: every line needs 'task_index' and 'task'")
-        tasks[int(row["task_index"])] = str(row["task"])
+    tasks_path = root / "meta" / "tasks.jsonl"
+    for row in _read_jsonl(tasks_path, ("task_index", "task")):
+        index = _whole_number(row["task_index"])
+        if index is None:
+            raise DatasetError(f"{tasks_path}: task_index {row['task_index']!r} is not a whole number; fix or "
+                               "re-download it")
+        tasks[index] = str(row["task"])
     return episodes, tasks
 

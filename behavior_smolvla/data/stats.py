@@ -64,7 +64,13 @@ def data_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def stats_usable(stats: Mapping[str, Any], dim: int) -> bool:
-    return all(k in stats and np.asarray(stats[k]).size == dim for k in BASIC_STATS)
+    """Whether stored statistics of one feature can normalise it: mean, std, min and max of ``dim`` finite numbers
+    each (statistics computed by lerobot over rows holding a NaN are NaN, and would turn every loss NaN)."""
+    try:
+        values = [np.asarray(stats[k], dtype=np.float64) for k in BASIC_STATS]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return all(v.size == dim and np.isfinite(v).all() for v in values)
 
 
 
@@ -85,7 +91,7 @@ def episode_data_stats(meta: Any, episodes: Sequence[int]) -> Iterator[tuple[int
     Raises:
         DatasetError: a missing or unreadable data file, or rows that do not fit the metadata.
     """
-    from behavior_smolvla.data.meta import ACTION_KEY, STATE_KEY, read_parquet
+    from behavior_smolvla.data.meta import ACTION_KEY, STATE_KEY, column_type_problem, read_parquet
     from behavior_smolvla.errors import DatasetError
 
     by_file: dict[Any, list[int]] = {}
@@ -96,6 +102,10 @@ def episode_data_stats(meta: Any, episodes: Sequence[int]) -> Iterator[tuple[int
         table = read_parquet(path, [meta.state_key, meta.action_key], "data file")
         arrays = {}
         for name, (column, dim) in keys.items():
+            problem = column_type_problem(column, table.schema.field(column).type,
+                                          (meta.features.get(column) or {}).get("dtype"))
+            if problem:
+                raise DatasetError(f"{path}: {problem}; fix the file or the feature's dtype in meta/info.json")
             values = table.column(column).combine_chunks()
             flat = values.flatten().to_numpy(zero_copy_only=False) if hasattr(values, "flatten") else \
                 values.to_numpy(zero_copy_only=False)

@@ -487,11 +487,13 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     cfg.data.cameras = list(inputs.cameras)
     if cfg.data.verify_data:
         verify_training_videos(meta, train_eps + val_eps, list(inputs.cameras), console if is_main else None)
-    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats, cache_dir=cfg.data.cache_dir,
-                             sample_stride=cfg.data.sample_stride)
-    validate_against_data(cfg, max(meta.episodes[e].length for e in train_eps),
-                          len(dataset) // accelerator.num_processes)
-    val_dataset = (inputs.eval_dataset(meta, val_eps, cache_dir=cfg.data.cache_dir)
+    # The numeric cache is checked on every open; --verify-data also checks every file's content checksum.
+    reader = {"cache_dir": cfg.data.cache_dir, "drop_nonfinite": cfg.data.drop_nonfinite,
+              "verify_cache": cfg.data.verify_data}
+    dataset = inputs.dataset(meta, train_eps, recompute_stats=cfg.data.recompute_stats,
+                             sample_stride=cfg.data.sample_stride, **reader)
+    validate_against_data(cfg, max(dataset.episode_lengths.values()), len(dataset) // accelerator.num_processes)
+    val_dataset = (inputs.eval_dataset(meta, val_eps, **reader)
                    if val_eps and cfg.eval.eval_steps and is_main else None)
     transform = build_image_transform(cfg)
 
