@@ -64,6 +64,29 @@ def _wait_gone(pid: int, timeout: float = 120) -> None:
     raise AssertionError(f"process {pid} still running after {timeout} s")
 
 
+def _processes_of(port: int) -> list[int]:
+    """Processes of the run whose rendezvous is on ``port`` (ranks, their DataLoader workers and forkservers: all
+    inherit ``MASTER_PORT``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (_proc_stat(int(entry.name)) or ("Z",))[0] != "Z":
+            try:
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"MASTER_PORT={port}".encode() in env:
+                found.append(int(entry.name))
+    return found
+
+
+def _assert_nothing_left(port: int, timeout: float = 60) -> None:
+    """No process of the run on ``port`` is left (a forkserver ends moments after the last process holding it)."""
+    deadline = time.time() + timeout
+    while _processes_of(port) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(port) == []
+
+
 def _launch(port: int, *args: str) -> subprocess.Popen:
     return subprocess.Popen(torchrun_train(port, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -128,6 +151,7 @@ def test_sigterm_to_every_rank_stops_all_after_the_same_step(synthetic_2025, tin
     (step,) = {s for _, s in stops.values()}  # the same step on both ranks
     assert 2 <= step < 200
     _assert_one_stop_checkpoint(out, step)
+    _assert_nothing_left(29541)  # the ranks shut their DataLoader workers down; then their forkservers ended
 
 
 @pytest.mark.slow
@@ -135,7 +159,8 @@ def test_sigterm_to_one_rank_stops_all_then_a_rank_that_cannot_join_keeps_last(s
     """SIGTERM to rank 1 only: rank 0, which writes checkpoints, learns of it in the step's all-reduce, and both
     stop after the same step with one checkpoint, exit 0. Resumed from it, rank 0 is frozen (SIGSTOP: a rank that
     cannot join) and rank 1 signalled: rank 1 waits in the step's collective, and --stop-timeout after the signal
-    prints one line and exits with 124; the checkpoint it resumed from is still ``last``, unchanged byte for byte."""
+    prints one line and exits with 124, its DataLoader worker with it; the checkpoint it resumed from is still
+    ``last``, unchanged byte for byte, and no process of the run is left."""
     out = tmp_path / "run"
     proc = _launch(29542, *base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "200", "--save-steps", "100"))
     ranks: dict[int, int] = {}
@@ -153,7 +178,7 @@ def test_sigterm_to_one_rank_stops_all_then_a_rank_that_cannot_join_keeps_last(s
     last = out / "checkpoints" / f"{step:06d}"
     before = _digests(last)
 
-    proc = _launch(29543, "--resume", str(out), "--stop-timeout", "3")
+    proc = _launch(29543, "--resume", str(out), "--stop-timeout", "3", "--num-workers", "1")
     ranks = {}
     try:
         _wait_for_step(out, proc, step + 2)  # it resumed from the stop checkpoint and trains on
@@ -176,6 +201,7 @@ def test_sigterm_to_one_rank_stops_all_then_a_rank_that_cannot_join_keeps_last(s
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"{step:06d}"]
     assert resolve_checkpoint(out) == last.resolve()
     assert _digests(last) == before
+    _assert_nothing_left(29543)  # rank 1 took its DataLoader worker with it; then their forkserver ended
 
 
 WORKER_CHECK = '''

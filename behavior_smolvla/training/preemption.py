@@ -22,6 +22,7 @@ Checkpoints are published atomically (``policy.checkpoint``), so ending a proces
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -49,7 +50,8 @@ class StopGuard:
     end the process: :attr:`signum` says one arrived, and the owner decides when to stop (the trainer: after the step
     in progress, on every rank at once). From the first signal, or from :meth:`arm` when the owner learns of a stop
     another way, the process has ``timeout_s`` seconds to exit; past them the watchdog thread writes one line to
-    stderr (``label``, the signal, :attr:`phase`, ``on_timeout()``) and calls ``os._exit(STOP_TIMEOUT_EXIT_CODE)``.
+    stderr (``label``, the signal, :attr:`phase`, ``on_timeout()``), SIGKILLs this process's multiprocessing children
+    (the DataLoader workers) and calls ``os._exit(STOP_TIMEOUT_EXIT_CODE)``.
     Repeated signals change nothing (torchrun forwards SIGTERM to ranks the cluster has already signalled).
 
     On exit without a stop request the previous handlers are restored. After a stop request SIGTERM and SIGINT stay
@@ -157,9 +159,16 @@ class StopGuard:
             tail = f"(could not say what is on disk: {exc})"
         line = (f"{self.label}no clean stop within --stop-timeout {self.timeout_s:g} s of {self._reason}: still "
                 f"{self.phase}; exiting with code {STOP_TIMEOUT_EXIT_CODE}. {tail}".rstrip() + "\n")
-        # os.write, not print: the main thread may hold sys.stderr's lock (blocked in a write to a full pipe).
         try:
+            # os.write, not print: the main thread may hold sys.stderr's lock (blocked in a write to a full pipe).
             os.write(2, line.encode(errors="replace"))
+            # The DataLoader workers go too: they obey no one else's SIGTERM, and their forkserver lives as long as
+            # one of them does (each holds the server's keep-alive pipe).
+            for child in multiprocessing.active_children():
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except OSError:
+                    pass
         finally:
             os._exit(STOP_TIMEOUT_EXIT_CODE)
 
