@@ -338,6 +338,7 @@ def train_command(
     save_steps: int = _opt(None, "--save-steps", help="Checkpoint every n steps (1000) and at the end."),
     keep_last: int = _opt(None, "--keep-last", help="Keep only the newest K checkpoints."),
     resume: str = _opt(None, "--resume", help="Run folder or checkpoint to resume ('--resume' alone: --output-dir)."),
+    stop_timeout: float = _opt(None, "--stop-timeout", help="Seconds after SIGTERM/SIGINT to stop, checkpoint and exit (60); past them: exit 124."),
     log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
     eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
     eval_max_frames: int = _opt(None, "--eval-max-frames", help="Held-out frames per validation (64)."),

@@ -171,6 +171,11 @@ class OutputConfig:
     """Keep only the newest K step checkpoints (``best`` is never pruned)."""
     resume: str | None = None
     """Run folder or checkpoint folder to resume from (``auto``: the output folder's ``checkpoints/last``)."""
+    stop_timeout: float = 60.0
+    """Seconds from a SIGTERM/SIGINT within which every rank must have finished its step, the checkpoint must be
+    written and the process must have exited (``training.preemption``); past them a rank prints one line and exits
+    with code 124 without touching ``checkpoints/last``. Keep it below the time the cluster allows between SIGTERM
+    and SIGKILL (SLURM's ``KillWait`` / ``GraceTime``; torchrun's own is 30 s)."""
 
 
 @dataclass
@@ -358,6 +363,9 @@ def validate_config(cfg: TrainConfig) -> None:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{flag} {value}: must be a finite number >= 0 ({hint})")
+    if not (math.isfinite(out.stop_timeout) and out.stop_timeout > 0):
+        raise ConfigError(f"--stop-timeout {out.stop_timeout}: must be a finite number of seconds above 0 (default 60; "
+                          "below the cluster's grace period between SIGTERM and SIGKILL)")
     if not (math.isfinite(o.ema_decay) and 0 <= o.ema_decay < 1):
         raise ConfigError(f"--ema-decay {o.ema_decay}: must be at least 0 and below 1 (0 disables the weight average, "
                           "e.g. 0.999 averages over about 1000 steps)")

@@ -320,6 +320,7 @@ CASES = [
     Case("train-image-size-huge", "smolvla-train", _train("--image-size", "100000"), ["--image-size", "GB"]),
     Case("train-precision-unknown", "smolvla-train", _train("--precision", "fp8"), ["--precision"]),
     Case("train-ema-decay-one", "smolvla-train", _train("--ema-decay", "1"), ["--ema-decay"]),
+    Case("train-stop-timeout-zero", "smolvla-train", _train("--stop-timeout", "0"), ["--stop-timeout"]),
     Case("train-config-bad-yaml", "smolvla-train",
          lambda c: ["--config", str(text_file(c, "cfg.yaml", BAD_YAML))], ["cfg.yaml"]),
     Case("train-config-lr-not-a-number", "smolvla-train",

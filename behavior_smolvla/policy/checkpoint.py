@@ -191,6 +191,15 @@ def mark_best(run_dir: Path, step: int) -> None:
     _point_link(ckpt_root / BEST, step_dir_name(step))
 
 
+def last_checkpoint_name(run_dir: str | Path) -> str | None:
+    """The step folder name ``checkpoints/last`` points to (``"000120"``), or None when none was published. Reads the
+    link only (safe from any thread: the stop watchdog of ``training.preemption`` names it)."""
+    try:
+        return os.readlink(Path(run_dir) / CHECKPOINTS_DIR / LAST)
+    except OSError:
+        return None
+
+
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete step folders under ``checkpoints/``, oldest first."""
     if not ckpt_root.is_dir():

@@ -8,6 +8,7 @@ comparison loops from, so the benchmark measures exactly the trainer's data and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from behavior_smolvla.policy.smolvla import (
     ACTION, PolicyBundle, create_policy, resolve_device, resolve_train_expert_only, to_policy_batch, vlm_is_random,
 )
 from behavior_smolvla.training.ema import EMA
+from behavior_smolvla.training.preemption import stop_signals_ignored, worker_stop_signals
 
 MIN_STD = 1e-3
 """Floor for the normalisation std of state and action dims (in each dim's own units). lerobot divides by
@@ -389,6 +391,8 @@ class Training:
             pin_memory=self.accelerator.device.type == "cuda",
             # A private generator: creating an iterator must not consume the global RNG (exact resume).
             generator=torch.Generator().manual_seed(self.cfg.optim.seed),
+            # SIGINT ignored, SIGTERM obeyed from this process only: the trainer finishes its step on a stop signal.
+            worker_init_fn=functools.partial(worker_stop_signals, os.getpid()) if workers > 0 else None,
             # Not fork: PyAV/FFmpeg decoders are not fork-safe, and neither is a process that already ran torch
             # threads. A forkserver (a fresh process that imported torch/av once) starts workers in milliseconds.
             multiprocessing_context=(self.worker_start or worker_context()) if workers > 0 else None,
@@ -464,8 +468,12 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
 
     run_dir = _prepare_run_dir(cfg, accelerator, resuming, say)
 
-    # DataLoader workers fork from a server that imports torch/av meanwhile (started now, used after the model).
-    worker_start = worker_context() if cfg.data.num_workers > 0 else None
+    # DataLoader workers fork from a server that imports torch/av meanwhile (started now, used after the model). The
+    # server and its workers ignore a cluster's SIGTERM to every process: the trainer stops them (training.preemption).
+    worker_start = None
+    if cfg.data.num_workers > 0:
+        with stop_signals_ignored():
+            worker_start = worker_context()
 
     # Data: files -> reader -> state map, all through the input contract. Resuming reads the saved contract, so a
     # change of defaults since the run started cannot change what the policy reads.

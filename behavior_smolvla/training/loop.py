@@ -4,7 +4,8 @@
 the same in one process and under ``accelerate launch --num_processes N`` / ``torchrun`` (DDP): every rank reads its
 own shard of the data order, only rank 0 logs and writes checkpoints. Exact resume: weights, optimizer, scheduler, RNG
 states and the position in the data order are restored, so on CPU in fp32 with the same worker count a resumed run
-reports the same loss at every step as an uninterrupted one.
+reports the same loss at every step as an uninterrupted one. SIGTERM or SIGINT to any rank stops every rank after the
+same step, with one checkpoint, within ``--stop-timeout`` (``training.preemption``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from behavior_smolvla.errors import BehaviorSmolVLAError, unwrap_worker_error
 from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import save_policy
 from behavior_smolvla.training.build import Training, build_training
+from behavior_smolvla.training.preemption import StopGuard
 from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
 
 
@@ -72,6 +74,12 @@ def _batches(loader, start_epoch: int, start_batch: int) -> Iterator[tuple[int, 
         epoch, first = epoch + 1, 0
 
 
+def _ranks(signals: list[int]) -> str:
+    """``"rank 1"`` / ``"ranks 0, 1"``: the ranks whose slot holds a signal."""
+    ranks = [str(i) for i, s in enumerate(signals) if s]
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
+
+
 def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | None = None) -> TrainResult:
     """Train SmolVLA as ``cfg`` says; return where the checkpoints are.
 
@@ -94,11 +102,18 @@ def train(cfg: TrainConfig, given: set[str] | None = None, console: Console | No
 class Trainer:
     """Runs a built :class:`~behavior_smolvla.training.build.Training` one optimizer step at a time.
 
-    Use it as a context manager (signal handlers, progress display, the metrics file and wandb are set up on enter
-    and closed on exit) and call :meth:`step` until :attr:`done`. Each step: ``grad_accum_steps`` micro-batches
-    (forward, backward), gradient clip, optimizer step, EMA update (``--ema-decay``), scheduler step; then logging
-    every ``log_steps``, validation every ``eval_steps``, a checkpoint every ``save_steps``, at the end and on
-    SIGTERM/SIGINT.
+    Use it as a context manager (signal handling, progress display, the metrics file and wandb are set up on enter
+    and closed on exit, the DataLoader workers stopped) and call :meth:`step` until :attr:`done`. Each step:
+    ``grad_accum_steps`` micro-batches (forward, backward), gradient clip, optimizer step, EMA update
+    (``--ema-decay``), scheduler step; then logging every ``log_steps``, validation every ``eval_steps``, a checkpoint
+    every ``save_steps``, at the end and on SIGTERM/SIGINT.
+
+    Stopping (:class:`~behavior_smolvla.training.preemption.StopGuard`): a SIGTERM or SIGINT to any rank is recorded
+    and carried by the all-reduce that ends every step (the step's loss and one slot per rank), so every rank stops
+    after the same step, the one in which the first rank to be signalled entered that all-reduce; the validation due
+    at it is skipped, rank 0 writes one checkpoint, and every rank prints one ``stopped by signal`` line and exits 0.
+    Past ``--stop-timeout`` seconds from the signal (or, on a rank that was not signalled, from the step at which it
+    learnt of it) a rank prints one line and exits with code 124, leaving ``checkpoints/last`` as it was.
 
     Attributes:
         step_times: the last step's time split in seconds (``data``, ``forward_backward``, ``optimizer``,
@@ -111,7 +126,6 @@ class Trainer:
         self.step_times: dict[str, float] = {}
         self.first_loss = self.final_loss = float("nan")
         self.stopped = False
-        self._stop_signal = 0
         self._last_path = Path(training.cfg.output.resume) if training.resuming else None
         self._window: dict[str, float] = {}
 
@@ -148,26 +162,31 @@ class Trainer:
         )
         self._task = self.progress.add_task("train", total=t.total_steps, completed=t.state.step, info="")
         self.progress.start()
-
-        # SIGTERM (a cluster's preemption notice) or Ctrl-C: finish the step, checkpoint, stop cleanly.
-        def request_stop(signum, _frame) -> None:
-            self._stop_signal = signum
-
-        self._previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         self._reset_window(time.perf_counter())
         t.policy.train()
+        world = t.accelerator.num_processes
+        self._guard = StopGuard(
+            cfg.output.stop_timeout, label=f"rank {t.accelerator.process_index}/{world}: " if world > 1 else "",
+            on_timeout=self._on_disk_note,
+        ).__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         t = self.t
         self.progress.stop()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.tracker is not None:
-            self.tracker.finish()
-        t.accelerator.end_training()
+        self._guard.phase = f"closing the run after step {t.state.step}"
+        try:
+            # Stop the DataLoader workers now (closing the generator frees the DataLoader and its iterator), not
+            # whenever the garbage collector gets to them.
+            self._stream.close()
+            self._stream = None
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.tracker is not None:
+                self.tracker.finish()
+            t.accelerator.end_training()
+        finally:
+            self._guard.__exit__(*exc)
         if exc[0] is None and t.is_main:
             t.say(f"done: {t.state.step} steps, loss {self.first_loss:.4f} -> {self.final_loss:.4f}; checkpoints in "
                   f"{t.run_dir / ckpt.CHECKPOINTS_DIR}")
@@ -195,6 +214,7 @@ class Trainer:
         times = dict.fromkeys(("data", "forward_backward", "optimizer", "log_checkpoint"), 0.0)
         grad_norm = torch.tensor(float("nan"))
         step_loss = 0.0
+        self._guard.phase = f"in step {t.state.step + 1} (waiting for its data, or for a rank in a collective)"
         for _ in range(cfg.optim.grad_accum_steps):
             t_wait = time.perf_counter()
             epoch, k, batch = next(self._stream)
@@ -229,8 +249,10 @@ class Trainer:
         state.step, state.epoch, state.batch = state.step + 1, epoch, k + 1
         if state.batch >= t.batches_per_epoch:
             state.epoch, state.batch = epoch + 1, 0
-        if acc.num_processes > 1:
-            step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
+        step_loss, signals = self._reduce_step(step_loss)
+        stop_now = any(signals)
+        if stop_now:  # a rank that was not signalled learns of the stop here: its deadline starts now
+            self._guard.arm(f"a stop signal on {_ranks(signals)}")
         if math.isnan(self.first_loss):
             self.first_loss = step_loss
         self.final_loss = step_loss
@@ -246,16 +268,17 @@ class Trainer:
             self._log(grad_norm, t_after)
         improved = False
         val_s = 0.0
-        if t.val_dataset is not None and (state.step % cfg.eval.eval_steps == 0 or state.step == t.total_steps):
+        # Stopping skips the validation due now: the checkpoint must be written before the deadline, and validation
+        # can take longer than the step (only rank 0 validates; the others wait in the all-reduce below).
+        if (t.val_dataset is not None and not stop_now
+                and (state.step % cfg.eval.eval_steps == 0 or state.step == t.total_steps)):
+            self._guard.phase = f"validating at step {state.step}"
             t_val = time.perf_counter()
             improved = self._validate()
             val_s = time.perf_counter() - t_val
             w["paused_s"] += val_s
         if cfg.eval.eval_steps and acc.num_processes > 1:  # rank 0 decides; all ranks take part in a save
             improved = acc.reduce(torch.tensor(float(improved), device=acc.device), "max").item() > 0
-        stop_now = self._stop_signal != 0
-        if acc.num_processes > 1:  # every rank must stop at the same step
-            stop_now = acc.reduce(torch.tensor(float(stop_now), device=acc.device), "max").item() > 0
         if state.step % cfg.output.save_steps == 0 or state.step == t.total_steps or stop_now or improved:
             t_save = time.perf_counter()
             self._save(improved)
@@ -265,9 +288,39 @@ class Trainer:
         self.step_times = times
         if stop_now:
             self.stopped = True
-            t.say(f"stopped by signal at step {state.step}; checkpoint {self._last_path}; continue with "
-                  f"`smolvla-train --resume {t.run_dir}`")
+            self._guard.phase = f"closing the run after the checkpoint of step {state.step}"
+            names = ", ".join(sorted({signal.Signals(s).name for s in signals if s}))
+            where = f"{names} on {_ranks(signals)}" if acc.num_processes > 1 else names
+            done = (f"checkpoint {self._last_path}; continue with `smolvla-train --resume {t.run_dir}`" if t.is_main
+                    else "rank 0 wrote the checkpoint")
+            # Every rank says it (cluster logs keep each rank's output): the same step on all of them.
+            self.console.print(f"{self._guard.label}stopped by signal ({where}) at step {state.step}; {done}",
+                               highlight=False, soft_wrap=True)
         return step_loss
+
+    def _reduce_step(self, step_loss: float) -> tuple[float, list[int]]:
+        """The step's loss averaged over the ranks, and the stop signal each rank has received (0: none), in one
+        all-reduce: a vector ``[loss, signal of rank 0, ..., signal of rank N-1]`` (float32, each rank fills its own
+        slot) summed over the ranks. A signal that arrives after a rank entered it counts at the next step."""
+        acc = self.t.accelerator
+        world = acc.num_processes
+        if world == 1:
+            return step_loss, [self._guard.signum]
+        values = [0.0] * (world + 1)
+        values[0], values[1 + acc.process_index] = step_loss, float(self._guard.signum)
+        vector = acc.reduce(torch.tensor(values, device=acc.device), "sum")
+        mean_loss = (vector[0] / world).item()  # float32, as accelerate's "mean" reduction divides
+        return mean_loss, [int(v) for v in vector[1:].tolist()]
+
+    def _on_disk_note(self) -> str:
+        """The end of the stop-timeout line: the newest complete checkpoint and how to continue from it (called by the
+        watchdog thread: reads one symlink, takes no lock)."""
+        run_dir = self.t.run_dir
+        last = ckpt.last_checkpoint_name(run_dir)
+        if last is None:
+            return "No checkpoint was published in this run folder."
+        return (f"{ckpt.CHECKPOINTS_DIR}/{ckpt.LAST} -> {last} is the newest complete checkpoint; "
+                f"`smolvla-train --resume {run_dir}` continues from it")
 
     # -- logging, validation, checkpoints ---------------------------------------------------------------------
 
@@ -352,6 +405,8 @@ class Trainer:
     def _save(self, improved: bool) -> None:
         """Checkpoint the current step on rank 0 (all ranks wait); ``improved`` also points ``best`` at it."""
         t, ema = self.t, self.t.ema
+        self._guard.phase = (f"writing the checkpoint of step {t.state.step} (left unpublished)" if t.is_main else
+                             f"waiting for rank 0 to write the checkpoint of step {t.state.step}")
         t.accelerator.wait_for_everyone()
         if t.is_main:
             t.state.ema_decay, t.state.ema_steps = (ema.decay, ema.updates) if ema is not None else (0.0, 0)
