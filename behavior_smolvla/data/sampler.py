@@ -500,6 +500,7 @@ def exit_with_parent() -> None:
     """
     import multiprocessing
     import select
+    import signal
     import sys
     import threading
     import time
@@ -525,6 +526,10 @@ def exit_with_parent() -> None:
         pidfd = None
 
     def watch() -> None:
+        # No signal may be delivered to this thread: with SIGTERM blocked in the worker's main thread (the DataLoader
+        # worker_init_fn of training.preemption), a process-directed SIGTERM would otherwise land here and take the
+        # default action, killing the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         if pidfd is not None:
             waiter = select.poll()  # not select(): no FD_SETSIZE limit
             waiter.register(pidfd, select.POLLIN)
