@@ -51,8 +51,8 @@ class ObservationError(BehaviorSmolVLAError):
 
 
 class PolicyOutputError(BehaviorSmolVLAError):
-    """A served policy predicted unusable actions (NaN/inf): nothing is sent to the client but this error (the
-    policy server answers it as an error string and keeps serving)."""
+    """A policy predicted unusable actions (NaN/inf). Served: nothing is sent to the client but this error (the
+    policy server answers it as an error string and keeps serving). Evaluated: no score is reported."""
 
 
 def unwrap_worker_error(exc: BaseException) -> BaseException:

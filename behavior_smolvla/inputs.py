@@ -12,12 +12,16 @@ reads data for the policy is derived from it:
 
 It is saved as the ``inputs`` section of ``train_config.yaml`` in every checkpoint (:meth:`to_dict`, with
 :data:`INPUTS_VERSION`) and read back by :meth:`from_train_config`, which also converts checkpoints written before
-the contract existed (their ``run`` / ``dataset`` / ``state_map`` sections).
+the contract existed (their ``run`` / ``dataset`` / ``state_map`` sections). Its fingerprint
+(:class:`ContractFingerprint`: a hash of the section's canonical form, and one per field) is saved beside the weights
+and the training state (``policy.checkpoint``'s manifests), so an edited section is refused, naming the fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +84,64 @@ def policy_camera_keys(cameras: Sequence[str]) -> dict[str, str]:
     if duplicates:
         raise ConfigError(f"camera key(s) {duplicates} listed more than once in --cameras; list each camera once")
     return {key: f"{POLICY_IMAGE_PREFIX}{i}" for i, key in enumerate(cameras, start=1)}
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical text of a JSON/YAML-like value: mapping keys as strings, sorted; tuples as lists; no spaces.
+
+    ``PolicyInputs.to_dict()`` in memory and the same section read back from ``train_config.yaml`` give the same
+    text (YAML keeps the task map's int keys, and both become strings here)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    # default=str: an edited YAML may hold values JSON has no type for (a date); they must hash, not crash.
+    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class ContractFingerprint:
+    """The fingerprint of a saved input contract (the ``inputs`` section of ``train_config.yaml``).
+
+    Attributes:
+        sha256: hex SHA-256 of the whole section's :func:`canonical_json` (64 characters).
+        fields: field name -> hex SHA-256 of that field's canonical value (first 16 characters: enough to tell which
+            fields changed, not a security boundary), so that a changed contract is reported by field.
+    """
+
+    sha256: str
+    fields: dict[str, str]
+
+    @classmethod
+    def of(cls, section: Any) -> ContractFingerprint:
+        """The fingerprint of an ``inputs`` section (``PolicyInputs.to_dict()`` or the mapping read from YAML; any
+        other value, e.g. a missing section's None, has no fields)."""
+        fields = ({str(k): hashlib.sha256(canonical_json(v).encode()).hexdigest()[:16] for k, v in section.items()}
+                  if isinstance(section, Mapping) else {})
+        return cls(hashlib.sha256(canonical_json(section).encode()).hexdigest(), fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "fields": dict(sorted(self.fields.items()))}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ContractFingerprint:
+        """Read :meth:`to_dict`'s output back.
+
+        Raises:
+            ValueError: not such a mapping (the caller names the file).
+        """
+        if not (isinstance(data, Mapping) and isinstance(data.get("sha256"), str)
+                and isinstance(data.get("fields"), Mapping)):
+            raise ValueError("not an inputs fingerprint (sha256, fields)")
+        return cls(data["sha256"], {str(k): str(v) for k, v in data["fields"].items()})
+
+    def differing_fields(self, other: ContractFingerprint) -> list[str]:
+        """Names of the fields whose value differs between the two contracts (present in only one included)."""
+        return sorted(k for k in self.fields.keys() | other.fields.keys() if self.fields.get(k) != other.fields.get(k))
 
 
 @dataclass(frozen=True)
@@ -321,6 +383,11 @@ class PolicyInputs:
                 value = {int(k): v for k, v in value.items()}
             out[f.name] = value
         return out
+
+    def fingerprint(self) -> ContractFingerprint:
+        """:class:`ContractFingerprint` of :meth:`to_dict` (what ``save_checkpoint`` records from the section it
+        writes; equal to it, since the section reads back from YAML unchanged)."""
+        return ContractFingerprint.of(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> PolicyInputs:

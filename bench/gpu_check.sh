@@ -133,7 +133,8 @@ summary = {
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")
 rs = summary["real_size"] or {}
 print(json.dumps({k: rs.get(k) for k in ("max_batch_size", "samples_per_s", "data_wait_frac", "peak_gpu_mib",
-                                          "checkpoint_write_s", "checkpoint_load_s", "serve_p50_ms",
+                                          "checkpoint_write_s", "checkpoint_verify_s", "checkpoint_load_s",
+                                          "serve_p50_ms",
                                           "serve_p95_ms")} | {"total_s": total, "stages": summary["stages"]}))
 failed = [name for name, stage in summary["stages"].items() if stage["rc"] != 0]
 if failed:

@@ -324,17 +324,21 @@ class Trainee:
 
     def checkpoints(self, repeat: int) -> dict[str, Any]:
         """``Trainer.save_checkpoint`` ``repeat`` times at the current step (``--keep-last 1``: each write replaces
-        the previous folder, as a run's next save prunes it), each followed by what ``--resume`` reads
-        (``load_policy_bundle`` + ``load_training_state``): seconds and size on disk."""
+        the previous folder, as a run's next save prunes it), each followed by what ``--resume`` reads: its
+        verification against the manifests (``verify_checkpoint``: every byte hashed once), then ``load_policy_bundle``
+        + ``load_training_state`` (which find the digests already checked): seconds and size on disk."""
         from behavior_smolvla.policy import checkpoint as ckpt
         from behavior_smolvla.policy.smolvla import load_policy_bundle
 
-        writes, loads, sizes = [], [], {}
+        writes, verifies, loads, sizes = [], [], [], {}
         last = None
         for _ in range(repeat):
             t0 = time.perf_counter()
             last = self.trainer.save_checkpoint()
             writes.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ckpt.verify_checkpoint(last, training_state=True)  # new files: nothing hashed before in this process
+            verifies.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             loaded = load_policy_bundle(last / ckpt.PRETRAINED_DIR, device=str(self.device))
             ckpt.load_training_state(last, self.t.optimizer, self.t.scheduler)
@@ -345,7 +349,7 @@ class Trainee:
             sizes[part] = sum(f.stat().st_size for f in (last / part).rglob("*") if f.is_file()) / 2**20
         return {"checkpoint_dir": str(last), "checkpoint_mib": sum(sizes.values()),
                 "checkpoint_parts_mib": sizes, "checkpoint_write_s": _spread(writes),
-                "checkpoint_load_s": _spread(loads)}
+                "checkpoint_verify_s": _spread(verifies), "checkpoint_load_s": _spread(loads)}
 
 
 def serve_latency(checkpoint: Path, device: str, calls: int) -> dict[str, Any]:
@@ -442,8 +446,10 @@ def summarise(args: argparse.Namespace, children: list[dict[str, Any]]) -> dict[
         "peak_rss_mib": main["peak_rss_mib"],
         "checkpoint_mib": first["checkpoint_mib"], "checkpoint_parts_mib": first["checkpoint_parts_mib"],
         "checkpoint_write_s": first["checkpoint_write_s"]["median"],
+        "checkpoint_verify_s": first["checkpoint_verify_s"]["median"],
         "checkpoint_load_s": first["checkpoint_load_s"]["median"],
         "checkpoint_write_s_spread": first["checkpoint_write_s"], "checkpoint_load_s_spread": first["checkpoint_load_s"],
+        "checkpoint_verify_s_spread": first["checkpoint_verify_s"],
         "model_load_s": first["model_load_s"], "runs": runs,
     }
     for key in ("max_batch_size", "serve_calls", "serve_p50_ms", "serve_p95_ms"):
@@ -472,10 +478,11 @@ def print_table(s: dict[str, Any]) -> None:
         gpu = f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "-"
         print(f"| {r['batch_size']} | {r['fed_by']} | {st['median']:.3f} | {st['min']:.3f}-{st['max']:.3f} "
               f"(n={st['n']}) | {wait} | {r['samples_per_s']:.2f} | {cpu} | {r['peak_rss_mib']:.0f} | {gpu} |")
-    w, ld = s["checkpoint_write_s_spread"], s["checkpoint_load_s_spread"]
+    w, v, ld = s["checkpoint_write_s_spread"], s["checkpoint_verify_s_spread"], s["checkpoint_load_s_spread"]
     parts = ", ".join(f"{k} {v:.0f}" for k, v in s["checkpoint_parts_mib"].items())
     print(f"\ncheckpoint: {s['checkpoint_mib']:.0f} MiB on disk ({parts}); write {w['median']:.1f} s "
-          f"({w['min']:.1f}-{w['max']:.1f}, n={w['n']}), load {ld['median']:.1f} s ({ld['min']:.1f}-{ld['max']:.1f}); "
+          f"({w['min']:.1f}-{w['max']:.1f}, n={w['n']}), verify {v['median']:.1f} s ({v['min']:.1f}-{v['max']:.1f}), "
+          f"load {ld['median']:.1f} s ({ld['min']:.1f}-{ld['max']:.1f}); "
           f"model build + weight load {s['model_load_s']:.1f} s")
     if "serve_p50_ms" in s:
         print(f"serve (BehaviorPolicy.act, n_action_steps 1, {s['serve_calls']} calls): p50 {s['serve_p50_ms']:.1f} ms, "

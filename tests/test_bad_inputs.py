@@ -432,6 +432,10 @@ def test_intact_older_checkpoint_resumes_after_the_named_damage(base, tmp_path):
     for step in ("000002", "000003"):
         verify_checkpoint(damaged / "checkpoints" / step, training_state=True)
     assert (damaged / "checkpoints" / "last").resolve().name == "000003"
+    # the resumed run wrote the contract it resumed, unchanged (the same fingerprint in every manifest)
+    recorded = {json.loads((damaged / "checkpoints" / step / folder / "manifest.json").read_text())["inputs"]["sha256"]
+                for step in ("000001", "000002", "000003") for folder in ("pretrained_model", "training_state")}
+    assert len(recorded) == 1, recorded
 
 
 @pytest.mark.parametrize("command", ["smolvla-inspect", "smolvla-filter-state", "smolvla-train", "smolvla-eval",

@@ -60,7 +60,7 @@ def test_real_size(real_size):
 
     # The acceptance keys, then the ones the table prints.
     for key in ("params_total", "params_trainable", "step_s", "peak_rss_mib", "checkpoint_mib", "checkpoint_write_s",
-                "checkpoint_load_s", "samples_per_s", "data_wait_frac", "model_load_s"):
+                "checkpoint_verify_s", "checkpoint_load_s", "samples_per_s", "data_wait_frac", "model_load_s"):
         assert is_number(real_size[key]), key
     assert 0 < real_size["params_trainable"] <= real_size["params_total"]
     assert (real_size["batch_size"], real_size["image_size"], real_size["chunk_size"]) == (1, 64, 50)

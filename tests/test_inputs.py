@@ -119,16 +119,24 @@ def v0_backbone(tmp_path_factory) -> Path:
     return build_tiny_vlm(tmp_path_factory.mktemp("v0") / "tiny_vlm", image_size=32)
 
 
-def test_checkpoint_from_before_the_contract_serves_the_same_actions(v0_backbone):
+def test_checkpoint_from_before_the_contract_serves_the_same_actions(v0_backbone, tmp_path, caplog):
+    import shutil
+
     from behavior_smolvla.policy.inference import Inference
     from behavior_smolvla.serving.policy import load_policy
 
     reference = np.load(CHECKPOINT_V0 / "reference.npz")
     obs = {"robot_r1::proprio": reference["proprio"],
            **{key: reference[role] for role, key in EVALUATOR_RGB_KEYS.items()}}
+    # a copy: the "unverified" line is said once per checkpoint folder and process
+    v0 = shutil.copytree(CHECKPOINT_V0, tmp_path / "checkpoint_v0", symlinks=True)
     # the reference was recorded with one seeded draw (the default before zero noise)
-    policy = load_policy(CHECKPOINT_V0, device="cpu", noise_seed=0, vlm_model=str(v0_backbone),
-                         inference=Inference(noise="sample", num_samples=1))
+    with caplog.at_level("WARNING"):
+        policy = load_policy(v0, device="cpu", noise_seed=0, vlm_model=str(v0_backbone),
+                             inference=Inference(noise="sample", num_samples=1))
+    # written before checkpoints had manifests: it loads, with one line saying it is unverified
+    unverified = [r.getMessage() for r in caplog.records if "unverified" in r.getMessage()]
+    assert len(unverified) == 1 and str(v0 / "checkpoints" / "000002") in unverified[0], unverified
     inputs = policy.model.inputs
     assert inputs.state_map.name == "r1pro-2025-top32" and inputs.state_dim == 256 and inputs.chunk_size == 4
     assert inputs.state_key == "observation.state" and inputs.image_size == 32

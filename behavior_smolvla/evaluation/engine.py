@@ -21,7 +21,7 @@ import torch
 
 from behavior_smolvla.actions import reference_mask, to_delta
 from behavior_smolvla.data.dataset import REFERENCE_KEY, BehaviorDataset
-from behavior_smolvla.errors import ConfigError, DatasetError
+from behavior_smolvla.errors import ConfigError, DatasetError, PolicyOutputError
 from behavior_smolvla.evaluation.metrics import (
     _num, action_layout, action_stats, chunk_metrics, ensemble_disagreement, hold_chunks, mean_action_chunks, pearson,
     state_chunks,
@@ -189,6 +189,27 @@ def predict_frames(members: Sequence[PolicyBundle], views: Sequence[tuple[Behavi
     return preds, losses
 
 
+def check_finite_predictions(predictions: np.ndarray, checkpoints: Sequence[Path | None]) -> None:
+    """Refuse to score predictions that hold NaN or infinite values: their metrics would be NaN, or, averaged with
+    finite ones, a number that is no score (a damaged or diverged checkpoint is not a policy with an error).
+
+    Args:
+        predictions: float32 [K, N, C, A], member k's chunks (:func:`predict_frames`).
+        checkpoints: member k's checkpoint folder, for the message.
+
+    Raises:
+        PolicyOutputError: naming the first member with non-finite values, their share and the frames they touch.
+    """
+    for k, member in enumerate(predictions):
+        bad = ~np.isfinite(member)
+        if bad.any():
+            frames = int(bad.reshape(len(member), -1).any(axis=1).sum())
+            raise PolicyOutputError(
+                f"--checkpoint {checkpoints[k]}: {bad.mean():.1%} of its predicted action values are NaN or infinite "
+                f"({frames} of {len(member)} frames); no score is reported for a damaged or diverged policy: "
+                "evaluate an earlier checkpoint of the run")
+
+
 def score(predictions: np.ndarray, frames: EvalFrames, stats: Mapping[str, np.ndarray], tolerance: float,
           names: Sequence[str], groups: Mapping[str, Sequence[int]],
           action_reference: Sequence[int | None] | None = None) -> dict[str, dict[str, Any]]:
@@ -283,6 +304,8 @@ def evaluate_checkpoints(
         StateMapError / DatasetError: the dataset's state layout, action or cameras do not fit a checkpoint; bad
             episodes.
         ConfigError: a bad flag value, or ensemble members that disagree on chunk size / action dim / stride.
+        PolicyOutputError: a member predicted NaN or infinite actions (:func:`check_finite_predictions`); nothing
+            is written.
     """
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -356,6 +379,7 @@ def evaluate_checkpoints(
                                   bar=bar)
     for ds, _ in view_list:
         ds.close()
+    check_finite_predictions(preds, [m.checkpoint for m in members])
 
     stats = action_stats(first)
     value_range = stats["max"] - stats["min"]

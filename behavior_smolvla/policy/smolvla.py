@@ -352,6 +352,9 @@ def _resolve_pretrained_folder(policy_path: str) -> Path:
             f"pretrained policy {policy_path!r} ({folder}) lacks {missing}; point --policy-path at a lerobot "
             "pretrained_model folder (config.json + model.safetensors)"
         )
+    from behavior_smolvla.policy.checkpoint import verify_weights
+
+    verify_weights(folder)  # a checkpoint of this project: its weights as written (its manifest)
     return folder
 
 
@@ -519,6 +522,8 @@ def create_policy(inputs: PolicyInputs, options: PolicyConfig, dataset_stats: Ma
         DatasetError: statistics missing or of the wrong shape.
         PolicyLoadError: the pretrained policy or the VLM backbone cannot be found (e.g. a hub id while offline
             and not cached), is not a SmolVLA, or its weights do not fit apart from the reshaped layers.
+        CheckpointError: a pretrained folder that is a checkpoint of this project whose ``config.json`` or
+            ``model.safetensors`` differs from its manifest (``checkpoint.verify_weights``).
     """
     from lerobot.policies.smolvla import make_smolvla_pre_post_processors
 
@@ -618,8 +623,10 @@ def load_policy_bundle(
         eval mode. The weights load strictly.
 
     Raises:
-        CheckpointError: no checkpoint there, one of lerobot's files or ``train_config.yaml`` is missing, or its
-            input contract is unreadable.
+        CheckpointError: no checkpoint there, one of lerobot's files or ``train_config.yaml`` is missing, a file
+            does not match the checkpoint's manifest (truncated, overwritten, edited: ``checkpoint.verify_checkpoint``),
+            or its input contract is edited or unreadable. A checkpoint written before manifests loads with one
+            "unverified" warning.
         PolicyLoadError: the config is not a SmolVLA one, the backbone or tokenizer cannot be loaded, or the
             weights do not match the architecture.
     """
@@ -641,10 +648,10 @@ def load_policy_bundle(
     if tokenizer_name is None and vlm_model is None:
         run_vlm = ((train_config.get("run") or {}).get("policy") or {}).get("vlm_model")
         tokenizer_name = run_vlm if run_vlm and Path(run_vlm).is_dir() else None
+    # resolve_checkpoint verified the folder (files parse and match the manifest; the contract is the recorded one)
     missing = [name for name in POLICY_FILES if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(f"{folder} lacks {missing}; pass a complete pretrained_model folder")
-    ckpt.verify_policy_folder(folder)  # a truncated or overwritten file: one line naming it, not a SafetensorError
     torch_device = resolve_device(device)
     config = _load_smolvla_config(folder, "the policy folder")
     config.device = str(torch_device)
