@@ -259,7 +259,8 @@ class NumericCache:
     def open_or_build(cls, meta: Any, episodes: Sequence[int], read_rows: RowReader,
                       cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> NumericCache:
         """The entry of ``episodes`` of ``meta``: opened when it exists, else built (once, under a lock; reading
-        the data files in ``threads`` threads, at most a few files in memory at once) and opened.
+        the data files in ``threads`` threads, at most a few files in memory at once; one line on stderr says so)
+        and opened.
 
         Raises:
             ConfigError: an unwritable cache folder.
@@ -272,7 +273,13 @@ class NumericCache:
             return cls(entry)
         with _locked(root / f".{name}.lock", f"the numeric cache {entry}"):
             if not (entry / "manifest.json").is_file():
+                t0 = time.perf_counter()
                 _build(entry, meta, list(episodes), read_rows, threads)
+                built = cls(entry)
+                # one line per build, from the process that built it: which node or run paid for it
+                print(f"numeric cache: built {entry} ({built.rows} rows of {len(episodes)} episodes) in "
+                      f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+                return built
         return cls(entry)
 
     def load_stats(self, key: str) -> tuple[dict[str, dict[str, np.ndarray]], str] | None:

@@ -3,8 +3,9 @@
 ``train(cfg)`` is what ``smolvla-train`` runs: build everything (``training.build``), then step until done. It works
 the same in one process and under ``accelerate launch --num_processes N`` / ``torchrun`` (DDP): every rank reads its
 own shard of the data order, only rank 0 logs and writes checkpoints. Exact resume: weights, optimizer, scheduler, RNG
-states and the position in the data order are restored, so on CPU in fp32 with the same worker count a resumed run
-reports the same loss at every step as an uninterrupted one.
+states (each rank's own) and the position in the data order are restored, so on CPU in fp32 with the same worker count
+a resumed run reports the same loss at every step as an uninterrupted one. On another number of processes with the
+same effective batch the epoch continues from the same sample (``training.build.resume_position``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from behavior_smolvla.errors import BehaviorSmolVLAError, unwrap_worker_error
 from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import save_policy
 from behavior_smolvla.training.build import Training, build_training
-from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
+from behavior_smolvla.training.tracking import DataOrderLog, MetricsLog, WandbTracker
 
 
 BEST_METRIC = "chunk_mae"
@@ -113,6 +114,7 @@ class Trainer:
         self.stopped = False
         self._stop_signal = 0
         self._last_path = Path(training.cfg.output.resume) if training.resuming else None
+        self.order_log: DataOrderLog | None = None
         self._window: dict[str, float] = {}
 
     # -- set-up and tear-down ---------------------------------------------------------------------------------
@@ -141,6 +143,8 @@ class Trainer:
             )
             t.state.wandb_run_id = self.tracker.run_id
         self._stream = _batches(t.loader(), t.state.epoch, t.state.batch)
+        self.order_log = (DataOrderLog(t.run_dir, t.accelerator.process_index, t.accelerator.num_processes,
+                                       cfg.optim.batch_size, t.state.step) if cfg.logging.log_data_order else None)
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not t.is_main, transient=False,
@@ -167,6 +171,8 @@ class Trainer:
             self.metrics.close()
         if self.tracker is not None:
             self.tracker.finish()
+        if self.order_log is not None:
+            self.order_log.close()
         t.accelerator.end_training()
         if exc[0] is None and t.is_main:
             t.say(f"done: {t.state.step} steps, loss {self.first_loss:.4f} -> {self.final_loss:.4f}; checkpoints in "
@@ -198,6 +204,8 @@ class Trainer:
         for _ in range(cfg.optim.grad_accum_steps):
             t_wait = time.perf_counter()
             epoch, k, batch = next(self._stream)
+            if self.order_log is not None:
+                self.order_log.write(t.state.step + 1, epoch, k, batch, t.plan(epoch), t.epoch_origin(epoch))
             t_got = time.perf_counter()
             times["data"] += t_got - t_wait
             w["samples"] += len(batch["task"]) * acc.num_processes
@@ -226,9 +234,8 @@ class Trainer:
             times["optimizer"] += time.perf_counter() - t_ema
         t.scheduler.step()
         state = t.state
-        state.step, state.epoch, state.batch = state.step + 1, epoch, k + 1
-        if state.batch >= t.batches_per_epoch:
-            state.epoch, state.batch = epoch + 1, 0
+        state.step += 1
+        t.advance(epoch, k + 1)
         if acc.num_processes > 1:
             step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
         if math.isnan(self.first_loss):
@@ -353,6 +360,12 @@ class Trainer:
         """Checkpoint the current step on rank 0 (all ranks wait); ``improved`` also points ``best`` at it."""
         t, ema = self.t, self.t.ema
         t.accelerator.wait_for_everyone()
+        rank_rng_states = []
+        if t.accelerator.num_processes > 1:  # every rank's random state, so that each resumes its own
+            from accelerate.utils import gather_object
+            from lerobot.utils.random_utils import serialize_rng_state
+
+            rank_rng_states = gather_object([serialize_rng_state()])[1:]
         if t.is_main:
             t.state.ema_decay, t.state.ema_steps = (ema.decay, ema.updates) if ema is not None else (0.0, 0)
 
@@ -368,6 +381,7 @@ class Trainer:
                 train_config=t.checkpoint_config, optimizer=t.optimizer, scheduler=t.scheduler,
                 keep_last=t.cfg.output.keep_last,
                 raw_weights=ema.trained_state_dict() if ema is not None else None,
+                rank_rng_states=rank_rng_states,
             )
             if improved:
                 ckpt.mark_best(t.run_dir, t.state.step)
