@@ -221,14 +221,20 @@ def test_kill_during_checkpoint_write_keeps_last(synthetic_2025, tiny_vlm, tmp_p
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
 
 
+def torchrun(train_args: list[str], port: int, nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0
+             ) -> list[str]:
+    """The command line of ``smolvla-train TRAIN_ARGS`` under ``torchrun`` on this machine (gloo on CPU): node
+    ``node_rank`` of ``nnodes`` with ``nproc_per_node`` processes, the rendezvous on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc_per_node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "behavior_smolvla.cli", "train", *train_args]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(synthetic_2025, tiny_vlm, tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-        "-m", "behavior_smolvla.cli", "train",
-        *base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "6", "--save-steps", "3"),
-    ]
+    cmd = torchrun(base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "6", "--save-steps", "3"), port=29517,
+                   nproc_per_node=2)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "effective batch 8 = 4 per process x 2 processes" in proc.stdout
