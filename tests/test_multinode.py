@@ -147,6 +147,24 @@ def test_each_rank_resumes_its_own_random_state_and_new_ranks_are_seeded(tmp_pat
     assert len({rank_seed(7, r) for r in range(4)}) == 4 and rank_seed(7, 2) == rank_seed(7, 2)
 
 
+def test_every_rank_of_a_demo_run_holds_out_the_same_episodes(synthetic_2025, tmp_path):
+    """``--demo`` under DDP: rank 0 writes the files, every other rank points its config at them with the same
+    held-out episodes (before, the other ranks trained on the held-out episodes too, so the ranks' plans dealt
+    different sample sets)."""
+    from behavior_smolvla.config import TrainConfig
+    from behavior_smolvla.training.demo import use_demo_files
+
+    cfg = TrainConfig()
+    cfg.data.episodes = "0-3"  # given episodes: nothing held out, nothing read
+    use_demo_files(cfg, tmp_path)
+    assert (cfg.data.dataset_path, cfg.policy.vlm_model) == (str(tmp_path / "demo_data"), str(tmp_path / "tiny_vlm"))
+    assert cfg.data.val_episodes is None
+    cfg = TrainConfig()
+    cfg.data.dataset_path = str(synthetic_2025)
+    use_demo_files(cfg, tmp_path)
+    assert cfg.data.val_episodes == "20,10020"  # the last episode of each task
+
+
 # -- two torchrun nodes, resumed on one process ------------------------------------------------------------------
 
 

@@ -537,14 +537,13 @@ def _prepare_run_dir(cfg: TrainConfig, accelerator: Any, resuming: bool, say: Ca
             raise ConfigError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc}); pass a writable "
                               "folder") from None
     if cfg.demo:
-        from behavior_smolvla.training.demo import prepare_demo
+        from behavior_smolvla.training.demo import prepare_demo, use_demo_files
 
         if accelerator.is_main_process:
             prepare_demo(cfg, run_dir, say)
         accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            cfg.data.dataset_path = cfg.data.dataset_path or str(run_dir / "demo_data")
-            cfg.policy.vlm_model = cfg.policy.vlm_model or str(run_dir / "tiny_vlm")
+        if not accelerator.is_main_process:  # the same dataset, backbone and held-out episodes as rank 0
+            use_demo_files(cfg, run_dir)
     return run_dir
 
 
