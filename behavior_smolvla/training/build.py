@@ -410,7 +410,8 @@ class Training:
             ``--eval-steps``), else None.
         transform: per-camera image augmentation run in the workers, or None.
         uint8_frames: the workers hand frames over as uint8 (no augmentation); they become float on the device.
-        batches_per_epoch: batches of this rank per pass over the training episodes.
+        batches_per_epoch: batches of this rank per pass over the training episodes (epoch 0's plan; a run ends
+            each epoch where that epoch's plan does: :meth:`advance`).
         total_steps: optimizer steps of the whole run.
         bundle: the policy, its processors and its inputs (``bundle.policy`` is the module accelerate wrapped).
         policy: the module to call (DDP-wrapped under several processes).
