@@ -339,6 +339,7 @@ def train_command(
     keep_last: int = _opt(None, "--keep-last", help="Keep only the newest K checkpoints."),
     resume: str = _opt(None, "--resume", help="Run folder or checkpoint to resume ('--resume' alone: --output-dir)."),
     stop_timeout: float = _opt(None, "--stop-timeout", help="Seconds after SIGTERM/SIGINT to stop, checkpoint and exit (60); past them: exit 124."),
+    reshard: bool = _opt(None, "--reshard", help="On --resume with another effective batch: start the next epoch with it."),
     log_steps: int = _opt(None, "--log-steps", help="Log every n steps (10)."),
     eval_steps: int = _opt(None, "--eval-steps", help="Validate on --val-episodes every n steps."),
     eval_max_frames: int = _opt(None, "--eval-max-frames", help="Held-out frames per validation (64)."),
@@ -350,6 +351,7 @@ def train_command(
     wandb_tags: str = _opt(None, "--wandb-tags", help="Comma-separated tags."),
     wandb_mode: str = _opt(None, "--wandb-mode", help="online (offline without credentials), offline, disabled."),
     wandb_disable: bool = _opt(None, "--wandb-disable", help="Do not use Weights & Biases."),
+    log_data_order: bool = _opt(None, "--log-data-order", help="Write each process's samples to <run>/data_order/ (JSONL)."),
     config: str = _opt(None, "--config", help="YAML file of options; command-line flags override it."),
     demo: bool = _opt(None, "--demo", help="Built-in demo: synthetic BEHAVIOR data + tiny backbone, CPU, minutes."),
 ) -> None:

@@ -176,6 +176,11 @@ class OutputConfig:
     written and the process must have exited (``training.preemption``); past them a rank prints one line and exits
     with code 124 without touching ``checkpoints/last``. Keep it below the time the cluster allows between SIGTERM
     and SIGKILL (SLURM's ``KillWait`` / ``GraceTime``; torchrun's own is 30 s)."""
+    reshard: bool = False
+    """On ``--resume`` with another effective batch (processes x batch_size x grad_accum_steps): leave the rest of
+    the interrupted epoch unread and start the next one with the new shape (without it such a resume is refused;
+    the same effective batch on another number of processes continues the epoch where it stopped). Applies to
+    this resume only: never taken from a checkpoint's config."""
 
 
 @dataclass
@@ -191,6 +196,10 @@ class LoggingConfig:
     wandb_mode: str = "online"
     """``online`` (falls back to offline without credentials), ``offline`` or ``disabled``."""
     wandb_disable: bool = False
+    log_data_order: bool = False
+    """Write what every process trains on to ``<run>/data_order/`` (one JSONL file per process and launch: each
+    micro-batch's sample indices, episodes and frames; per epoch the samples dealt to the process but not read), to
+    check the data shards and resumes (``training.tracking.DataOrderLog``)."""
 
 
 @dataclass
@@ -380,6 +389,8 @@ def validate_config(cfg: TrainConfig) -> None:
     ev.inference  # noqa: B018 (checks --eval-noise / --eval-num-samples, naming them)
     if cfg.eval.eval_steps is not None and not d.val_episodes and not cfg.demo:  # the demo picks its own
         raise ConfigError("--eval-steps needs --val-episodes (the held-out episodes to evaluate on)")
+    if out.reshard and out.resume is None:
+        raise ConfigError("--reshard applies to a resumed run only: pass it with --resume RUN_DIR")
     if out.output_dir is not None and out.resume is None:
         check_output_dir(out.output_dir)
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import ENV, _wait_for_step, base_args, torchrun_train
+from test_train import ENV, _wait_for_step, base_args, torchrun
 
 from behavior_smolvla.policy.checkpoint import list_checkpoints, resolve_checkpoint, verify_checkpoint
 from behavior_smolvla.training.tracking import read_metrics
@@ -88,7 +88,8 @@ def _assert_nothing_left(port: int, timeout: float = 60) -> None:
 
 
 def _launch(port: int, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(torchrun_train(port, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(torchrun(list(args), port, nproc_per_node=2), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
                             text=True)
 
 

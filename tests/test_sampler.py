@@ -10,7 +10,9 @@ from torch.utils.data import DataLoader
 
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.errors import ConfigError
-from behavior_smolvla.data.sampler import TrainingPlan, TrainingStream, default_span_frames, make_spans
+from behavior_smolvla.data.sampler import (
+    EpochOrigin, TrainingPlan, TrainingStream, _WorkerShare, default_span_frames, make_spans,
+)
 
 GOP = 30
 """Keyframe interval of the module's dataset: several GOPs per episode, so spans and seeks matter."""
@@ -148,6 +150,107 @@ def test_bad_plan_arguments_raise_config_errors():
     with pytest.raises(ConfigError, match="adjacent"):
         make_spans(np.array([0, 1, 0]), np.array([0, 0, 1]), 30)
 
+
+
+def _rounds(plans: list[TrainingPlan], first: int = 0, stop: int | None = None) -> list[np.ndarray]:
+    """The batches ``first..stop`` of equal-length rank plans in the order the ranks step through them (round by
+    round: batch k of rank 0, of rank 1, ...), i.e. the samples read, in the epoch's global order."""
+    stop = len(plans[0]) if stop is None else stop
+    return [p.batch(k).index for k in range(first, stop) for p in plans]
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def test_elastic_resume_reads_the_epoch_once_property():
+    """Random epochs (episodes, spans, seeds), shapes W x B -> W' x B' -> W'' x B'' and cut points: what the ranks
+    read before the resume, what the re-dealt ranks read after it (and after a second resume) are the epoch's
+    global sequence, in order, without a repeat; only fewer than W' samples at the very end can be left unread
+    (named by ``unread``); every rank has the same number of non-empty batches; each sample of a batch stands at the
+    batch's ``position``; decoding slots still read their spans forward. With W' x B' = W x B the re-dealt rest
+    of the epoch is today's plan from the cut, batch for batch."""
+    rng = np.random.default_rng(20260)
+    for case in range(200):
+        lengths = rng.integers(1, 160, size=rng.integers(1, 6)).tolist()
+        spans = make_spans(*_table(lengths, stride=int(rng.integers(1, 3))), int(rng.integers(4, 70)))
+        common = {"seed": int(rng.integers(0, 1000)), "epoch": int(rng.integers(0, 4)),
+                  "streams": int(rng.integers(1, 4))}
+        w0, b0, o0 = int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        old = [TrainingPlan(spans, batch_size=b0, rank=r, world_size=w0, open_spans=o0, **common) for r in range(w0)]
+        epoch = _cat(_rounds(old))  # the epoch's global sequence: what an uninterrupted run reads
+        k = int(rng.integers(0, len(old[0]) + 1))
+        before = _cat(_rounds(old, stop=k))
+        offset = len(before)
+
+        w1, b1 = (w0, b0) if case % 4 == 0 else (int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+        origin = EpochOrigin(world_size=w0, batch_size=b0, offset=offset, open_spans=o0)
+        new = [TrainingPlan(spans, batch_size=b1, rank=r, world_size=w1, open_spans=int(rng.integers(1, 5)),
+                            origin=origin, **common) for r in range(w1)]
+        what = (case, lengths, w0, b0, k, w1, b1)
+        assert len({len(p) for p in new}) == 1, what  # the ranks step together
+        assert all(len(p.batch(j).index) >= 1 for p in new for j in range(len(p))), what
+        assert all(len(p.batch(j).index) == b1 for p in new for j in range(len(p) - 1)), what
+        assert all(len(p.batch(j).index) <= b1 + 1 for p in new for j in range(len(p))), what
+        after = _cat(_rounds(new))
+        unread = new[0].unread()
+        assert all(len(p.unread()) == 0 for p in new[1:]), what
+        assert len(unread) == 0 or len(epoch) - offset < w1, what  # only a remainder too small to share
+        read = np.concatenate([before, after, unread])
+        assert np.array_equal(read, epoch), what  # exactly the epoch, in its order: nothing twice, nothing skipped
+        for p in new:
+            batches = [p.batch(j) for j in range(len(p))]
+            order = p.sample_order()
+            positions = _cat([np.arange(b.position, b.position + len(b.index)) for b in batches])
+            assert np.array_equal(epoch[positions], order), what
+            # decoding slots still read forward: within a rank, a slot's samples of one span come in increasing order
+            key = _cat([b.slot for b in batches]) * (len(spans) + 1) + np.searchsorted(spans[:, 0], order, "right")
+            by_key = np.argsort(key, kind="stable")
+            same = key[by_key][1:] == key[by_key][:-1]
+            assert np.all(np.diff(order[by_key])[same] > 0), what
+
+        if (w1, b1) == (w0, b0):  # the same shape: today's plan from the cut (exact resume unchanged)
+            assert [len(p) for p in new] == [len(p) - k for p in old], what
+            for p, q in zip(old, new, strict=True):
+                for j in range(len(q)):
+                    assert np.array_equal(p.batch(k + j).index, q.batch(j).index), what
+                    assert p.batch(k + j).position == q.batch(j).position, what
+
+        # a second resume within the same epoch continues the same sequence
+        if len(new[0]) > 1 and len(unread) == 0:
+            k1 = int(rng.integers(0, len(new[0])))  # whole rounds: every re-dealt round but the last is full
+            offset2 = offset + len(_cat(_rounds(new, stop=k1)))
+            w2, b2 = int(rng.integers(1, 5)), int(rng.integers(1, 9))
+            again = [TrainingPlan(spans, batch_size=b2, rank=r, world_size=w2, open_spans=o0,
+                                  origin=EpochOrigin(w0, b0, offset2, open_spans=o0), **common) for r in range(w2)]
+            read2 = np.concatenate([before, *_rounds(new, stop=k1), *_rounds(again), again[0].unread()])
+            assert np.array_equal(read2, epoch), (*what, k1, w2, b2)
+
+
+def test_elastic_plan_numbers_and_worker_shares():
+    episode, frame = _table([37, 20])
+    spans = make_spans(episode, frame, 10)
+    # 57 samples, 1 x 4 (15 batches, the last one 1 sample) -> 2 ranks x 2 from sample 4: 53 left = 13 rounds of 4
+    # and 1 sample, which joins the last round (rank 0's last batch has 3 samples)
+    origin = EpochOrigin(world_size=1, batch_size=4, offset=4)
+    plans = [TrainingPlan(spans, batch_size=2, seed=1, rank=r, world_size=2, streams=2, open_spans=3,
+                          origin=origin) for r in range(2)]
+    assert [len(p) for p in plans] == [13, 13]
+    assert [len(plans[0].batch(12).index), len(plans[1].batch(12).index)] == [3, 2]
+    assert plans[0].num_samples + plans[1].num_samples == 53
+    # a DataLoader worker's compact share hands out the same batches, the longer last one included
+    share = _WorkerShare(plans[0], range(1, 13, 2))
+    for k in range(1, 13, 2):
+        a, b = plans[0].batch(k), share.batch(k)
+        assert np.array_equal(a.index, b.index) and np.array_equal(a.slot, b.slot) and a.position == b.position
+    # one sample left for two ranks: it cannot be shared, rank 0 names it
+    last = [TrainingPlan(spans, batch_size=2, seed=1, rank=r, world_size=2, streams=2, open_spans=3,
+                         origin=EpochOrigin(1, 4, offset=56)) for r in range(2)]
+    assert [len(p) for p in last] == [0, 0] and len(last[0].unread()) == 1 and len(last[1].unread()) == 0
+    with pytest.raises(ConfigError, match="past the end"):
+        TrainingPlan(spans, batch_size=2, seed=1, origin=EpochOrigin(1, 4, offset=58))
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        TrainingPlan(spans, batch_size=2, seed=1, origin=EpochOrigin(0, 4, offset=0))
 
 # -- the stream (real decoding) ---------------------------------------------------------------------------------
 

@@ -221,19 +221,23 @@ def test_kill_during_checkpoint_write_keeps_last(synthetic_2025, tiny_vlm, tmp_p
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
 
 
-def torchrun_train(port: int, *args: str, processes: int = 2) -> list[str]:
-    """The command line of ``smolvla-train ARGS`` in ``processes`` DDP processes on this machine under torchrun (gloo
-    on CPU), rendezvous on ``port``: each test its own port, so that a port still held by a previous run never
-    fails another test. torchrun starts each rank in a session of its own (its process group: the rank, its
-    DataLoader workers and their forkserver) and exits 0 when every rank did."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-            str(port), "-m", "behavior_smolvla.cli", "train", *args]
+def torchrun(train_args: list[str], port: int, nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0
+             ) -> list[str]:
+    """The command line of ``smolvla-train TRAIN_ARGS`` under ``torchrun`` on this machine (gloo on CPU): node
+    ``node_rank`` of ``nnodes`` with ``nproc_per_node`` processes, the rendezvous on 127.0.0.1:``port`` (each test
+    its own port, so that a port still held by a previous run never fails another test). torchrun starts each rank in
+    a session of its own (its process group: the rank, its DataLoader workers and their forkserver) and exits 0 when
+    every rank did."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc_per_node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "behavior_smolvla.cli", "train", *train_args]
 
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(synthetic_2025, tiny_vlm, tmp_path):
     out = tmp_path / "run"
-    cmd = torchrun_train(29517, *base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "6", "--save-steps", "3"))
+    cmd = torchrun(base_args(synthetic_2025, tiny_vlm, out, "--max-steps", "6", "--save-steps", "3"), port=29517,
+                   nproc_per_node=2)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "effective batch 8 = 4 per process x 2 processes" in proc.stdout

@@ -627,6 +627,7 @@ class NumericCache:
                 _discard(entry, problem)
                 _say(f"numeric cache entry {entry} is damaged ({problem}); rebuilding it")
             try:
+                t0 = time.perf_counter()
                 _build(entry, meta, list(episodes), read_rows, threads)
             except OSError as exc:
                 where = f" ({exc.filename})" if exc.filename else ""
@@ -636,6 +637,11 @@ class NumericCache:
             if problem is not None:  # written and renamed just now: the disk or filesystem is failing
                 raise CacheError(f"the numeric cache entry {entry} is damaged right after it was built ({problem}); "
                                  f"delete the folder {entry} and pass another --cache-dir")
+            built = cls(entry, check=None)
+            # one line per build, from the process that built it: which node or run paid for it
+            print(f"numeric cache: built {entry} ({built.rows} rows of {len(episodes)} episodes) in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            return built
         return cls(entry, check=None)
 
     def load_stats(self, key: str, dims: Mapping[str, int]) -> tuple[dict[str, dict[str, np.ndarray]], str] | None:

@@ -22,10 +22,20 @@ spread over the batches its lane produces; ``open_spans`` (spans mixed per batch
 Every sample of the rank's share appears exactly once per epoch; with ``world_size`` 1 the last batch may be short.
 With ``world_size`` > 1 only full batches are kept and every rank's batch count is cut to the minimum over the ranks,
 so all ranks step together (DDP); the few samples cut differ from epoch to epoch because the spans are reshuffled.
+
+The epoch's *global sequence* is the ranks' batches in rounds: batch 0 of rank 0, of rank 1, ..., then batch 1 of
+each rank, and so on. A step (a micro-batch on every rank) reads one round, so after ``k`` batches per rank the run
+has read exactly the first ``k * world_size * batch_size`` samples of it. A resume on another number of processes
+(or another per-process batch: an *elastic* resume, :class:`EpochOrigin`) deals the rest of that sequence to the new
+ranks round by round; what has been read stays a prefix of the same sequence, so no sample of the epoch is read
+twice or skipped, however often the shape changes within the epoch. The next epoch is planned with the new shape.
+A re-dealt epoch keeps the spans' forward reading (a decoding slot's samples keep their order) but a rank may read
+the slots of several former ranks, or share one with another rank, and so open more decoders or skip frames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import pickle
@@ -110,16 +120,39 @@ class PlanBatch:
     """One planned batch.
 
     Attributes:
-        index: int64 [B], dataset sample indices, B = batch_size (the last batch of an epoch may be shorter).
-        slot: int64 [B], the decoding slot of each sample (``lane * open_spans + slot_in_lane``): over the epoch a
-            slot reads its spans one after another, each one sample after the next, so one decoder per slot and
-            camera only moves forward within a span.
-        lane: the lane this batch was drawn from, or -1 for a tail batch that mixes lanes.
+        index: int64 [B], dataset sample indices, B = batch_size (the last batch of an epoch may be shorter; in a
+            re-dealt epoch the last batch may also be one sample longer, see :class:`EpochOrigin`).
+        slot: int64 [B], the decoding slot of each sample (``lane * open_spans + slot_in_lane``, plus
+            ``rank * streams * open_spans`` of the dealing rank in a re-dealt epoch): over the epoch a slot reads its
+            spans one after another, each one sample after the next, so one decoder per slot and camera only moves
+            forward within a span.
+        lane: the lane this batch was drawn from, or -1 for a tail batch that mixes lanes (and in a re-dealt epoch).
+        position: where the batch's first sample stands in the epoch's global sequence (see the module docstring);
+            its samples are ``position, position + 1, ...`` of it. Seeds the batch's augmentation.
     """
 
     index: np.ndarray
     slot: np.ndarray
     lane: int
+    position: int
+
+
+@dataclass(frozen=True)
+class EpochOrigin:
+    """How an epoch's order was first dealt and how much of it was read: what a resume on another number of
+    processes (or another per-process batch) continues from.
+
+    Attributes:
+        world_size, batch_size: the shape the epoch's plans were built with (processes, samples per batch); with
+            the seed, the epoch, the spans and ``streams`` / ``open_spans`` they define the epoch's global sequence.
+        offset: samples of that global sequence read before the new deal (0 <= offset <= its length).
+        open_spans: the ``open_spans`` of the epoch's plans; None: the same as the re-dealt plan's.
+    """
+
+    world_size: int
+    batch_size: int
+    offset: int
+    open_spans: int | None = None
 
 
 class TrainingPlan:
@@ -127,6 +160,16 @@ class TrainingPlan:
 
     The order is a function of ``(spans, seed, epoch, rank, world_size, batch_size, streams, open_spans)`` only;
     see the module docstring for the construction. Building it is vectorised (O(N) numpy for N samples).
+
+    With ``origin`` the plan is the rest of an epoch that was dealt with another shape: the epoch's global
+    sequence under ``origin`` (its ``world_size``, ``batch_size`` and ``open_spans``; the same seed, epoch, spans
+    and streams), from ``origin.offset`` on, dealt to this plan's ``world_size`` ranks in rounds of
+    ``world_size * batch_size`` consecutive samples, rank ``r`` taking the ``r``-th ``batch_size`` of each round.
+    So every sample of the epoch is read once across the resume, and what has been read is still a prefix of the
+    same sequence (a later resume continues it again). The rounds' remainder: with one rank it is a short last
+    batch; with ``W`` ranks a last round of at least ``W`` samples is split evenly (batches differ by at most one
+    sample), and fewer than ``W`` join the previous round (some ranks' last batch is one sample longer); when fewer
+    than ``W`` samples are left in all, they cannot be shared by ``W`` ranks and are not read (:meth:`unread`).
 
     Args:
         spans: int64 [S, 2], contiguous ``start, stop`` sample-index ranges (see :func:`make_spans`); together they
@@ -138,10 +181,12 @@ class TrainingPlan:
         streams: number of lanes; batch ``k`` is drawn from lane ``k % streams`` (a DataLoader worker that owns a
             lane then decodes it strictly forward).
         open_spans: spans read concurrently by one lane, i.e. the number of spans one batch mixes.
+        origin: see above; None: the epoch is dealt with this plan's own shape.
 
     Raises:
         ConfigError: a non-positive ``batch_size``/``streams``/``open_spans``/``world_size``, a negative seed or
-            epoch, or ``rank`` outside ``[0, world_size)``.
+            epoch, ``rank`` outside ``[0, world_size)``, or an ``origin`` with non-positive numbers or an offset
+            past the end of the epoch.
     """
 
     def __init__(
@@ -155,6 +200,7 @@ class TrainingPlan:
         world_size: int = 1,
         streams: int = 8,
         open_spans: int = 8,
+        origin: EpochOrigin | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("streams", streams), ("open_spans", open_spans),
                             ("world_size", world_size)):
@@ -164,6 +210,11 @@ class TrainingPlan:
             raise ConfigError(f"seed={seed}, epoch={epoch}: both must be >= 0")
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank={rank}: must be in [0, world_size={world_size})")
+        if origin is not None:
+            if origin.open_spans is None:
+                origin = dataclasses.replace(origin, open_spans=int(open_spans))
+            if min(origin.world_size, origin.batch_size, origin.open_spans) < 1 or origin.offset < 0:
+                raise ConfigError(f"{origin}: world_size, batch_size and open_spans must be >= 1, offset >= 0")
         spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
         self.spans = spans
         self.batch_size = int(batch_size)
@@ -173,79 +224,153 @@ class TrainingPlan:
         self.world_size = int(world_size)
         self.streams = int(streams)
         self.open_spans = int(open_spans)
-        self._build()
+        self.origin = origin
+        if origin is None:
+            self._build()
+        else:
+            self._build_redealt(origin)
 
-    def _build(self) -> None:
+    def _rank_sequences(self, world_size: int, batch_size: int, open_spans: int, ranks: Sequence[int]
+                        ) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], np.ndarray, int]:
+        """The epoch dealt to ``world_size`` ranks: for each rank of ``ranks`` its sample order and decoding slots
+        (int64 [n_r] each, batches concatenated, nothing cut yet) and its number of lane batches; the samples dealt
+        to every rank (int64 [world_size]); the batches every rank reads."""
         rng = np.random.default_rng([self.seed, self.epoch])
         shuffled = self.spans[rng.permutation(len(self.spans))]
         sizes = shuffled[:, 1] - shuffled[:, 0]
-        rank_of = _balanced_groups(sizes, self.world_size)
-        rank_samples = np.bincount(rank_of, weights=sizes, minlength=self.world_size).astype(np.int64)
-        mine = shuffled[rank_of == self.rank]
-        lane_of = _balanced_groups(mine[:, 1] - mine[:, 0], self.streams)
+        rank_of = _balanced_groups(sizes, world_size)
+        rank_samples = np.bincount(rank_of, weights=sizes, minlength=world_size).astype(np.int64)
+        b = batch_size
+        out = []
+        for rank in ranks:
+            mine = shuffled[rank_of == rank]
+            lane_of = _balanced_groups(mine[:, 1] - mine[:, 0], self.streams)
+            lane_index: list[np.ndarray] = []
+            lane_slot: list[np.ndarray] = []
+            for lane in range(self.streams):
+                lane_spans = mine[lane_of == lane]
+                slot_of = _balanced_groups(lane_spans[:, 1] - lane_spans[:, 0], open_spans)
+                lane_rng = np.random.default_rng([self.seed, self.epoch, rank, lane])
+                # slots are stored one after another; a random permutation of the slot labels decides which slot
+                # each position of the lane's sequence reads from, and a stable sort hands each slot its samples in
+                # order.
+                per_slot = [_expand(lane_spans[slot_of == s]) for s in range(open_spans)]
+                labels = np.repeat(np.arange(open_spans), [len(p) for p in per_slot])
+                labels = lane_rng.permutation(labels)
+                positions = np.argsort(labels, kind="stable")
+                index = np.empty(len(labels), dtype=np.int64)
+                index[positions] = np.concatenate(per_slot) if per_slot else np.zeros(0, dtype=np.int64)
+                lane_index.append(index)
+                lane_slot.append(labels.astype(np.int64) + lane * open_spans)
 
-        lane_index: list[np.ndarray] = []
-        lane_slot: list[np.ndarray] = []
-        for lane in range(self.streams):
-            lane_spans = mine[lane_of == lane]
-            slot_of = _balanced_groups(lane_spans[:, 1] - lane_spans[:, 0], self.open_spans)
-            lane_rng = np.random.default_rng([self.seed, self.epoch, self.rank, lane])
-            # slots are stored one after another; a random permutation of the slot labels decides which slot each
-            # position of the lane's sequence reads from, and a stable sort hands each slot its samples in order.
-            per_slot = [_expand(lane_spans[slot_of == s]) for s in range(self.open_spans)]
-            labels = np.repeat(np.arange(self.open_spans), [len(p) for p in per_slot])
-            labels = lane_rng.permutation(labels)
-            positions = np.argsort(labels, kind="stable")
-            index = np.empty(len(labels), dtype=np.int64)
-            index[positions] = np.concatenate(per_slot) if per_slot else np.zeros(0, dtype=np.int64)
-            lane_index.append(index)
-            lane_slot.append(labels.astype(np.int64) + lane * self.open_spans)
-
-        b = self.batch_size
-        full_rounds = min(len(x) // b for x in lane_index)
-        head = full_rounds * b
-        # main part: round r, lane l -> batch r * streams + l, i.e. lane (k % streams)
-        main_index = np.stack([x[:head].reshape(full_rounds, b) for x in lane_index], axis=1).reshape(-1)
-        main_slot = np.stack([x[:head].reshape(full_rounds, b) for x in lane_slot], axis=1).reshape(-1)
-        # tail: each lane's rest dealt in batch-sized chunks, lane by lane, round by round
-        tail_index: list[np.ndarray] = []
-        tail_slot: list[np.ndarray] = []
-        rests = [(x[head:], s[head:]) for x, s in zip(lane_index, lane_slot)]
-        longest = max((len(x) for x, _ in rests), default=0)
-        for start in range(0, longest, b):
-            for x, s in rests:
-                tail_index.append(x[start : start + b])
-                tail_slot.append(s[start : start + b])
-        order = np.concatenate([main_index, *tail_index]) if tail_index else main_index
-        slots = np.concatenate([main_slot, *tail_slot]) if tail_slot else main_slot
-
-        if self.world_size == 1:
-            num_batches = -(-len(order) // b)
+            full_rounds = min(len(x) // b for x in lane_index)
+            head = full_rounds * b
+            # main part: round r, lane l -> batch r * streams + l, i.e. lane (k % streams)
+            main_index = np.stack([x[:head].reshape(full_rounds, b) for x in lane_index], axis=1).reshape(-1)
+            main_slot = np.stack([x[:head].reshape(full_rounds, b) for x in lane_slot], axis=1).reshape(-1)
+            # tail: each lane's rest dealt in batch-sized chunks, lane by lane, round by round
+            tail_index: list[np.ndarray] = []
+            tail_slot: list[np.ndarray] = []
+            rests = [(x[head:], s[head:]) for x, s in zip(lane_index, lane_slot)]
+            longest = max((len(x) for x, _ in rests), default=0)
+            for start in range(0, longest, b):
+                for x, s in rests:
+                    tail_index.append(x[start : start + b])
+                    tail_slot.append(s[start : start + b])
+            order = np.concatenate([main_index, *tail_index]) if tail_index else main_index
+            slots = np.concatenate([main_slot, *tail_slot]) if tail_slot else main_slot
+            out.append((order, slots, full_rounds * self.streams))
+        if world_size == 1:
+            num_batches = -(-int(rank_samples[0]) // b)
         else:
             num_batches = int(rank_samples.min() // b)
+        return out, rank_samples, num_batches
+
+    def _build(self) -> None:
+        b, w = self.batch_size, self.world_size
+        ((order, slots, main_batches),), rank_samples, num_batches = self._rank_sequences(
+            w, b, self.open_spans, [self.rank])
+        num_batches = min(num_batches, -(-len(order) // b))
+        bounds = np.minimum(np.arange(num_batches + 1, dtype=np.int64) * b, len(order))
+        # every batch of a rank is full when there are several ranks: round k of the global sequence holds batch k
+        # of rank 0, then of rank 1, ...
+        starts = np.arange(num_batches, dtype=np.int64) * (w * b) + self.rank * b
+        self._store(order, slots, bounds, starts, main_batches)
+        self.rank_samples = rank_samples
+        """int64 [world_size]: samples dealt to each rank this epoch (before truncation to equal batch counts)."""
+
+    def global_sequence(self, origin: EpochOrigin | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's global sequence as dealt by ``origin``'s shape (default: this plan's): every rank's batches
+        in rounds (batch 0 of rank 0, of rank 1, ..., then batch 1 of each rank, ...), the samples each rank's
+        plan cuts left out. Returns its sample indices and decoding slots (int64 [G] each; a slot is numbered
+        ``rank * streams * open_spans + slot`` so that the ranks' slots stay apart)."""
+        w = origin.world_size if origin is not None else self.world_size
+        b = origin.batch_size if origin is not None else self.batch_size
+        open_spans = origin.open_spans if origin is not None and origin.open_spans else self.open_spans
+        ranks, _, num_batches = self._rank_sequences(w, b, open_spans, range(w))
+        if w == 1:
+            order, slots, _ = ranks[0]
+            return order, slots
+        read = num_batches * b
+        index = np.stack([o[:read].reshape(num_batches, b) for o, _, _ in ranks], axis=1).reshape(-1)
+        slot = np.stack([(s[:read] + r * self.streams * open_spans).reshape(num_batches, b)
+                         for r, (_, s, _) in enumerate(ranks)], axis=1).reshape(-1)
+        return index, slot
+
+    def _build_redealt(self, origin: EpochOrigin) -> None:
+        seq_index, seq_slot = self.global_sequence(origin)
+        if origin.offset > len(seq_index):
+            raise ConfigError(f"offset {origin.offset}: past the end of epoch {self.epoch}'s {len(seq_index)} samples")
+        w, b = self.world_size, self.batch_size
+        left = len(seq_index) - origin.offset
+        full, rest = divmod(left, w * b)
+        rounds = [w * b] * full
+        dropped = 0
+        if 0 < rest < w:  # too few for one sample per rank: they join the last full round, or are left unread
+            if rounds:
+                rounds[-1] += rest
+            else:
+                dropped = rest
+        elif rest:
+            rounds.append(rest)
+        sizes = np.asarray(rounds, dtype=np.int64)
+        round_start = origin.offset + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        # rank r's piece of a round of S samples: np.array_split's, the first S % w ranks one sample more
+        length = sizes // w + (self.rank < sizes % w)
+        starts = round_start + self.rank * (sizes // w) + np.minimum(self.rank, sizes % w)
+        take = _expand(np.stack([starts, starts + length], axis=1)) if len(sizes) else np.zeros(0, dtype=np.int64)
+        bounds = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+        self._store(seq_index[take], seq_slot[take], bounds, starts, main_batches=0)
+        self._unread = seq_index[len(seq_index) - dropped:] if self.rank == 0 else np.zeros(0, dtype=np.int64)
+        self.rank_samples = np.asarray([int((sizes // w + (r < sizes % w)).sum()) for r in range(w)], dtype=np.int64)
+
+    def _store(self, order: np.ndarray, slots: np.ndarray, bounds: np.ndarray, starts: np.ndarray,
+               main_batches: int) -> None:
         # int32 when it fits: a plan is O(samples) and every DataLoader worker builds its own (2 M samples: 16 MB
         # instead of 32); batches hand out int64 as documented
         compact = np.int32 if len(self.spans) == 0 or int(self.spans[:, 1].max()) < 2**31 else np.int64
-        self._order = order.astype(compact)
-        self._slots = slots.astype(np.int32)
-        self._main_batches = full_rounds * self.streams
-        self._num_batches = min(num_batches, -(-len(order) // b))
-        self.rank_samples = rank_samples
-        """int64 [world_size]: samples dealt to each rank this epoch (before truncation to equal batch counts)."""
+        num_samples = int(bounds[-1])
+        self._unread = order[num_samples:].astype(np.int64)
+        self._order = order[:num_samples].astype(compact)
+        self._slots = slots[:num_samples].astype(np.int32)
+        self._bounds = bounds.astype(np.int64)
+        self._starts = starts.astype(np.int64)
+        self._main_batches = main_batches
+        self._num_batches = len(starts)
 
     def __getstate__(self) -> dict[str, Any]:
         # The O(samples) order travels to DataLoader workers as shared memory (torch's multiprocessing pickler sends
         # a handle; a plain pickle copies the values), so workers neither rebuild nor copy it.
         state = self.__dict__.copy()
         if "_shared" not in state:
-            self._shared = state["_shared"] = (torch.from_numpy(self._order).share_memory_(),
-                                               torch.from_numpy(self._slots).share_memory_())
-        state["_order"] = state["_slots"] = None
+            self._shared = state["_shared"] = tuple(torch.from_numpy(a).share_memory_() for a in (
+                self._order, self._slots, self._bounds, self._starts))
+        state["_order"] = state["_slots"] = state["_bounds"] = state["_starts"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._order, self._slots = (t.numpy() for t in state["_shared"])
+        self._order, self._slots, self._bounds, self._starts = (t.numpy() for t in state["_shared"])
 
     def __len__(self) -> int:
         """Number of batches of this rank in this epoch."""
@@ -254,20 +379,27 @@ class TrainingPlan:
     @property
     def num_samples(self) -> int:
         """Samples this rank reads in this epoch (after truncation to whole, equal batch counts with DDP)."""
-        return min(len(self._order), self._num_batches * self.batch_size)
+        return len(self._order)
 
     def batch(self, k: int) -> PlanBatch:
         """The ``k``-th batch (0 <= k < len(self)); raises ``IndexError`` outside."""
         if not 0 <= k < self._num_batches:
             raise IndexError(f"batch {k} outside [0, {self._num_batches})")
-        lo, hi = k * self.batch_size, min((k + 1) * self.batch_size, len(self._order))
+        lo, hi = self._bounds[k], self._bounds[k + 1]
         lane = k % self.streams if k < self._main_batches else -1
         return PlanBatch(index=self._order[lo:hi].astype(np.int64), slot=self._slots[lo:hi].astype(np.int64),
-                         lane=lane)
+                         lane=lane, position=int(self._starts[k]))
 
     def sample_order(self) -> np.ndarray:
         """int64 [num_samples]: every sample index of this rank's epoch in plan order (batches concatenated)."""
-        return self._order[: self.num_samples].astype(np.int64)
+        return self._order.astype(np.int64)
+
+    def unread(self) -> np.ndarray:
+        """int64: samples of the epoch dealt to this rank that it does not read. With several ranks: the end of
+        the rank's share, cut so that all ranks read the same number of whole batches. In a re-dealt epoch: on
+        rank 0, the fewer than ``world_size`` samples at the end of the sequence that cannot be shared (else
+        none); the original plans' cut samples are not part of the sequence."""
+        return self._unread.copy()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -354,6 +486,12 @@ def task_balanced_spans(spans: np.ndarray, span_task: np.ndarray, seed: int, epo
 
 READAHEAD_BUDGET_BYTES = 256 * 2**20
 """Decoded frames one process holds ahead across all its decoding slots, when ``readahead`` is left to the stream."""
+
+
+def default_open_spans(batch_size: int) -> int:
+    """Spans one lane of a :class:`TrainingStream` reads at once when not given: ``min(batch_size, 16)`` (a batch
+    mixes up to 16 spans; more would open more decoders for little less correlation)."""
+    return min(int(batch_size), 16)
 
 
 def default_readahead(slots: int, sample_bytes: int) -> int:
@@ -580,20 +718,20 @@ class _WorkerShare:
 
     def __init__(self, plan: TrainingPlan, ks: range):
         self._ks = ks
-        self._batch_size, self._streams, self._main = plan.batch_size, plan.streams, plan._main_batches
+        self._streams, self._main = plan.streams, plan._main_batches
         k = np.arange(ks.start, ks.stop, ks.step, dtype=np.int64)
-        lo = k * plan.batch_size
-        hi = np.minimum(lo + plan.batch_size, len(plan._order))
+        lo, hi = plan._bounds[k], plan._bounds[k + 1]
         positions = _expand(np.stack([lo, hi], axis=1)) if len(k) else np.zeros(0, dtype=np.int64)
         self._index = plan._order[positions]
         self._slot = plan._slots[positions]
         self._bounds = np.concatenate([[0], np.cumsum(hi - lo)])
+        self._starts = plan._starts[k]
 
     def batch(self, k: int) -> PlanBatch:
         j = (k - self._ks.start) // self._ks.step
         lo, hi = self._bounds[j], self._bounds[j + 1]
         return PlanBatch(index=self._index[lo:hi].astype(np.int64), slot=self._slot[lo:hi].astype(np.int64),
-                         lane=k % self._streams if k < self._main else -1)
+                         lane=k % self._streams if k < self._main else -1, position=int(self._starts[j]))
 
 
 class TrainingStream(IterableDataset):
@@ -623,7 +761,9 @@ class TrainingStream(IterableDataset):
     ``start_batch``, later ones from batch 0; :meth:`set_epoch` overrides this (with non-persistent workers, call it
     before each epoch, as with ``DistributedSampler``; persistent workers keep their own count, so use consecutive
     epochs). For an exact resume build a new stream with the checkpoint's ``(epoch, batch)`` as ``start_epoch,
-    start_batch``: it yields exactly the remaining batches of that epoch.
+    start_batch``: it yields exactly the remaining batches of that epoch. To continue an epoch on another number of
+    processes (or with another per-process batch), pass ``origin``: ``start_epoch`` is then the rest of the epoch
+    re-dealt to this stream's shape (see :class:`TrainingPlan`), and ``start_batch`` counts batches of that plan.
 
     Args:
         dataset: a ``BehaviorDataset`` (uses ``frame_table``, ``cameras``, ``image_size``, ``episodes``, ``meta``,
@@ -635,15 +775,18 @@ class TrainingStream(IterableDataset):
             the same number of (full) batches. Pass them explicitly and do not hand the DataLoader to
             ``accelerate.prepare`` (it would shard the batches a second time).
         start_epoch, start_batch: where the first iteration starts.
+        origin: how ``start_epoch`` was dealt and how much of it was read (an elastic resume), or None; its
+            ``open_spans``, when None, is the one this stream would use at ``origin.batch_size``.
         streams: lanes of the plan (see :class:`TrainingPlan`); choose a multiple of the worker count (the
             default 4 suits 1, 2 and 4 workers).
         open_spans: spans one lane reads at once, i.e. how many spans one batch mixes; default
             ``min(batch_size, 16)``.
         span_frames: span length in frames; default :func:`default_span_frames` of the measured keyframe interval.
         transform: optional ``Tensor[3, H, W] -> Tensor[3, H, W]`` (e.g. lerobot's ``ImageTransforms``) applied to
-            every camera image of a sample in the worker; torch's global RNG is seeded from ``(seed, epoch, k, slot
-            in batch)`` inside ``torch.random.fork_rng``, so augmentations are reproducible, independent of ``W``,
-            and leave the caller's RNG untouched.
+            every camera image of a sample in the worker; torch's global RNG is seeded from ``(seed, epoch, the
+            sample's position in the epoch's global sequence)`` inside ``torch.random.fork_rng``, so a sample's
+            augmentation is the same for any worker count, process count or elastic resume, and the caller's RNG
+            is left untouched.
         decoder_threads: FFmpeg threads per decoder; default ``max(1, min(4, cpus // max(W, 1)))``.
         readahead: samples of a span decoded in one go per camera (>= 1); decoding several frames in a row per
             decoder instead of alternating between all of a worker's decoders on every sample saves CPU cache
@@ -689,6 +832,7 @@ class TrainingStream(IterableDataset):
         uint8_images: bool = False,
         task_balanced: bool = False,
         batch_ring: bool = True,
+        origin: EpochOrigin | None = None,
     ) -> None:
         super().__init__()
         if int(start_batch) < 0:
@@ -706,7 +850,13 @@ class TrainingStream(IterableDataset):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.streams = int(streams)
-        self.open_spans = int(open_spans) if open_spans is not None else min(self.batch_size, 16)
+        self.open_spans = int(open_spans) if open_spans is not None else default_open_spans(self.batch_size)
+        if origin is not None and origin.open_spans is None:
+            origin = dataclasses.replace(origin, open_spans=int(open_spans) if open_spans is not None
+                                         else default_open_spans(origin.batch_size))
+        self.origin = origin
+        """How ``start_epoch`` was dealt (an elastic resume), or None."""
+        self._origin_epoch = int(start_epoch)
         self.keyframe_interval = measured_keyframe_interval(dataset)
         self.span_frames = int(span_frames) if span_frames is not None else default_span_frames(self.keyframe_interval)
         self.transform = transform
@@ -742,14 +892,16 @@ class TrainingStream(IterableDataset):
         return state
 
     def plan(self, epoch: int | None = None) -> TrainingPlan:
-        """The :class:`TrainingPlan` of ``epoch`` (default: the epoch the next iteration runs) for this rank."""
+        """The :class:`TrainingPlan` of ``epoch`` (default: the epoch the next iteration runs) for this rank (the
+        re-dealt rest of the epoch for ``start_epoch`` with an ``origin``)."""
         epoch = self._epoch if epoch is None else int(epoch)
         if self._plan is None or self._plan.epoch != epoch:
             spans = (task_balanced_spans(self.spans, self.span_task, self.seed, epoch) if self.task_balanced
                      else self.spans)
             self._plan = TrainingPlan(
                 spans, batch_size=self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
-                world_size=self.world_size, streams=self.streams, open_spans=self.open_spans)
+                world_size=self.world_size, streams=self.streams, open_spans=self.open_spans,
+                origin=self.origin if epoch == self._origin_epoch else None)
         return self._plan
 
     @property
@@ -852,13 +1004,15 @@ class TrainingStream(IterableDataset):
             batch = collate_one_storage(numeric, frames, image_dtype, shared=in_worker)
         if self.transform is not None:
             for j in range(len(numeric)):
-                self._augment(batch, epoch, k, j)
+                self._augment(batch, epoch, planned.position + j, j)
         self.stats["batches"] += 1
         self.stats["samples"] += len(numeric)
         return ring.package(slot, batch) if slot is not None else batch
 
-    def _augment(self, batch: dict[str, Any], epoch: int, k: int, j: int) -> None:
-        seed = int(np.random.SeedSequence([self.seed, epoch, k, j]).generate_state(1)[0])
+    def _augment(self, batch: dict[str, Any], epoch: int, position: int, j: int) -> None:
+        # keyed by the sample's place in the epoch's global sequence, not by (rank, batch): the ranks of one step
+        # draw different augmentations, and a resume on another number of processes draws the same ones
+        seed = int(np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for camera in self.dataset.cameras:

@@ -6,10 +6,12 @@ Layout (lerobot-train's, so lerobot tools load it)::
                                                      --ema-decay the averaged ones), policy_{pre,post}processor*,
                                                      train_config.yaml (this project's resolved run config)
     <run>/checkpoints/<step:06d>/training_state/     training_step.json (step, epoch, batch position, world size,
-                                                     batch size, wandb run id, EMA decay and update count, best
+                                                     batch size, how the epoch was dealt, wandb run id, EMA decay and update count, best
                                                      validation metric), optimizer_state.safetensors,
                                                      optimizer_param_groups.json, scheduler_state.json,
-                                                     rng_state.safetensors, raw_weights.safetensors (with
+                                                     rng_state.safetensors (rank 0's python, numpy and torch
+                                                     random states), rng_state_rank<R>.safetensors (those of
+                                                     every other rank R), raw_weights.safetensors (with
                                                      --ema-decay only: the trained, not averaged, weights of the
                                                      trainable parameters, which --resume continues from)
     <run>/checkpoints/last -> <step:06d>             newest complete checkpoint (relative symlink)
@@ -34,7 +36,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,8 @@ MANIFEST_FORMAT = 1
 DIGEST = "sha256"
 """The manifest's file hash (hashlib; ``sha256sum`` checks the same value by hand); its cost on the full-size
 ``smolvla_base`` stand-in: :func:`manifest_digests`."""
+RANK_RNG_FILE = "rng_state_rank{rank}.safetensors"
+"""The random states of rank ``rank`` >= 1 (rank 0's are lerobot's ``rng_state.safetensors``)."""
 LAST = "last"
 BEST = "best"
 _TMP_PREFIX = ".tmp-"
@@ -106,7 +110,12 @@ def _point_link(link: Path, target_name: str) -> None:
 class TrainingState:
     """Everything besides weights that an exact resume needs (stored in ``training_step.json``).
 
-    ``epoch`` and ``batch`` are the position in the data order of the NEXT batch to train on. ``ema_decay`` and
+    ``epoch`` and ``batch`` are the position in the data order of the NEXT batch to train on, ``batch`` counting
+    this shape's batches (``world_size`` processes x ``batch_size``). ``epoch_world_size``, ``epoch_batch_size`` and
+    ``epoch_offset`` say how the epoch's order was dealt (``data.sampler.EpochOrigin``) when the run was resumed
+    within it on another shape: ``batch`` then counts from ``epoch_offset`` samples into the epoch's global
+    sequence as dealt by ``epoch_world_size`` x ``epoch_batch_size`` (None, None, 0: dealt with this shape).
+    ``ema_decay`` and
     ``ema_steps``: the weight average's decay and updates so far (0 and 0 without ``--ema-decay``). ``best_metric``:
     the lowest validation score so far (named by ``best_metric_name``, reached at ``best_step``: the checkpoint
     ``best`` points to).
@@ -124,6 +133,9 @@ class TrainingState:
     best_step: int | None = None
     ema_decay: float = 0.0
     ema_steps: int = 0
+    epoch_world_size: int | None = None
+    epoch_batch_size: int | None = None
+    epoch_offset: int = 0
 
 
 def save_checkpoint(
@@ -135,6 +147,7 @@ def save_checkpoint(
     scheduler: Any,
     keep_last: int | None = None,
     raw_weights: Mapping[str, torch.Tensor] | None = None,
+    rank_rng_states: Sequence[Mapping[str, torch.Tensor]] = (),
 ) -> Path:
     """Write ``checkpoints/<step>`` atomically and point ``checkpoints/last`` at it.
 
@@ -149,6 +162,8 @@ def save_checkpoint(
         raw_weights: ``{parameter name: tensor}``, the training weights when ``pretrained_model`` holds others (the
             EMA's): written to ``training_state/raw_weights.safetensors`` before ``write_pretrained`` runs, for
             :func:`load_raw_weights`.
+        rank_rng_states: the random states of ranks 1, 2, ... (lerobot's ``serialize_rng_state()`` of each; the
+            caller's own, rank 0's, are always saved), for :func:`load_training_state`.
 
     Each of the two folders gets a ``manifest.json`` (:func:`write_manifest`) after its other files, before the
     folder is flushed and renamed into place.
@@ -188,6 +203,10 @@ def save_checkpoint(
     if scheduler is not None:
         save_scheduler_state(scheduler, training)
     save_rng_state(training)
+    for rank, states in enumerate(rank_rng_states, start=1):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().cpu() for k, v in states.items()}, str(training / RANK_RNG_FILE.format(rank=rank)))
     # Last, so that they cover every file; inside the temporary folder, so a published checkpoint always has them.
     contract = _contract_fingerprint((pretrained / TRAIN_CONFIG_FILE).read_text())
     write_manifest(pretrained, contract)
@@ -296,34 +315,59 @@ def load_train_config(checkpoint: Path) -> dict[str, Any]:
     return data
 
 
-def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> TrainingState:
-    """Restore optimizer, scheduler and RNG states in place; return the step and data-order position.
+def read_training_state(checkpoint: Path) -> TrainingState:
+    """The step and data-order position of a checkpoint (``training_step.json``), nothing loaded.
 
     Raises:
-        CheckpointError: ``training_state/`` is missing or incomplete.
+        CheckpointError: ``training_state/`` is missing or damaged.
     """
-    from lerobot.optim.optimizers import load_optimizer_state
-    from lerobot.optim.schedulers import load_scheduler_state
-    from lerobot.utils.random_utils import load_rng_state
-
     training = Path(checkpoint) / TRAINING_STATE_DIR
     step_file = training / TRAINING_STEP_FILE
     if not step_file.is_file():
         raise CheckpointError(f"{step_file}: missing; cannot resume from {checkpoint} (pick an older checkpoint)")
     verify_checkpoint(checkpoint, training_state=True)
     try:
-        state = TrainingState(**json.loads(step_file.read_text()))
+        return TrainingState(**json.loads(step_file.read_text()))
     except (ValueError, TypeError) as exc:
         raise damaged(step_file, checkpoint, _first_line(exc)) from None
+
+
+def load_training_state(checkpoint: Path, optimizer: Any, scheduler: Any, rank: int = 0
+                        ) -> tuple[TrainingState, bool]:
+    """Restore optimizer, scheduler and this rank's random states in place; return the step and data-order position,
+    and whether random states were restored for ``rank``.
+
+    Rank 0 restores ``rng_state.safetensors``, rank R >= 1 ``rng_state_rank<R>.safetensors``. A checkpoint written
+    before per-rank states were saved holds one set, which every rank of the saving run restored: its ranks still
+    do. A rank the saving run did not have restores nothing (False): the caller seeds it.
+
+    Raises:
+        CheckpointError: ``training_state/`` is missing or incomplete.
+    """
+    from lerobot.optim.optimizers import load_optimizer_state
+    from lerobot.optim.schedulers import load_scheduler_state
+    from lerobot.utils.random_utils import deserialize_rng_state, load_rng_state
+    from safetensors.torch import load_file
+
+    training = Path(checkpoint) / TRAINING_STATE_DIR
+    state = read_training_state(checkpoint)
+    own = training / RANK_RNG_FILE.format(rank=rank)
+    legacy = state.world_size > 1 and not (training / RANK_RNG_FILE.format(rank=1)).is_file()
     try:
         load_optimizer_state(optimizer, training)
         if scheduler is not None:
             load_scheduler_state(scheduler, training)
-        load_rng_state(training)
+        restored = True
+        if rank == 0 or (legacy and rank < state.world_size):
+            load_rng_state(training)
+        elif own.is_file():
+            deserialize_rng_state(load_file(str(own)))
+        else:
+            restored = False
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         # Headers were checked above; this is a file whose tensors do not fit the optimizer it is loaded into.
         raise damaged(training, checkpoint, _first_line(exc)) from None
-    return state
+    return state, restored
 
 
 def load_raw_weights(checkpoint: Path, module: torch.nn.Module) -> list[str] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +27,7 @@ from behavior_smolvla.config import (
 )
 from behavior_smolvla.data.dataset import BehaviorDataset
 from behavior_smolvla.data.meta import DatasetMeta, parse_episode_spec, select_tasks
-from behavior_smolvla.data.sampler import TrainingStream, worker_context
+from behavior_smolvla.data.sampler import EpochOrigin, TrainingPlan, TrainingStream, worker_context
 from behavior_smolvla.errors import ConfigError, DatasetError
 from behavior_smolvla.inputs import PolicyInputs
 from behavior_smolvla.policy import checkpoint as ckpt
@@ -76,6 +77,7 @@ def config_for_run(config_file: str | None, cli_values: dict[str, Any]) -> Train
             raise ckpt.damaged(checkpoint / ckpt.PRETRAINED_DIR / ckpt.TRAIN_CONFIG_FILE, checkpoint,
                                "no 'run' section with the run's options")
         apply_overrides(cfg, saved["run"], f"{checkpoint}/pretrained_model/{ckpt.TRAIN_CONFIG_FILE}")
+        cfg.output.reshard = False  # a decision of one resume, never inherited from the run being resumed
         cfg.output.output_dir = str(checkpoint.parent.parent)
         cfg.output.resume = str(checkpoint)
     if file_values:
@@ -163,6 +165,90 @@ def resolve_policy_training(cfg: TrainConfig, resuming: bool, say: Callable[[str
     elif auto:
         say(f"policy: --from-scratch on {p.vlm_model} (no weights): the randomly initialised VLM trains too "
             f"(vision encoder {'frozen' if p.freeze_vision_encoder else 'trained'}); --train-expert-only freezes it")
+
+
+# --- resuming: the data position on this run's shape, and each rank's random state ----------------------------
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random generators: the run's ``--seed`` on rank 0 (a one-process run is seeded
+    as it always was), ``SeedSequence([seed, rank])``'s first word on the others, so that the ranks draw different
+    flow-matching noise and times."""
+    return int(seed) if rank == 0 else int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and every device's) global generators with :func:`rank_seed`."""
+    value = rank_seed(seed, rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def _shape(world: int, batch: int, accum: int) -> str:
+    return f"{world} process{'es' if world != 1 else ''} x batch {batch} x accumulation {accum}"
+
+
+def _flags_keeping(effective: int, world: int, batch: int, accum: int) -> list[str]:
+    """The flags that give the effective batch ``effective`` on ``world`` processes from ``batch`` x ``accum``."""
+    options = []
+    if effective % (world * accum) == 0:
+        options.append(f"--batch-size {effective // (world * accum)}")
+    if effective % (world * batch) == 0:
+        options.append(f"--grad-accum-steps {effective // (world * batch)}")
+    if not options and effective % world == 0:
+        options.append(f"--batch-size {effective // world} --grad-accum-steps 1")
+    return options
+
+
+def resume_position(saved: ckpt.TrainingState, world: int, batch_size: int, accum: int, reshard: bool,
+                    where: str, say: Callable[[str], None]) -> ckpt.TrainingState:
+    """Where a resumed run continues in the data order on its own shape (``world`` processes x ``batch_size`` x
+    ``accum`` micro-batches), as a copy of ``saved`` with the position and shape replaced.
+
+    - The saved shape: the saved position, exactly (an exact resume).
+    - Another shape with the same effective batch (processes x batch x accumulation): the epoch continues from the
+      same sample of its global sequence (``data.sampler``), the rest re-dealt to this run's ranks
+      (``EpochOrigin``); back on the shape the epoch was dealt with at a whole round, that plan itself, from
+      its batch. Steps and the lr schedule continue by step count.
+    - Another effective batch: refused, unless ``reshard``: the rest of the epoch is not read and the next epoch
+      starts with this shape (the epoch itself when none of it was read). One line says which.
+
+    Raises:
+        ConfigError: another effective batch without ``reshard``, naming the flags that keep it.
+    """
+    old = (saved.world_size, saved.batch_size, saved.grad_accum_steps)
+    new = (world, batch_size, accum)
+    dealt = (saved.epoch_world_size or saved.world_size, saved.epoch_batch_size or saved.batch_size)
+    read = saved.epoch_offset + saved.batch * saved.world_size * saved.batch_size  # of the epoch's global sequence
+    shape = {"world_size": world, "batch_size": batch_size, "grad_accum_steps": accum}
+    if old == new:
+        return dataclasses.replace(saved)
+    effective, was = world * batch_size * accum, old[0] * old[1] * old[2]
+    if effective == was:
+        say(f"resume: {_shape(*old)} -> {_shape(*new)} (effective batch {effective} kept): epoch {saved.epoch} "
+            f"continues at sample {read} of its order, re-dealt to {world} process{'es' if world != 1 else ''}")
+        if read == 0:  # nothing of the epoch read yet: it is simply dealt with the new shape
+            return dataclasses.replace(saved, **shape, batch=0, epoch_world_size=None, epoch_batch_size=None,
+                                       epoch_offset=0)
+        if dealt == (world, batch_size) and read % (world * batch_size) == 0:  # the epoch's own plan
+            return dataclasses.replace(saved, **shape, batch=read // (world * batch_size), epoch_world_size=None,
+                                       epoch_batch_size=None, epoch_offset=0)
+        return dataclasses.replace(saved, **shape, batch=0, epoch_world_size=dealt[0], epoch_batch_size=dealt[1],
+                                   epoch_offset=read)
+    epoch = saved.epoch if read == 0 else saved.epoch + 1
+    if not reshard:
+        flags = _flags_keeping(was, world, batch_size, accum)
+        keep = (f"pass {' or '.join(flags)} to keep it and continue epoch {saved.epoch} where it stopped" if flags else
+                f"no batch size gives it on {world} processes (a process count that divides {was} does)")
+        raise ConfigError(f"--resume {where}: saved with effective batch {was} ({_shape(*old)}), now {effective} "
+                          f"({_shape(*new)}); {keep}, or pass --reshard to start epoch {epoch} with effective "
+                          f"batch {effective}")
+    skipped = f"the rest of epoch {saved.epoch} is not read; " if read else ""
+    say(f"resume: --reshard: effective batch {was} ({_shape(*old)}) -> {effective} ({_shape(*new)}); {skipped}"
+        f"epoch {epoch} starts with the new shape at step {saved.step + 1}")
+    return dataclasses.replace(saved, **shape, epoch=epoch, batch=0, epoch_world_size=None, epoch_batch_size=None,
+                               epoch_offset=0)
 
 
 # --- processes, threads, precision ----------------------------------------------------------------------------
@@ -327,7 +413,8 @@ class Training:
             ``--eval-steps``), else None.
         transform: per-camera image augmentation run in the workers, or None.
         uint8_frames: the workers hand frames over as uint8 (no augmentation); they become float on the device.
-        batches_per_epoch: batches of this rank per pass over the training episodes.
+        batches_per_epoch: batches of this rank per pass over the training episodes (epoch 0's plan; a run ends
+            each epoch where that epoch's plan does: :meth:`advance`).
         total_steps: optimizer steps of the whole run.
         bundle: the policy, its processors and its inputs (``bundle.policy`` is the module accelerate wrapped).
         policy: the module to call (DDP-wrapped under several processes).
@@ -366,28 +453,57 @@ class Training:
     say: Callable[[str], None] = field(repr=False, default=print)
     worker_start: Any = field(repr=False, default=None)
     ema: EMA | None = field(repr=False, default=None)
+    _order: TrainingStream | None = field(repr=False, default=None)
 
     @property
     def is_main(self) -> bool:
         return bool(self.accelerator.is_main_process)
 
+    def epoch_origin(self, epoch: int) -> EpochOrigin | None:
+        """How ``epoch`` was dealt when the run was resumed within it on another shape (``state.epoch_*``), else
+        None (the epoch's plan on this run's shape)."""
+        s = self.state
+        if epoch != s.epoch or s.epoch_world_size is None:
+            return None
+        return EpochOrigin(world_size=s.epoch_world_size, batch_size=s.epoch_batch_size, offset=s.epoch_offset)
+
     def stream(self, epoch: int, batch: int) -> TrainingStream:
-        """The data order of this rank from ``(epoch, batch)`` on (seeded; the same for any worker count)."""
+        """The data order of this rank from ``(epoch, batch)`` on (seeded; the same for any worker count); the
+        re-dealt rest of the epoch after an elastic resume (:meth:`epoch_origin`)."""
         cfg, acc = self.cfg, self.accelerator
         return TrainingStream(
             self.dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size, rank=acc.process_index,
             world_size=acc.num_processes, start_epoch=epoch, start_batch=batch, transform=self.transform,
             uint8_images=self.uint8_frames, task_balanced=cfg.data.task_balanced,
             decoder_threads=worker_decoder_threads(cfg.data.num_workers, acc.num_processes, acc.device.type),
+            origin=self.epoch_origin(epoch),
         )
+
+    def plan(self, epoch: int) -> TrainingPlan:
+        """This rank's plan of ``epoch`` as :meth:`loader` executes it (before the loader exists: epoch 0's)."""
+        if self._order is None:
+            self._order = self.stream(self.state.epoch, self.state.batch)
+        return self._order.plan(epoch)
+
+    def advance(self, epoch: int, batch: int) -> None:
+        """Record in ``state`` that the next batch to train on is ``batch`` of ``epoch``, or the first of the next
+        epoch when ``epoch`` has no more (the number of batches of each epoch comes from its plan)."""
+        s = self.state
+        if epoch != s.epoch or batch >= len(self.plan(epoch)):
+            # a new epoch is dealt with this run's shape
+            s.epoch_world_size, s.epoch_batch_size, s.epoch_offset = None, None, 0
+        s.epoch, s.batch = epoch, batch
+        if batch >= len(self.plan(epoch)):
+            s.epoch, s.batch = epoch + 1, 0
 
     def loader(self):
         """The DataLoader over :meth:`stream` from the resume position: persistent spawned workers."""
         from torch.utils.data import DataLoader
 
         workers = self.cfg.data.num_workers
+        self._order = self.stream(self.state.epoch, self.state.batch)
         return DataLoader(
-            self.stream(self.state.epoch, self.state.batch), batch_size=None, num_workers=workers,
+            self._order, batch_size=None, num_workers=workers,
             pin_memory=self.accelerator.device.type == "cuda",
             # A private generator: creating an iterator must not consume the global RNG (exact resume).
             generator=torch.Generator().manual_seed(self.cfg.optim.seed),
@@ -427,14 +543,13 @@ def _prepare_run_dir(cfg: TrainConfig, accelerator: Any, resuming: bool, say: Ca
             raise ConfigError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc}); pass a writable "
                               "folder") from None
     if cfg.demo:
-        from behavior_smolvla.training.demo import prepare_demo
+        from behavior_smolvla.training.demo import prepare_demo, use_demo_files
 
         if accelerator.is_main_process:
             prepare_demo(cfg, run_dir, say)
         accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            cfg.data.dataset_path = cfg.data.dataset_path or str(run_dir / "demo_data")
-            cfg.policy.vlm_model = cfg.policy.vlm_model or str(run_dir / "tiny_vlm")
+        if not accelerator.is_main_process:  # the same dataset, backbone and held-out episodes as rank 0
+            use_demo_files(cfg, run_dir)
     return run_dir
 
 
@@ -461,10 +576,16 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     validate_config(cfg)
     accelerator = accelerator or make_accelerator(cfg)
     is_main = accelerator.is_main_process
+    world = accelerator.num_processes
 
     def say(msg: str) -> None:
         if is_main:
             console.print(msg, highlight=False, soft_wrap=True)
+
+    if resuming:  # before any work: a resume on a shape that cannot continue the data order is refused here
+        saved_state = ckpt.read_training_state(Path(cfg.output.resume))
+        position = resume_position(saved_state, world, cfg.optim.batch_size, cfg.optim.grad_accum_steps,
+                                   cfg.output.reshard, cfg.output.resume, say)
 
     run_dir = _prepare_run_dir(cfg, accelerator, resuming, say)
 
@@ -505,7 +626,6 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
                    if val_eps and cfg.eval.eval_steps and is_main else None)
     transform = build_image_transform(cfg)
 
-    world = accelerator.num_processes
     probe = TrainingStream(dataset, seed=cfg.optim.seed, batch_size=cfg.optim.batch_size,
                            rank=accelerator.process_index, world_size=world, task_balanced=cfg.data.task_balanced)
     batches_per_epoch = len(probe)
@@ -549,18 +669,23 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
     state = ckpt.TrainingState(step=0, epoch=0, batch=0, world_size=world, batch_size=cfg.optim.batch_size,
                                grad_accum_steps=cfg.optim.grad_accum_steps)
     if resuming:
-        state = ckpt.load_training_state(Path(cfg.output.resume), optimizer, scheduler)
-        if (state.world_size, state.batch_size, state.grad_accum_steps) != (world, cfg.optim.batch_size,
-                                                                             cfg.optim.grad_accum_steps):
-            raise ConfigError(
-                f"--resume {cfg.output.resume}: saved with {state.world_size} processes x batch {state.batch_size} x "
-                f"accumulation {state.grad_accum_steps}; resume with the same values to keep the data order"
-            )
+        state, restored = ckpt.load_training_state(Path(cfg.output.resume), optimizer, scheduler,
+                                                   rank=accelerator.process_index)
+        position_fields = ("world_size", "batch_size", "grad_accum_steps", "epoch", "batch", "epoch_world_size",
+                           "epoch_batch_size", "epoch_offset")
+        state = dataclasses.replace(state, **{k: getattr(position, k) for k in position_fields})
+        if not restored:  # a rank the saved run did not have
+            seed_rank(cfg.optim.seed, accelerator.process_index)
+        if world > saved_state.world_size:
+            new = ", ".join(str(r) for r in range(saved_state.world_size, world))
+            say(f"resume: rank{'s' if world - saved_state.world_size > 1 else ''} {new} had no saved random state: "
+                f"seeded from --seed {cfg.optim.seed} and the rank")
         say(f"resumed from {cfg.output.resume} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
         if ema is not None:
             ema.updates = state.ema_steps
     else:
-        torch.manual_seed(cfg.optim.seed)  # the same RNG stream whatever policy construction consumed
+        # the same RNG stream whatever policy construction consumed; each rank its own (different noise per rank)
+        seed_rank(cfg.optim.seed, accelerator.process_index)
 
     checkpoint_config = {
         "run": cfg.to_dict(),

@@ -40,20 +40,28 @@ def apply_demo_defaults(cfg: TrainConfig, given: set[str]) -> None:
 
 
 def prepare_demo(cfg: TrainConfig, run_dir: Path, say: Callable[[str], None]) -> None:
-    """Generate the demo's BEHAVIOR-2025-shaped dataset and tiny SmolVLM backbone under ``run_dir`` (reused if there)."""
+    """Generate the demo's BEHAVIOR-2025-shaped dataset and tiny SmolVLM backbone under ``run_dir`` (reused if
+    there), then :func:`use_demo_files`. Rank 0's job under DDP; the other ranks call :func:`use_demo_files`."""
     from behavior_smolvla.synthetic.datasets import write_demo_dataset
     from behavior_smolvla.policy.backbone import build_tiny_vlm
 
     data_dir = run_dir / "demo_data"
-    vlm_dir = run_dir / "tiny_vlm"
-    if cfg.data.dataset_path is None:
-        if not (data_dir / "meta" / "info.json").is_file():
-            say(f"demo: writing a BEHAVIOR-2025-shaped dataset to {data_dir}")
-            write_demo_dataset(data_dir)
-        cfg.data.dataset_path = str(data_dir)
+    if cfg.data.dataset_path is None and not (data_dir / "meta" / "info.json").is_file():
+        say(f"demo: writing a BEHAVIOR-2025-shaped dataset to {data_dir}")
+        write_demo_dataset(data_dir)
     if cfg.policy.vlm_model is None:
-        build_tiny_vlm(vlm_dir, image_size=cfg.data.image_size)
-        cfg.policy.vlm_model = str(vlm_dir)
+        build_tiny_vlm(run_dir / "tiny_vlm", image_size=cfg.data.image_size)
+    use_demo_files(cfg, run_dir)
+
+
+def use_demo_files(cfg: TrainConfig, run_dir: Path) -> None:
+    """Point ``cfg`` at the demo's dataset and backbone under ``run_dir`` (unless given) and hold out the last
+    episode of every task (unless episodes are given): the same choice on every rank, so that all ranks train on
+    the same episodes."""
+    if cfg.data.dataset_path is None:
+        cfg.data.dataset_path = str(run_dir / "demo_data")
+    if cfg.policy.vlm_model is None:
+        cfg.policy.vlm_model = str(run_dir / "tiny_vlm")
     if cfg.data.val_episodes is None and cfg.data.episodes is None:
         # Hold out the last episode of every task (BEHAVIOR indices: task_id * 10000 + ...), for smolvla-eval.
         from behavior_smolvla.data.meta import DatasetMeta

@@ -3,9 +3,11 @@
 ``train(cfg)`` is what ``smolvla-train`` runs: build everything (``training.build``), then step until done. It works
 the same in one process and under ``accelerate launch --num_processes N`` / ``torchrun`` (DDP): every rank reads its
 own shard of the data order, only rank 0 logs and writes checkpoints. Exact resume: weights, optimizer, scheduler, RNG
-states and the position in the data order are restored, so on CPU in fp32 with the same worker count a resumed run
-reports the same loss at every step as an uninterrupted one. SIGTERM or SIGINT to any rank stops every rank after the
-same step, with one checkpoint, within ``--stop-timeout`` (``training.preemption``).
+states (each rank's own) and the position in the data order are restored, so on CPU in fp32 with the same worker count
+a resumed run reports the same loss at every step as an uninterrupted one. On another number of processes with the
+same effective batch the epoch continues from the same sample (``training.build.resume_position``). SIGTERM or
+SIGINT to any rank stops every rank after the same step, with one checkpoint, within ``--stop-timeout``
+(``training.preemption``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from behavior_smolvla.policy import checkpoint as ckpt
 from behavior_smolvla.policy.smolvla import save_policy
 from behavior_smolvla.training.build import Training, build_training
 from behavior_smolvla.training.preemption import StopGuard
-from behavior_smolvla.training.tracking import MetricsLog, WandbTracker
+from behavior_smolvla.training.tracking import DataOrderLog, MetricsLog, WandbTracker
 
 
 BEST_METRIC = "chunk_mae"
@@ -127,6 +129,7 @@ class Trainer:
         self.first_loss = self.final_loss = float("nan")
         self.stopped = False
         self._last_path = Path(training.cfg.output.resume) if training.resuming else None
+        self.order_log: DataOrderLog | None = None
         self._window: dict[str, float] = {}
 
     # -- set-up and tear-down ---------------------------------------------------------------------------------
@@ -155,6 +158,8 @@ class Trainer:
             )
             t.state.wandb_run_id = self.tracker.run_id
         self._stream = _batches(t.loader(), t.state.epoch, t.state.batch)
+        self.order_log = (DataOrderLog(t.run_dir, t.accelerator.process_index, t.accelerator.num_processes,
+                                       cfg.optim.batch_size, t.state.step) if cfg.logging.log_data_order else None)
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not t.is_main, transient=False,
@@ -184,6 +189,8 @@ class Trainer:
                 self.metrics.close()
             if self.tracker is not None:
                 self.tracker.finish()
+            if self.order_log is not None:
+                self.order_log.close()
             t.accelerator.end_training()
         finally:
             self._guard.__exit__(*exc)
@@ -218,6 +225,8 @@ class Trainer:
         for _ in range(cfg.optim.grad_accum_steps):
             t_wait = time.perf_counter()
             epoch, k, batch = next(self._stream)
+            if self.order_log is not None:
+                self.order_log.write(t.state.step + 1, epoch, k, batch, t.plan(epoch), t.epoch_origin(epoch))
             t_got = time.perf_counter()
             times["data"] += t_got - t_wait
             w["samples"] += len(batch["task"]) * acc.num_processes
@@ -246,9 +255,8 @@ class Trainer:
             times["optimizer"] += time.perf_counter() - t_ema
         t.scheduler.step()
         state = t.state
-        state.step, state.epoch, state.batch = state.step + 1, epoch, k + 1
-        if state.batch >= t.batches_per_epoch:
-            state.epoch, state.batch = epoch + 1, 0
+        state.step += 1
+        t.advance(epoch, k + 1)
         step_loss, signals = self._reduce_step(step_loss)
         stop_now = any(signals)
         if stop_now:  # a rank that was not signalled learns of the stop here: its deadline starts now
@@ -408,6 +416,12 @@ class Trainer:
         self._guard.phase = (f"writing the checkpoint of step {t.state.step} (left unpublished)" if t.is_main else
                              f"waiting for rank 0 to write the checkpoint of step {t.state.step}")
         t.accelerator.wait_for_everyone()
+        rank_rng_states = []
+        if t.accelerator.num_processes > 1:  # every rank's random state, so that each resumes its own
+            from accelerate.utils import gather_object
+            from lerobot.utils.random_utils import serialize_rng_state
+
+            rank_rng_states = gather_object([serialize_rng_state()])[1:]
         if t.is_main:
             t.state.ema_decay, t.state.ema_steps = (ema.decay, ema.updates) if ema is not None else (0.0, 0)
 
@@ -423,6 +437,7 @@ class Trainer:
                 train_config=t.checkpoint_config, optimizer=t.optimizer, scheduler=t.scheduler,
                 keep_last=t.cfg.output.keep_last,
                 raw_weights=ema.trained_state_dict() if ema is not None else None,
+                rank_rng_states=rank_rng_states,
             )
             if improved:
                 ckpt.mark_best(t.run_dir, t.state.step)

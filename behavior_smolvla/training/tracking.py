@@ -1,4 +1,5 @@
-"""Run metrics: ``metrics.jsonl`` in the run folder and Weights & Biases (the real ``wandb`` library).
+"""Run metrics: ``metrics.jsonl`` in the run folder and Weights & Biases (the real ``wandb`` library); with
+``--log-data-order``, what every process trained on (``data_order/``).
 
 Logging must never stop training: with no credentials an ``online`` run falls back to ``offline`` (one line says how
 to sync later), and a wandb failure disables wandb with one warning while ``metrics.jsonl`` keeps going. A resumed
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+DATA_ORDER_DIR = "data_order"
 
 
 def _has_wandb_credentials() -> bool:
@@ -58,6 +60,60 @@ class MetricsLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class DataOrderLog:
+    """``--log-data-order``: what one process trains on, one JSON object per line in
+    ``<run>/data_order/from-<step:06d>.rank<R>.jsonl`` (a file per process and launch: ``step`` is the step the
+    launch started from, 0 or the resumed one; a launch from the same step again rewrites its files). Every rank
+    writes its own file, rank 0 included; nothing else is written by ranks other than 0.
+
+    Records (``"record"``):
+
+    - ``"epoch"``, when the process starts (or resumes within) an epoch: ``epoch``, ``rank``, ``world_size``,
+      ``batch_size``, ``batches`` (this rank's batches in the epoch), ``first_batch``, ``dealt_from`` (an elastic
+      resume's ``{"world_size", "batch_size", "offset"}``: the rest of the epoch dealt by that shape, from that
+      sample of its global sequence; else null), ``unread`` (sample indices dealt to this rank that it does not
+      read: ``TrainingPlan.unread``).
+    - ``"batch"``, for every micro-batch: ``step`` (the optimizer step it counts towards, from 1), ``epoch``,
+      ``batch``, ``position`` (its first sample's place in the epoch's global sequence), ``index`` (the training
+      reader's sample indices, as the loader delivered them), ``episode_index``, ``frame_index``.
+    """
+
+    def __init__(self, run_dir: Path, rank: int, world_size: int, batch_size: int, start_step: int) -> None:
+        folder = Path(run_dir) / DATA_ORDER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"from-{start_step:06d}.rank{rank}.jsonl"
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self._epoch: int | None = None
+        self._fh = self.path.open("w", buffering=1)
+
+    def write(self, step: int, epoch: int, k: int, batch: dict[str, Any], plan: Any, origin: Any) -> None:
+        """One micro-batch ``k`` of ``epoch`` (the loader's batch dict), after its epoch's record when the epoch is
+        new to this launch (``plan``: the rank's ``TrainingPlan`` of the epoch; ``origin``: its ``EpochOrigin`` or
+        None)."""
+        if epoch != self._epoch:
+            self._epoch = epoch
+            dealt = None if origin is None else {"world_size": origin.world_size, "batch_size": origin.batch_size,
+                                                 "offset": origin.offset}
+            self._line({"record": "epoch", "epoch": epoch, "rank": self.rank, "world_size": self.world_size,
+                        "batch_size": self.batch_size, "batches": len(plan), "first_batch": k, "dealt_from": dealt,
+                        "unread": plan.unread().tolist()})
+        self._line({"record": "batch", "step": step, "epoch": epoch, "batch": k, "position": plan.batch(k).position,
+                    **{key: batch[key].tolist() for key in ("index", "episode_index", "frame_index")}})
+
+    def _line(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_data_order(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The records of every ``data_order/`` file of a run, by file name (``from-<step>.rank<R>.jsonl``)."""
+    folder = Path(run_dir) / DATA_ORDER_DIR
+    return {path.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for path in sorted(folder.glob("*.jsonl"))}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
