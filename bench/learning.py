@@ -218,7 +218,8 @@ def raw_weights_checkpoint(checkpoint: Path, dest: Path) -> Path:
     """
     from safetensors.torch import load_file, save_file
 
-    from behavior_smolvla.policy.checkpoint import PRETRAINED_DIR, RAW_WEIGHTS_FILE, TRAINING_STATE_DIR
+    from behavior_smolvla.policy.checkpoint import (MANIFEST_FILE, PRETRAINED_DIR, RAW_WEIGHTS_FILE,
+                                                    TRAINING_STATE_DIR, write_manifest)
 
     checkpoint = checkpoint.resolve()
     target = dest / PRETRAINED_DIR
@@ -234,6 +235,9 @@ def raw_weights_checkpoint(checkpoint: Path, dest: Path) -> Path:
         raise SystemExit(f"{checkpoint}: raw weights {missing[:3]} are not in model.safetensors")
     weights.update(raw)
     save_file(weights, str(tmp / PRETRAINED_DIR / "model.safetensors"), metadata={"format": "pt"})
+    manifest = tmp / PRETRAINED_DIR / MANIFEST_FILE
+    if manifest.is_file():  # the new weights' checksums, the same input contract
+        write_manifest(tmp / PRETRAINED_DIR, json.loads(manifest.read_text())["inputs"])
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest

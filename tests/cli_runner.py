@@ -64,3 +64,11 @@ def run_subprocess(command: str, args: list[str], env: dict[str, str | None] | N
     proc = subprocess.run([str(BIN / command), *map(str, args)], check=False, capture_output=True, text=True,
                           env={k: v for k, v in full_env.items() if v is not None}, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def without_cache_builds(stderr: str) -> str:
+    """``stderr`` without the informational ``numeric cache: built ...`` lines (a process that built a numeric cache
+    entry says so once; the tests that count a command's message lines count the others)."""
+    from behavior_smolvla.data.cache import BUILT_LINE_PREFIX
+
+    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith(BUILT_LINE_PREFIX))

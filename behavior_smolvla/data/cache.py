@@ -282,6 +282,10 @@ def _short(exc: BaseException) -> str:
     return text.split(". ")[0][:120]
 
 
+BUILT_LINE_PREFIX = "numeric cache: built "
+"""Start of the one stderr line a process prints when it has built an entry (not when it found one)."""
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -620,12 +624,14 @@ class NumericCache:
         if os.path.lexists(entry) and check_entry(entry, meta, episodes, level) is None:
             return cls(entry, check=None)
         with _locked(root / f".{name}.lock", f"the numeric cache {entry}"):
+            damaged_entry = False
             if os.path.lexists(entry):  # damaged, or rebuilt meanwhile by the process that held the lock
                 problem = check_entry(entry, meta, episodes, level)
                 if problem is None:
                     return cls(entry, check=None)
                 _discard(entry, problem)
                 _say(f"numeric cache entry {entry} is damaged ({problem}); rebuilding it")
+                damaged_entry = True
             try:
                 t0 = time.perf_counter()
                 _build(entry, meta, list(episodes), read_rows, threads)
@@ -638,9 +644,10 @@ class NumericCache:
                 raise CacheError(f"the numeric cache entry {entry} is damaged right after it was built ({problem}); "
                                  f"delete the folder {entry} and pass another --cache-dir")
             built = cls(entry, check=None)
-            # one line per build, from the process that built it: which node or run paid for it
-            print(f"numeric cache: built {entry} ({built.rows} rows of {len(episodes)} episodes) in "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            if not damaged_entry:  # a rebuild was announced by its one damage line
+                # one line per build, from the process that built it: which node or run paid for it
+                _say(f"{BUILT_LINE_PREFIX}{entry} ({built.rows} rows of {len(episodes)} episodes) in "
+                     f"{time.perf_counter() - t0:.1f} s")
             return built
         return cls(entry, check=None)
 
