@@ -75,9 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rounds of the in-process model-call timing (0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the rows' figures) after the table")
     p.add_argument("--smoke", action="store_true",
-                   help="try the script in seconds: --requests 12 --chunk-requests 2 --warmup 1 (figures meaningless)")
+                   help="try the script in seconds: --requests 12 --chunk-requests 2 --warmup 1 --strategies zero,2 "
+                        "--model-repeats 1 (figures meaningless)")
     if p.parse_known_args(argv)[0].smoke:
-        p.set_defaults(requests=12, chunk_requests=2, warmup=1)  # flags given explicitly still win
+        # Each strategy starts its own server (~8 s on 2 cores): two exercise both paths (zero noise, mean of K).
+        p.set_defaults(requests=12, chunk_requests=2, warmup=1, strategies="zero,2", model_repeats=1)  # flags win
     args = p.parse_args(argv)
     try:
         args.strategies = [strategy_flags(s) for s in args.strategies.split(",") if s.strip()]

@@ -11,9 +11,11 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
@@ -32,6 +34,40 @@ SYNTHETIC_2025 = {"episodes": 4, "frames": [40, 52, 46, 60], "tasks": 2, "image_
                   "codec": "libx265", "gop": 250, "seed": 0}
 SYNTHETIC_2026 = {"episodes": 6, "frames": [30, 42, 36, 48, 34, 40], "tasks": 2, "image_size": SYNTHETIC_IMAGE_SIZE,
                   "codec": "libx265", "gop": 8, "seed": 1, "episodes_per_file": 2}
+
+
+def built_once(name: str, tmp_path_factory: pytest.TempPathFactory, build: Callable[[Path], None]) -> Path:
+    """A session artefact built by ``build(folder)`` once per test run, whatever the number of test processes.
+
+    Under pytest-xdist (``make test``: 2 processes) every process is a pytest session of its own, so a session
+    fixture would be built once per process: a minute of CPU per process for the full demo. The first process to
+    get here builds it into the run's shared temporary folder under a file lock; the others wait for it and reuse
+    it (the folder is complete when ``.complete`` exists, so an interrupted build is redone, not reused).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name  # the run's folder, shared by its worker processes
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
+LONGEST_FILES_FIRST = ("test_bench.py", "test_train.py", "test_real_size.py", "test_checkpoint_integrity.py",
+                       "test_preemption.py", "test_multinode.py", "test_serve_security.py", "test_bad_inputs.py")
+"""Test files that take a minute or more, longest first (``--durations`` of ``make test``)."""
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the longest test files first. ``make test`` deals whole files to its 2 processes in collection order
+    (``--dist loadfile``); a long file dealt last would leave one process working alone at the end."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
 
 
 def _shared_dataset(name: str) -> Path:
@@ -82,24 +118,26 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished ``smolvla-train --demo`` run folder (the built-in defaults: 600 steps, a minute or two on CPU),
-    trained once per session in a real subprocess (read-only). Requested directly only by tests of what the full
-    demo learns (the README's promise; marked slow); a test that needs any trained checkpoint uses
-    :func:`demo_short_run`, which is this run when the session trains it anyway.
+    trained once per test run in a real subprocess (read-only; shared by the test processes: :func:`built_once`).
+    Requested directly only by tests of what the full demo learns (the README's promise; marked slow); a test that
+    needs any trained checkpoint uses :func:`demo_short_run`, which is this run when the session trains it anyway.
 
     Its ``demo_data/`` is the BEHAVIOR-2025-shaped training dataset; the held-out episodes are in the checkpoint's
     ``train_config.yaml`` (``dataset.val_episodes``)."""
     import subprocess
     import sys
 
-    run_dir = tmp_path_factory.mktemp("demo") / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "smolvla-train"), "--demo", "--output-dir", str(run_dir), "--wandb-disable"],
-        capture_output=True, text=True, env=env, timeout=1200,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"smolvla-train --demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return run_dir
+    def train(folder: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "smolvla-train"), "--demo", "--output-dir", str(folder / "run"),
+             "--wandb-disable"], capture_output=True, text=True, env=env, timeout=1200,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"smolvla-train --demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                        f"{proc.stderr[-3000:]}")
+
+    return built_once("demo", tmp_path_factory, train) / "run"
 
 
 DEMO_SHORT_ARGS = ["--demo", "--max-steps", "10", "--save-steps", "5", "--eval-max-frames", "4", "--num-workers", "0",
@@ -116,7 +154,8 @@ def demo_short_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
     When a selected test also needs the full demo (:func:`demo_run`, e.g. ``make test``), it is that run: one
     training serves both. Otherwise (``make test-fast``, or a selection of fast tests) it is a short run trained once
-    per session through the ``smolvla-train`` command in this process (:data:`DEMO_SHORT_ARGS`: 10 steps, checkpoints
+    per test run (:func:`built_once`) through the ``smolvla-train`` command in this process
+    (:data:`DEMO_SHORT_ARGS`: 10 steps, checkpoints
     ``000005`` and ``000010`` = ``last``, validated at step 10 on 4 frames), instead of the full demo's minutes.
 
     Its ``demo_data/`` is the BEHAVIOR-2025-shaped dataset (24 episodes); the held-out episodes (120 and 10120, the
@@ -125,9 +164,10 @@ def demo_short_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         return request.getfixturevalue("demo_run")
     from cli_runner import run_in_process
 
-    run_dir = tmp_path_factory.mktemp("demo_short") / "run"
-    result = run_in_process("smolvla-train", [*DEMO_SHORT_ARGS, "--output-dir", str(run_dir)])
-    if result.returncode != 0:
-        pytest.fail(f"smolvla-train {' '.join(DEMO_SHORT_ARGS)} failed ({result.returncode}):\n"
-                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return run_dir
+    def train(folder: Path) -> None:
+        result = run_in_process("smolvla-train", [*DEMO_SHORT_ARGS, "--output-dir", str(folder / "run")])
+        if result.returncode != 0:
+            pytest.fail(f"smolvla-train {' '.join(DEMO_SHORT_ARGS)} failed ({result.returncode}):\n"
+                        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+    return built_once("demo_short", tmp_path_factory, train) / "run"

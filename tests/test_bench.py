@@ -83,6 +83,10 @@ def test_serve(real_size):
     for name in counts:
         for key in ("requests_per_s", "actions_per_s", "p50_ms", "p95_ms", "server_infer_p50_ms"):
             assert is_number(out[name][key]), (name, key)
+    # --smoke times two strategies, each in its own server, and the model call alone for each (+ 2 single draws)
+    assert [len(row["inference"]) > 0 for row in out["by_inference"]] == [True, True]
+    assert all(is_number(row["server_infer_p50_ms"]) for row in out["by_inference"])
+    assert len(out["model_call_alone"]) == 3 and all(is_number(r["median_ms"]) for r in out["model_call_alone"])
 
 
 def test_train_step(tmp_path):

@@ -265,6 +265,7 @@ def evaluate_checkpoints(
     state_key: str | None = None,
     action_key: str | None = None,
     vlm_model: str | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint (or an ensemble of several) on held-out episodes; write the report and plots.
 
@@ -283,14 +284,15 @@ def evaluate_checkpoints(
         max_frames: cap on evaluated frames, spread evenly over all candidates; None = no cap.
         tolerance: "percent close" threshold as a fraction of each action dim's range (max - min).
         seed: base seed of the flow-matching noise.
-        inference: how each chunk is drawn: zero initial noise (the default), one draw or the mean of K draws
-            (``--noise``, ``--num-samples``); saved as the report's ``inference``.
+        inference: how each chunk is drawn: the mean of K draws (the default, :class:`Inference`), one draw or
+            zero initial noise (``--noise``, ``--num-samples``); saved as the report's ``inference``.
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         progress: show a rich progress bar over frames.
         console: rich Console for the progress bar and warnings (default: stderr).
         state_key, action_key: dataset features read as the state and the action; None = the (first) checkpoint's
             (its input contract), for a dataset whose features are named otherwise than the training data's.
         vlm_model: the checkpoints' VLM backbone at another place (a local copy); None = the saved one.
+        plots: write the PNG plots (False: the report's ``files.plots`` is empty; for benchmarks scoring many runs).
 
     Returns:
         The report (also written as ``report.json``): see the module docstring; keys ``predictors`` (``policy`` or
@@ -430,7 +432,9 @@ def evaluate_checkpoints(
         raise ConfigError(f"--output-dir {out}: cannot create it ({exc.strerror or exc}); pass a writable folder "
                           "with --output-dir") from None
     step_s = chunk_stride / meta.fps
-    plots = write_plots(out, report, frames, primary_pred, names, groups, step_s, members_label(members))
+    # Plots cost ~8 s of matplotlib per report: a benchmark scoring many reports turns them off.
+    plots = (write_plots(out, report, frames, primary_pred, names, groups, step_s, members_label(members))
+             if plots else [])
     np.savez_compressed(
         out / "predictions.npz", episode_index=frames.episode_index, frame_index=frames.frame_index,
         timestamp=frames.timestamp, truth=frames.truth, is_pad=frames.is_pad, previous_action=frames.previous_action,
