@@ -86,7 +86,8 @@ assert torch.cuda.is_available() or not cuda, 'CUDA is not available'
 # 2. the full-size model on the GPU (the stand-in and data are built under $WORK on the first run); rehearsal: the
 # same stages at their smallest on the CPU.
 if [ "$DEVICE" = cpu ]; then
-    stage real_size 330 "$PY" bench/real_size.py --device cpu --smoke --json --root "$WORK/real_size" --serve-calls 2
+    stage real_size 330 "$PY" bench/real_size.py --device cpu --smoke --json --root "$WORK/real_size" --serve-calls 2 \
+        --keep-checkpoint
 else
     stage real_size 330 "$PY" bench/real_size.py --device "$DEVICE" --json --root "$WORK/real_size" \
         --episodes 4 --frames 200 --steps "$STEPS" --warmup 2 --max-batch "$MAX_BATCH" --num-workers 8 \

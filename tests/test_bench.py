@@ -6,7 +6,8 @@ rotting when the code they drive changes. A new script under ``bench/`` must get
 
 ``real_size.py --smoke`` fine-tunes the tiny backbone through the trainer and keeps its checkpoint, which the
 ``serve.py`` test then serves (one training run for both). ``gpu_check.sh``'s CPU rehearsal (every stage, as on a
-lent GPU) is the slow test.
+lent GPU) is the slow test; its stages are those two commands, so when it runs, the two tests check its stages'
+outputs instead of running the scripts a second time.
 """
 
 from __future__ import annotations
@@ -48,9 +49,43 @@ def test_every_script_has_a_smoke_test():
     assert {p.stem for p in BENCH.glob("*.py")} == TESTED
 
 
+REHEARSAL_TEST = "test_gpu_check_rehearses_on_cpu"
+
+
+def rehearsal_selected(request: pytest.FixtureRequest) -> bool:
+    """Whether this session runs the (slow) ``gpu_check.sh`` rehearsal, whose stages are ``real_size.py --smoke`` and
+    ``serve.py --smoke``: then their tests read the rehearsal's outputs instead of running both scripts again."""
+    return any(item.name == REHEARSAL_TEST for item in request.session.items)
+
+
 @pytest.fixture(scope="module")
-def real_size(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """``real_size.py --smoke --json --keep-checkpoint``: its summary (the checkpoint is kept for the serve test)."""
+def gpu_check_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``DEVICE=cpu bash bench/gpu_check.sh`` run once: the finished process and its ``OUT`` folder."""
+    tmp = tmp_path_factory.mktemp("gpu_check")
+    env = {**ENV, "DEVICE": "cpu", "OUT": str(tmp / "out"), "WORK": str(tmp / "work"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1800, check=False)
+    return proc, tmp / "out"
+
+
+def stage_json(request: pytest.FixtureRequest, stage: str) -> dict:
+    """The JSON object the rehearsal's ``stage`` printed last (its ``.out``), its log on failure."""
+    _, out = request.getfixturevalue("gpu_check_rehearsal")
+    try:
+        text = "\n" + (out / f"{stage}.out").read_text()
+        return json.loads(text[text.rindex("\n{"):])
+    except (OSError, ValueError):
+        log = out / f"{stage}.log"
+        tail = log.read_text()[-3000:] if log.is_file() else ""
+        pytest.fail(f"gpu_check.sh's {stage} stage printed no JSON:\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def real_size(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``real_size.py --smoke --json --keep-checkpoint``: its summary (the checkpoint is kept for the serve test);
+    the rehearsal's stage when this session runs it (the same command)."""
+    if rehearsal_selected(request):
+        return stage_json(request, "real_size")
     return run_script("real_size", "--root", str(tmp_path_factory.mktemp("real_size")), "--keep-checkpoint")
 
 
@@ -74,8 +109,10 @@ def test_real_size(real_size):
     assert bundle.inputs.state_map.name == real_size["state_map"] == "r1pro-2025-top32"
 
 
-def test_serve(real_size):
-    out = run_script("serve", "--checkpoint", real_size["checkpoint_dir"])
+def test_serve(request, real_size):
+    # serve.py --smoke on real_size.py's checkpoint: the rehearsal's stage when this session runs it
+    out = (stage_json(request, "serve") if rehearsal_selected(request)
+           else run_script("serve", "--checkpoint", real_size["checkpoint_dir"]))
     assert (out["device"], out["image_size"], out["chunk_size"], out["n_action_steps"]) == ("cpu", 64, 50, 50)
     # --smoke: 12 single-step requests on one connection (1 model call, then 11 from the action queue), 2 chunked.
     counts = {name: out[name]["requests"] for name in ("queue_served", "model_call", "all_steps", "action_chunk")}
@@ -170,12 +207,9 @@ def test_learning(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_rehearses_on_cpu(tmp_path):
+def test_gpu_check_rehearses_on_cpu(gpu_check_rehearsal):
     """``DEVICE=cpu bash bench/gpu_check.sh``: every stage at its smallest on this machine, rc 0 each."""
-    out = tmp_path / "out"
-    env = {**ENV, "DEVICE": "cpu", "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    proc, out = gpu_check_rehearsal
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     summary = json.loads((out / "gpu_check.json").read_text())
     assert {name: s["rc"] for name, s in summary["stages"].items()} == {
