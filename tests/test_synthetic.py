@@ -263,8 +263,9 @@ def test_content_is_learnable():
     assert model_mse < 0.3 * mean_mse, (model_mse, mean_mse)
 
 
-def test_demo_dataset(tmp_path):
-    root = S.write_demo_dataset(tmp_path / "demo")
+def test_demo_dataset(demo_short_run):
+    # the dataset smolvla-train --demo wrote with write_demo_dataset (the shared demo run's; not written again here)
+    root = demo_short_run / "demo_data"
     meta = DatasetMeta.load(root)
     assert meta.version == "v2.1" and len(meta.episodes) == 24 and meta.total_frames == 24 * 60
     assert meta.state_dim == 256 and meta.action_dim == 23
