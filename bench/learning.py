@@ -26,7 +26,7 @@ The table gives, per row, the mean and [min-max] over seeds of first-action MAE 
 action dims), and the number of seeds in which the row beats ``state`` on each. Runs are cached under ``--root``
 (delete a run folder to redo it); a run's evaluations are cached in its folder too.
 
-    python bench/learning.py                  # the full grid: 5 training variants x 3 seeds (~90 min, run it alone)
+    python bench/learning.py --jobs 2         # the full grid: 5 training variants x 3 seeds (~45 min alone on 2 cores)
     python bench/learning.py --quick          # 2 variants x 1 seed at 600 steps: a few minutes
     python bench/learning.py --smoke --json   # the smallest run (the test suite's smoke test)
 """
@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999, help="0: no EMA weights (raw only)")
     p.add_argument("--num-samples", type=int, default=8, help="K of the 'mean of K' inference")
+    p.add_argument("--train-episodes", default=None,
+                   help="smolvla-train --episodes: train on these episodes only (default: every episode not held "
+                        "out); a learning curve over the number of training episodes, e.g. 0-2 against the default")
     p.add_argument("--sample-stride", type=int, default=None,
                    help="smolvla-train --sample-stride (1: a chunk starts at every frame; default: the frame stride)")
     p.add_argument("--image-aug", action="store_true", help="smolvla-train --image-aug (lerobot's image transforms)")
@@ -148,7 +151,9 @@ def run_folder(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
 
 def training_data_slug(args: argparse.Namespace) -> str:
     """The run-folder suffix of the training-data options (empty at their defaults, so older runs stay cached)."""
-    return (f"_ss{args.sample_stride}" if args.sample_stride is not None else "") + ("_aug" if args.image_aug else "")
+    return ((f"_ep{args.train_episodes}" if args.train_episodes is not None else "")
+            + (f"_ss{args.sample_stride}" if args.sample_stride is not None else "")
+            + ("_aug" if args.image_aug else ""))
 
 
 def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> Path:
@@ -166,6 +171,7 @@ def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> P
            "--decay-steps", str(args.steps), "--num-workers", str(args.num_workers), "--device", args.device,
            "--log-steps", str(max(1, min(100, args.steps // 10))), "--wandb-disable", "--seed", str(seed),
            "--ema-decay", str(args.ema_decay), *variant.flags(),
+           *(["--episodes", args.train_episodes] if args.train_episodes is not None else []),
            *(["--sample-stride", str(args.sample_stride)] if args.sample_stride is not None else []),
            *(["--image-aug"] if args.image_aug else [])]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = (f"{args.dataset_path}, held out {args.val_episodes} ({first_report['frames_evaluated']} frames), "
              f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, lr {args.lr:g}, chunk "
              f"{args.chunk_size} at stride {args.frame_stride}"
+             f"{f', trained on episodes {args.train_episodes}' if args.train_episodes is not None else ''}"
              f"{f', a chunk every {args.sample_stride} frames' if args.sample_stride is not None else ''}"
              f"{', image augmentation' if args.image_aug else ''}, EMA decay {args.ema_decay:g}, tiny backbone from "
              f"scratch, seeds {args.seeds}; MAE in action units (rad), mean [min-max] over seeds")
