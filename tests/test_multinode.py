@@ -37,6 +37,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    """The exit codes of ``procs`` (the launchers of one run's nodes); whatever still runs after ``timeout`` s, or
+    when waiting fails, is killed so that no node outlives its test."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def _train_args(dataset: Path, vlm: Path, out: Path, *extra: str) -> list[str]:
     """:func:`test_train.base_args` on :data:`EPISODES`, with the data order logged and wandb offline (files)."""
     args = [a for a in base_args(dataset, vlm, out, *extra) if a != "--wandb-disable"]
@@ -192,13 +204,7 @@ def two_node_run(synthetic_2025, tiny_vlm, tmp_path_factory) -> TwoNodes:
         with out.open("w") as o, err.open("w") as e:
             procs.append(subprocess.Popen(torchrun(args, port, nnodes=2, node_rank=node), stdout=o, stderr=e,
                                           env=ENV, text=True))
-    try:
-        codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    codes = _wait_all(procs)
     stdout, stderr = [o.read_text() for o, _ in logs], [e.read_text() for _, e in logs]
     assert codes == [0, 0], "\n".join(s[-3000:] for s in stdout + stderr)
     return TwoNodes(run, caches, stdout, stderr)
@@ -329,13 +335,7 @@ def test_accelerate_launch_two_machines_on_cpu(synthetic_2025, tiny_vlm, tmp_pat
         logs.append(out)
         with out.open("w") as o:
             procs.append(subprocess.Popen(cmd, stdout=o, stderr=subprocess.STDOUT, env=ENV, text=True))
-    try:
-        codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    codes = _wait_all(procs)
     output = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n".join(o[-3000:] for o in output)
     assert "effective batch 8 = 4 per process x 2 processes" in output[0] and "effective batch" not in output[1]
