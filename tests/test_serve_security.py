@@ -49,6 +49,8 @@ from behavior_smolvla.state_maps.maps import load_state_map
 from behavior_smolvla.serving.server import BehaviorPolicy, PolicyServer, is_loopback, public_metadata
 
 KEY = secrets.token_urlsafe(24)
+# One character off; a random key ends in "x" one time in 64, so the replacement letter depends on it.
+WRONG_KEY = KEY[:-1] + ("x" if KEY[-1] != "x" else "y")
 MAX_MESSAGE_MB = 1  # small, so that an oversized message is cheap to build; the test observations are ~70 kB
 
 
@@ -216,7 +218,7 @@ def test_api_key_no_key_or_wrong_key_is_refused_right_key_is_served(key_server, 
     with urllib.request.urlopen(f"http://127.0.0.1:{key_server.port}/healthz", timeout=30) as response:
         assert response.status == 200  # the evaluator polls /healthz without a key
     assert _refused_status(key_server.port, None) == 401
-    assert _refused_status(key_server.port, {"Authorization": f"Api-Key {KEY[:-1]}x"}) == 401
+    assert _refused_status(key_server.port, {"Authorization": f"Api-Key {WRONG_KEY}"}) == 401
     assert _refused_status(key_server.port, {"Authorization": f"Bearer {KEY}"}) == 401
     key_server.wait_for(r"refused a connection from 127\.0\.0\.1:\d+: no API key \(401\)", timeout=30)
     key_server.wait_for(r"refused a connection from 127\.0\.0\.1:\d+: a wrong API key \(401\)", timeout=30)
@@ -445,7 +447,7 @@ def test_repeated_wrong_keys_are_answered_ever_more_slowly_and_a_right_key_is_st
     throttle = AuthThrottle(free=1, first_delay_s=1.0, max_delay_s=2.0)
     server = PolicyServer(BehaviorPolicy(model, noise_seed=0), host="127.0.0.1", port=0, log=lines.append,
                           api_key=KEY, auth_throttle=throttle)
-    wrong = KEY[:-1] + ("x" if KEY[-1] != "x" else "y")
+    wrong = WRONG_KEY
     obs = make_observation(np.random.default_rng(36))
     with _serving(server):
         answers = [_attempt(server.port, wrong) for _ in range(3)]
