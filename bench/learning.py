@@ -7,8 +7,14 @@ px, the same schedule for every run) in each TRAINING variant and each seed:
 * action representation: ``absolute`` (the action as recorded, one mean/std per dim: lerobot's way) or ``delta``
   (action minus the same joint's current state, one mean/std per chunk step and dim);
 * VLM ``frozen`` (only the action expert learns: lerobot's default for a pretrained SmolVLA) or ``trained``;
-* ``motion``: the state map ``identity-motion`` (the joint positions plus their velocities over one policy step,
-  a derived state entry; the G1's state holds positions only).
+* the state map: the dataset's own state (``identity`` on the G1: 26 joint positions), ``motion`` (the state map
+  ``identity-motion``: the positions plus their velocities over one policy step, a derived state entry; the G1's
+  state holds positions only) or ``motion only`` (the state map ``motion-only``: the velocities without the positions,
+  which let a policy trained on a few episodes recognise them instead of generalising);
+* ``aug``: lerobot's image augmentation (``--image-aug``); ``wd1``: AdamW weight decay 1 (``--weight-decay 1``).
+
+The default recipe (``DEFAULT_VARIANT``, the one the README recommends for a few episodes of position-only data) is
+``delta_trained_motiononly_aug_wd1``.
 
 Every run keeps an exponential moving average of its weights (``--ema-decay``), so one run gives two policies: its raw
 weights (``training_state/``) and its EMA weights (``pretrained_model/``, what eval and serve load). Each policy is
@@ -26,7 +32,7 @@ The table gives, per row, the mean and [min-max] over seeds of first-action MAE 
 action dims), and the number of seeds in which the row beats ``state`` on each. Runs are cached under ``--root``
 (delete a run folder to redo it); a run's evaluations are cached in its folder too.
 
-    python bench/learning.py --jobs 2         # the full grid: 5 training variants x 3 seeds (~45 min alone on 2 cores)
+    python bench/learning.py --jobs 2         # the full grid: 9 training variants x 3 seeds (~70 min alone on 2 cores)
     python bench/learning.py --quick          # 2 variants x 1 seed at 600 steps: a few minutes
     python bench/learning.py --smoke --json   # the smallest run (the test suite's smoke test)
 """
@@ -56,30 +62,54 @@ class Variant:
 
     action: str  # absolute | delta
     vlm: str  # frozen | trained
-    motion: bool = False
+    state_map: str | None = None  # None: the dataset's default map (identity on the G1)
+    image_aug: bool = False  # smolvla-train --image-aug (lerobot's image transforms)
+    weight_decay: float | None = None  # smolvla-train --weight-decay (None: the SmolVLA preset's 1e-10)
 
     @property
     def name(self) -> str:
-        return f"{self.action}, VLM {self.vlm}" + (", motion" if self.motion else "")
+        return (f"{self.action}, VLM {self.vlm}" + (f", {STATE_MAP_LABELS[self.state_map]}" if self.state_map else "")
+                + (", image aug" if self.image_aug else "")
+                + (f", weight decay {self.weight_decay:g}" if self.weight_decay is not None else ""))
 
     @property
     def slug(self) -> str:
-        return f"{self.action}_{self.vlm}" + ("_motion" if self.motion else "")
+        """The variant's name on the command line (``--variants``)."""
+        return (self.model_slug + ("_aug" if self.image_aug else "")
+                + (f"_wd{self.weight_decay:g}" if self.weight_decay is not None else ""))
+
+    @property
+    def model_slug(self) -> str:
+        """What the run folder's name starts with (augmentation and weight decay are named with the other data and
+        regularisation options after it)."""
+        return f"{self.action}_{self.vlm}" + (f"_{STATE_MAP_SLUGS[self.state_map]}" if self.state_map else "")
 
     def flags(self) -> list[str]:
         norm = "per-step" if self.action == "delta" else "global"
         out = ["--action-mode", self.action, "--action-norm", norm,
                "--train-expert-only" if self.vlm == "frozen" else "--no-train-expert-only"]
-        if self.motion:
-            out += ["--state-map", "identity-motion"]
+        if self.state_map:
+            out += ["--state-map", self.state_map]
         return out
 
 
+STATE_MAP_LABELS = {"identity-motion": "motion", "motion-only": "motion only"}
+STATE_MAP_SLUGS = {"identity-motion": "motion", "motion-only": "motiononly"}
+"""Short names of the state maps the variants use (the slugs name the cached run folders: keep them stable)."""
+RECIPE_WEIGHT_DECAY = 1.0
+"""The default recipe's AdamW weight decay: measured best of 0.1, 0.5, 1, 2, 3 (bench/README.md)."""
 VARIANTS = {v.slug: v for v in (
-    Variant("delta", "trained", motion=True), Variant("delta", "trained"), Variant("absolute", "trained"),
-    Variant("delta", "frozen"), Variant("absolute", "frozen"),
+    Variant("delta", "trained", "motion-only", image_aug=True, weight_decay=RECIPE_WEIGHT_DECAY),
+    Variant("delta", "frozen", "motion-only", image_aug=True, weight_decay=RECIPE_WEIGHT_DECAY),
+    Variant("delta", "trained", "motion-only", image_aug=True),
+    Variant("delta", "trained", "motion-only"),
+    Variant("delta", "trained", "identity-motion"),
+    Variant("delta", "trained"),
+    Variant("absolute", "trained"),
+    Variant("delta", "frozen"),
+    Variant("absolute", "frozen"),
 )}
-DEFAULT_VARIANT = "delta_trained_motion"
+DEFAULT_VARIANT = "delta_trained_motiononly_aug_wd1"
 """The recipe the README recommends for this data (the issue's targets are checked on it)."""
 INFERENCE = {"one draw": ("sample", 1), "zero noise": ("zero", 1), "mean of K": ("sample", None)}
 DEFAULT_INFERENCE = "mean of K"
@@ -99,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame-stride", type=int, default=3, help="30 Hz data -> 10 Hz policy steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="smolvla-train --weight-decay (default: the SmolVLA preset's 1e-10)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="0: no EMA weights (raw only)")
     p.add_argument("--num-samples", type=int, default=8, help="K of the 'mean of K' inference")
     p.add_argument("--train-episodes", default=None,
@@ -116,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_learning")
-    p.add_argument("--quick", action="store_true", help="600 steps, seed 1000, variants delta_trained(_motion)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"600 steps, seed 1000, variants {DEFAULT_VARIANT} and delta_trained")
     p.add_argument("--smoke", action="store_true", help="the smallest run: 2 steps, 1 seed, 1 variant, 8 frames")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -126,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size = 2
         args.root = args.root.parent / f"{args.root.name}_smoke"
     elif args.quick:
-        args.steps, args.seeds, args.variants = 600, "1000", "delta_trained,delta_trained_motion"
+        args.steps, args.seeds, args.variants = 600, "1000", f"{DEFAULT_VARIANT},delta_trained"
     args.inference_list = [i.strip() for i in args.inference.split(",") if i.strip()]
     if not args.inference_list or any(i not in INFERENCE for i in args.inference_list):
         p.error(f"--inference {args.inference!r}: use a comma-separated subset of {', '.join(INFERENCE)}")
@@ -145,23 +178,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_folder(args: argparse.Namespace, variant: Variant, seed: int) -> Path:
-    return args.root / (f"{variant.slug}_s{args.steps}_px{args.image_size}_c{args.chunk_size}_fs{args.frame_stride}"
-                        f"_b{args.batch_size}_lr{args.lr:g}_ema{args.ema_decay:g}{training_data_slug(args)}_seed{seed}")
+    return args.root / (f"{variant.model_slug}_s{args.steps}_px{args.image_size}_c{args.chunk_size}"
+                        f"_fs{args.frame_stride}_b{args.batch_size}_lr{args.lr:g}_ema{args.ema_decay:g}"
+                        f"{training_data_slug(args, variant)}_seed{seed}")
 
 
-def training_data_slug(args: argparse.Namespace) -> str:
-    """The run-folder suffix of the training-data options (empty at their defaults, so older runs stay cached)."""
-    return ((f"_ep{args.train_episodes}" if args.train_episodes is not None else "")
+def image_aug(args: argparse.Namespace, variant: Variant) -> bool:
+    """Augmentation is on for a variant that names it and for every variant under ``--image-aug``."""
+    return variant.image_aug or args.image_aug
+
+
+def weight_decay(args: argparse.Namespace, variant: Variant) -> float | None:
+    """``--weight-decay`` when given, else the variant's (None: smolvla-train's default)."""
+    return args.weight_decay if args.weight_decay is not None else variant.weight_decay
+
+
+def training_data_slug(args: argparse.Namespace, variant: Variant) -> str:
+    """The run-folder suffix of the training-data and regularisation options (empty at their defaults, so older runs
+    stay cached)."""
+    wd = weight_decay(args, variant)
+    return ((f"_wd{wd:g}" if wd is not None else "")
+            + (f"_ep{args.train_episodes}" if args.train_episodes is not None else "")
             + (f"_ss{args.sample_stride}" if args.sample_stride is not None else "")
-            + ("_aug" if args.image_aug else ""))
+            + ("_aug" if image_aug(args, variant) else ""))
+
+
+def finished(run: Path, steps: int) -> bool:
+    """Whether ``run`` holds a complete training of ``steps`` steps: its ``last`` checkpoint is at that step (a run
+    stopped by a signal also leaves a ``last``, at an earlier step)."""
+    from behavior_smolvla.errors import CheckpointError
+    from behavior_smolvla.policy.checkpoint import read_training_state
+
+    last = run / "checkpoints" / "last"
+    try:
+        return last.exists() and read_training_state(last).step == steps
+    except CheckpointError:
+        return False
 
 
 def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> Path:
     """Train one run in a subprocess (``smolvla-train``, the user's command) unless its last checkpoint exists."""
     out = run_folder(args, variant, seed)
-    if (out / "checkpoints" / "last").exists():
+    if finished(out, args.steps):
         return out
-    if out.exists():  # an interrupted run: start it again
+    if out.exists():  # an interrupted or stopped run (SIGTERM writes a checkpoint early): start it again
         shutil.rmtree(out)
     cmd = [str(Path(sys.executable).parent / "smolvla-train"), "--dataset-path", args.dataset_path,
            "--val-episodes", args.val_episodes, "--from-scratch", "--vlm-model", str(vlm), "--output-dir", str(out),
@@ -171,9 +231,10 @@ def train(args: argparse.Namespace, variant: Variant, seed: int, vlm: Path) -> P
            "--decay-steps", str(args.steps), "--num-workers", str(args.num_workers), "--device", args.device,
            "--log-steps", str(max(1, min(100, args.steps // 10))), "--wandb-disable", "--seed", str(seed),
            "--ema-decay", str(args.ema_decay), *variant.flags(),
+           *(["--weight-decay", str(weight_decay(args, variant))] if weight_decay(args, variant) is not None else []),
            *(["--episodes", args.train_episodes] if args.train_episodes is not None else []),
            *(["--sample-stride", str(args.sample_stride)] if args.sample_stride is not None else []),
-           *(["--image-aug"] if args.image_aug else [])]
+           *(["--image-aug"] if image_aug(args, variant) else [])]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
@@ -376,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, baselines = build_rows(args, results)
     first_report = next(iter(next(iter(results.values()))["reports"].values()))
     setup = (f"{args.dataset_path}, held out {args.val_episodes} ({first_report['frames_evaluated']} frames), "
-             f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, lr {args.lr:g}, chunk "
+             f"{args.steps} steps x batch {args.batch_size} at {args.image_size} px, lr {args.lr:g}"
+             f"{f', weight decay {args.weight_decay:g}' if args.weight_decay is not None else ''}, chunk "
              f"{args.chunk_size} at stride {args.frame_stride}"
              f"{f', trained on episodes {args.train_episodes}' if args.train_episodes is not None else ''}"
              f"{f', a chunk every {args.sample_stride} frames' if args.sample_stride is not None else ''}"

@@ -11,8 +11,8 @@ import pytest
 import pyarrow.parquet as pq
 from cli_runner import CliResult, run_in_process, run_subprocess
 
-SHIPPED = {"identity", "identity-motion", "r1pro-2025-b1k23", "r1pro-2025-full", "r1pro-2025-legal32", "r1pro-2025-standard",
-           "r1pro-2025-top32", "r1pro-2026-b1k25", "r1pro-2026-full"}
+SHIPPED = {"identity", "identity-motion", "motion-only", "r1pro-2025-b1k23", "r1pro-2025-full", "r1pro-2025-legal32",
+           "r1pro-2025-standard", "r1pro-2025-top32", "r1pro-2026-b1k25", "r1pro-2026-full"}
 
 
 def cli(*args: str, subprocess: bool = False) -> CliResult:

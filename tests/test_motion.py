@@ -107,3 +107,27 @@ def test_served_policy_builds_the_readers_state_frame_by_frame(motion_run, g1_v3
         served.step({**observation(f), "__action_chunk_size__": STRIDE}, STRIDE)
     expected = [reader.numeric_sample(f)["observation.state"].numpy() for f in range(0, 12, STRIDE)]
     np.testing.assert_allclose(np.stack(seen), np.stack(expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_velocities_only_with_absolute_actions_warns_in_one_line(g1_v30, tiny_vlm, tmp_path):
+    """``motion-only`` drops the positions: with absolute actions the policy cannot see where the joints are, so the
+    run says so in one line (and still trains: an action need not be a joint position)."""
+    from behavior_smolvla.config import TrainConfig, apply_overrides
+    from behavior_smolvla.training.loop import train
+
+    cfg = TrainConfig()
+    apply_overrides(cfg, {
+        "dataset_path": str(g1_v30), "episodes": "0", "state_map": "motion-only", "action_mode": "absolute",
+        "frame_stride": STRIDE, "chunk_size": 4, "image_size": 32, "from_scratch": True, "vlm_model": str(tiny_vlm),
+        "output_dir": str(tmp_path / "run"), "batch_size": 2, "num_workers": 0, "device": "cpu", "max_steps": 1,
+        "save_steps": 1, "log_steps": 1, "wandb_disable": True,
+    }, "test")
+    out = io.StringIO()
+    assert train(cfg, console=Console(file=out, width=400)).steps == 1
+    warnings = [line for line in out.getvalue().splitlines() if line.startswith("warning: --state-map motion-only")]
+    assert len(warnings) == 1 and "--action-mode delta" in warnings[0], out.getvalue()
+    from behavior_smolvla.policy.smolvla import load_policy_bundle
+
+    inputs = load_policy_bundle(tmp_path / "run", device="cpu").inputs
+    assert inputs.state_map.name == "motion-only" and inputs.policy_state_dim == 26 and inputs.action_mode == "absolute"

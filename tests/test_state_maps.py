@@ -184,7 +184,7 @@ def test_full_is_illegal_and_flags_unreliable_efforts():
 def test_list_and_defaults():
     names = [m.name for m in list_state_maps()]
     assert names == sorted(names)
-    assert set(names) == {*expected_maps(), "r1pro-2025-legal32", "identity", "identity-motion"}
+    assert set(names) == {*expected_maps(), "r1pro-2025-legal32", "identity", "identity-motion", "motion-only"}
     assert default_state_map(256).name == "r1pro-2025-top32"
     assert default_state_map(61).name == "r1pro-2026-b1k25"
     ident = default_state_map(26)
@@ -487,6 +487,9 @@ def test_velocity_entries_parse_name_and_keep_the_layout_facts(tmp_path):
     assert bound.source_indices == [*range(26), *range(26)]
     assert (bound.velocity_lag, bound.lag_frames, bound.velocity_dt, bound.timing) == (1, 3, 0.1, (30.0, 3))
     assert bound.describe_dim(bound.dims[30]) == "d(4)/dt over 3 frames" and bound.describe_dim(bound.dims[4]) == "4"
+    only = load_state_map("motion-only").bind(26, g1_names, fps=30, frame_stride=3)  # the velocities, no positions
+    assert only.names == [f"{n}.vel" for n in g1_names] and only.source_indices == list(range(26))
+    assert [d.velocity_lag for d in only.dims] == [1] * 26 and only.velocity_dt == bound.velocity_dt
 
     path = write_map(tmp_path, """
 layout: r1pro-2026

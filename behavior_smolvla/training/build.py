@@ -636,6 +636,10 @@ def build_training(cfg: TrainConfig, accelerator: Any = None, given: set[str] | 
 
     # Policy: lerobot's SmolVLA, built or loaded by policy.smolvla.
     say(inputs.describe_actions())
+    if inputs.action_mode == "absolute" and all(d.velocity_lag for d in inputs.state_map.dims):
+        # Allowed (the action may not be a position), but an absolute joint target from velocities alone is a guess.
+        say(f"warning: --state-map {inputs.state_map.name} holds velocities only, and absolute actions are predicted "
+            "without the joints' positions; use --action-mode delta (the state is added back) or a map with positions")
     stats = floor_std(dataset.stats)
     absolute_action_stats = stats[ACTION]
     if (inputs.action_mode, inputs.action_norm) != ("absolute", "global"):
